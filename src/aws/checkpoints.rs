@@ -1,0 +1,110 @@
+//! Checkpoints in DynamoDB: one item per (route, source shard), keyed
+//! `pk = "checkpoint#<route>"`, `sk = <shard id>`. The sequence number is a fixed-width
+//! zero-padded string so the forward-only condition can compare it as text (real DynamoDB
+//! rejects numbers over 38 digits; Kinesis uses 56).
+
+use std::collections::HashMap;
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+
+use super::store_error;
+use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, StoreError};
+use crate::ports::CheckpointStore;
+use crate::seq::SequenceNumber;
+
+/// The table's partition key of a route's checkpoints.
+pub fn checkpoint_pk(route: &str) -> String {
+    format!("checkpoint#{route}")
+}
+
+pub struct DynamoCheckpoints {
+    client: Client,
+    table: String,
+}
+
+impl DynamoCheckpoints {
+    pub fn new(sdk: &SdkConfig, table: &str) -> Self {
+        DynamoCheckpoints { client: Client::new(sdk), table: table.to_owned() }
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+impl CheckpointStore for DynamoCheckpoints {
+    async fn load(&self, route: &str, shard_id: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(checkpoint_pk(route)))
+            .key("sk", s(shard_id))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        let Some(item) = out.item() else { return Ok(None) };
+        let text = item.get("last_seq").and_then(|v| v.as_s().ok()).ok_or_else(|| StoreError {
+            code: "CorruptCheckpoint".to_owned(),
+            message: format!("checkpoint of {route} {shard_id} in {} has no string last_seq", self.table),
+        })?;
+        let last_seq = SequenceNumber::parse(text).map_err(|e| StoreError {
+            code: "CorruptCheckpoint".to_owned(),
+            message: format!("checkpoint of {route} {shard_id} in {}: {e}", self.table),
+        })?;
+        let updated_at_ms = item
+            .get("updated_at_ms")
+            .and_then(|v| v.as_n().ok())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        Ok(Some(Checkpoint { last_seq, updated_at_ms }))
+    }
+
+    async fn advance(&self, a: &CheckpointAdvance) -> Result<AdvanceOutcome, StoreError> {
+        let mut values: HashMap<String, AttributeValue> = HashMap::from([
+            (":seq".to_owned(), s(a.last_seq.to_padded())),
+            (":route".to_owned(), s(&a.route)),
+            (":src".to_owned(), s(&a.source_arn)),
+            (":dst".to_owned(), s(&a.target_arn)),
+            (":written".to_owned(), AttributeValue::N(a.written.to_string())),
+            (":dead".to_owned(), AttributeValue::N(a.dead_lettered.to_string())),
+            (":ms".to_owned(), AttributeValue::N(a.now_ms.to_string())),
+            (
+                ":at".to_owned(),
+                s(chrono::DateTime::from_timestamp_millis(a.now_ms).unwrap_or_default().to_rfc3339()),
+            ),
+        ]);
+        let mut update = "SET last_seq = :seq, route = :route, source_arn = :src, target_arn = :dst, \
+                          updated_at_ms = :ms, updated_at = :at"
+            .to_owned();
+        if let Some((shard, seq)) = &a.last_target {
+            update.push_str(", last_target_shard = :tshard, last_target_seq = :tseq");
+            values.insert(":tshard".to_owned(), s(shard));
+            values.insert(":tseq".to_owned(), s(seq));
+        }
+        update.push_str(" ADD records_written :written, records_dead_lettered :dead");
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(checkpoint_pk(&a.route)))
+            .key("sk", s(&a.shard_id))
+            .update_expression(update)
+            .condition_expression("attribute_not_exists(last_seq) OR last_seq < :seq")
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(AdvanceOutcome::Moved),
+            Err(SdkError::ServiceError(e)) if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
+                Ok(AdvanceOutcome::AlreadyFurther)
+            }
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+}

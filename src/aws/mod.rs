@@ -1,0 +1,186 @@
+//! SDK adapters: the only place AWS SDK types appear. Each adapter implements a port from
+//! [`crate::ports`] and classifies SDK errors into [`FailureClass`]es exactly once, here.
+//!
+//! - [`target`]: PutRecords to a route's target stream by ARN, with assumed-role credentials.
+//! - [`checkpoints`]: DynamoDB checkpoints, advanced with a forward-only condition.
+//! - [`dead_letters`]: S3 dead letters, one JSON envelope per record.
+//! - [`source`]: reading shards (for local runs and read-back checks) and writing test data.
+
+pub mod checkpoints;
+pub mod dead_letters;
+pub mod source;
+pub mod target;
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::config::ReplicatorConfig;
+use crate::handler::{Handler, MetricsOutput};
+use crate::model::{FailureClass, RequestError, StoreError};
+use crate::replicate::Replicator;
+
+/// The replicator wired to AWS.
+pub type AwsReplicator = Replicator<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
+/// The handler wired to AWS.
+pub type AwsHandler = Handler<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
+
+/// Loads the SDK configuration the usual way (environment, profile, instance role).
+/// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` point it at local emulators.
+pub async fn load_sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+/// Builds the handler and its clients once, at cold start.
+pub async fn build_handler(config: &ReplicatorConfig, sdk: &SdkConfig, metrics: MetricsOutput) -> AwsHandler {
+    let writer = target::KinesisTarget::new(sdk, &config.routes, &config.limits).await;
+    let checkpoints = checkpoints::DynamoCheckpoints::new(sdk, &config.table);
+    let dead_letters = dead_letters::S3DeadLetters::new(sdk, &config.dead_letter_bucket, &config.dead_letter_prefix);
+    let replicator = Replicator::new(writer, checkpoints, dead_letters, config.routes.clone(), config.limits.clone());
+    Handler::new(replicator, config.metrics_namespace.clone(), metrics)
+}
+
+/// True when an endpoint override is in force for `service` (local emulators): S3 then needs
+/// path-style addressing.
+pub fn endpoint_overridden(sdk: &SdkConfig, service_env: &str) -> bool {
+    sdk.endpoint_url().is_some() || std::env::var_os(format!("AWS_ENDPOINT_URL_{service_env}")).is_some()
+}
+
+/// Error codes that mean nothing will succeed until someone acts.
+fn is_systemic_code(code: &str) -> bool {
+    matches!(
+        code,
+        "AccessDeniedException"
+            | "AccessDenied"
+            | "ResourceNotFoundException"
+            | "ExpiredTokenException"
+            | "ExpiredToken"
+            | "UnrecognizedClientException"
+            | "InvalidClientTokenId"
+            | "InvalidSignatureException"
+            | "IncompleteSignature"
+            | "SignatureDoesNotMatch"
+            | "ValidationException"
+            | "InvalidArgumentException"
+            | "NoSuchBucket"
+            | "UnauthorizedOperation"
+    ) || (code.starts_with("KMS") && code != "KMSThrottlingException")
+}
+
+/// Classifies a per-entry PutRecords error code.
+pub fn classify_entry_code(code: &str) -> FailureClass {
+    match code {
+        "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException" => FailureClass::Transient,
+        c if is_systemic_code(c) => FailureClass::Systemic,
+        // Unknown per-entry codes are retried: bounded by the deadline, and never lose the record.
+        _ => FailureClass::Transient,
+    }
+}
+
+/// Classifies an SDK error of any operation. Service errors use the modeled code; transport
+/// errors after the request may have reached the service are marked ambiguous.
+pub fn classify_sdk_error<E>(err: &SdkError<E, HttpResponse>) -> RequestError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = || {
+        let mut s = String::new();
+        let mut src: Option<&dyn std::error::Error> = Some(err);
+        while let Some(e) = src {
+            if !s.is_empty() {
+                s.push_str(": ");
+            }
+            s.push_str(&e.to_string());
+            src = e.source();
+        }
+        s
+    };
+    match err {
+        SdkError::ServiceError(se) => {
+            let e = se.err();
+            let code = e.code().unwrap_or("Unknown").to_owned();
+            let message = e.message().unwrap_or_default().to_owned();
+            let class = if matches!(
+                code.as_str(),
+                "ProvisionedThroughputExceededException" | "KMSThrottlingException" | "InternalFailure"
+                    | "ThrottlingException" | "Throttling" | "LimitExceededException" | "ServiceUnavailable"
+                    | "SlowDown" | "RequestLimitExceeded" | "ProvisionedThroughputExceeded"
+                    | "InternalServerError" | "InternalError"
+            ) {
+                FailureClass::Transient
+            } else if is_systemic_code(&code) {
+                FailureClass::Systemic
+            } else {
+                // Unmodeled codes: server-side trouble is worth retrying, the rest needs a person.
+                if se.raw().status().is_server_error() { FailureClass::Transient } else { FailureClass::Systemic }
+            };
+            RequestError { class, ambiguous: false, code, message }
+        }
+        SdkError::TimeoutError(_) => RequestError {
+            class: FailureClass::Transient,
+            ambiguous: true,
+            code: "Timeout".to_owned(),
+            message: detail(),
+        },
+        SdkError::DispatchFailure(d) => {
+            let message = detail();
+            if d.is_user() || message.contains("credentials") || message.contains("AssumeRole") {
+                RequestError { class: FailureClass::Systemic, ambiguous: false, code: "CredentialsUnavailable".to_owned(), message }
+            } else {
+                RequestError { class: FailureClass::Transient, ambiguous: d.is_timeout() || d.is_io(), code: "NetworkError".to_owned(), message }
+            }
+        }
+        SdkError::ResponseError(_) => RequestError {
+            class: FailureClass::Transient,
+            ambiguous: true,
+            code: "UnreadableResponse".to_owned(),
+            message: detail(),
+        },
+        SdkError::ConstructionFailure(_) => {
+            let message = detail();
+            let code = if message.contains("credential") || message.contains("identity") {
+                "CredentialsUnavailable"
+            } else {
+                "RequestNotBuilt"
+            };
+            RequestError { class: FailureClass::Systemic, ambiguous: false, code: code.to_owned(), message }
+        }
+        _ => RequestError { class: FailureClass::Transient, ambiguous: true, code: "Unknown".to_owned(), message: detail() },
+    }
+}
+
+/// A store (DynamoDB, S3) error with its code.
+pub fn store_error<E>(err: &SdkError<E, HttpResponse>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let e = classify_sdk_error(err);
+    StoreError { code: e.code, message: e.message }
+}
+
+/// Connect timeout for every client: a dead endpoint must fail fast, not eat the deadline.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_entry_codes_are_classified() {
+        let cases = [
+            ("ProvisionedThroughputExceededException", FailureClass::Transient),
+            ("InternalFailure", FailureClass::Transient),
+            ("KMSThrottlingException", FailureClass::Transient),
+            ("KMSDisabledException", FailureClass::Systemic),
+            ("KMSAccessDeniedException", FailureClass::Systemic),
+            ("AccessDeniedException", FailureClass::Systemic),
+            ("SomethingNew", FailureClass::Transient),
+        ];
+        for (code, class) in cases {
+            assert_eq!(classify_entry_code(code), class, "{code}");
+        }
+    }
+}

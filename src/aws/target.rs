@@ -1,0 +1,133 @@
+//! PutRecords to a route's target stream, always addressed by StreamARN, with credentials of
+//! the writer role in the target account (assumed with its external id, refreshed by the SDK).
+
+use std::collections::HashMap;
+
+use aws_config::SdkConfig;
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
+use aws_sdk_kinesis::Client;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+
+use super::{classify_entry_code, classify_sdk_error, CONNECT_TIMEOUT};
+use crate::config::Limits;
+use crate::model::{EntryResult, FailureClass, RequestError, Route, TargetInfo, WriterRole};
+use crate::ports::{OutEntry, TargetWriter};
+
+/// Writes to target streams; one client per writer role.
+pub struct KinesisTarget {
+    clients: HashMap<Option<WriterRole>, Client>,
+    default_max_record_bytes: usize,
+}
+
+impl KinesisTarget {
+    /// Builds one client per distinct writer role of `routes`. The SDK's own retries are off:
+    /// the write path retries with per-key order rules the SDK does not know.
+    pub async fn new(sdk: &SdkConfig, routes: &[Route], limits: &Limits) -> Self {
+        let mut clients = HashMap::new();
+        for route in routes {
+            if clients.contains_key(&route.writer_role) {
+                continue;
+            }
+            let mut conf = aws_sdk_kinesis::config::Builder::from(sdk)
+                .retry_config(RetryConfig::disabled())
+                .timeout_config(
+                    TimeoutConfig::builder()
+                        .connect_timeout(CONNECT_TIMEOUT)
+                        .operation_attempt_timeout(limits.request_timeout)
+                        .build(),
+                );
+            if let Some(role) = &route.writer_role {
+                let mut provider = aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
+                    .session_name("fanout-replicator")
+                    .configure(sdk);
+                if let Some(external_id) = &role.external_id {
+                    provider = provider.external_id(external_id.clone());
+                }
+                conf = conf.credentials_provider(provider.build().await);
+            }
+            clients.insert(route.writer_role.clone(), Client::from_conf(conf.build()));
+        }
+        KinesisTarget { clients, default_max_record_bytes: limits.default_max_record_bytes }
+    }
+
+    fn client(&self, route: &Route) -> Result<&Client, RequestError> {
+        self.clients.get(&route.writer_role).ok_or_else(|| RequestError {
+            class: FailureClass::Systemic,
+            ambiguous: false,
+            code: "NoClient".to_owned(),
+            message: format!("no client was built for route {}", route.name),
+        })
+    }
+}
+
+impl TargetWriter for KinesisTarget {
+    async fn target_info(&self, route: &Route) -> Result<TargetInfo, RequestError> {
+        let out = self
+            .client(route)?
+            .describe_stream_summary()
+            .stream_arn(route.target.as_str())
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error(&e))?;
+        let summary = out.stream_description_summary();
+        if let Some(s) = summary {
+            if *s.stream_status() == StreamStatus::Deleting {
+                return Err(RequestError {
+                    class: FailureClass::Systemic,
+                    ambiguous: false,
+                    code: "ResourceNotFoundException".to_owned(),
+                    message: format!("target stream {} is being deleted", route.target),
+                });
+            }
+        }
+        let max_record_bytes = summary
+            .and_then(|s| s.max_record_size_in_kib())
+            .filter(|kib| *kib > 0)
+            .map(|kib| kib as usize * 1024)
+            .unwrap_or(self.default_max_record_bytes);
+        Ok(TargetInfo { max_record_bytes })
+    }
+
+    async fn put_records(&self, route: &Route, entries: &[OutEntry<'_>]) -> Result<Vec<EntryResult>, RequestError> {
+        let records: Vec<PutRecordsRequestEntry> = entries
+            .iter()
+            .map(|e| {
+                PutRecordsRequestEntry::builder()
+                    .partition_key(e.partition_key)
+                    .data(Blob::new(e.data.to_vec()))
+                    .build()
+                    .map_err(|err| RequestError {
+                        class: FailureClass::Systemic,
+                        ambiguous: false,
+                        code: "RequestNotBuilt".to_owned(),
+                        message: err.to_string(),
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let out = self
+            .client(route)?
+            .put_records()
+            .stream_arn(route.target.as_str())
+            .set_records(Some(records))
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error(&e))?;
+        Ok(out
+            .records()
+            .iter()
+            .map(|r| match r.error_code() {
+                Some(code) => EntryResult::Failed {
+                    code: code.to_owned(),
+                    message: r.error_message().unwrap_or_default().to_owned(),
+                    class: classify_entry_code(code),
+                },
+                None => EntryResult::Written {
+                    shard_id: r.shard_id().unwrap_or_default().to_owned(),
+                    seq: r.sequence_number().unwrap_or_default().to_owned(),
+                },
+            })
+            .collect())
+    }
+}

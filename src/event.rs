@@ -1,0 +1,276 @@
+//! Lambda's Kinesis events: read leniently into [`SourceBatch`]es, built for local runs,
+//! and answered with `batchItemFailures`.
+//!
+//! Reading is lenient per record: a record whose fields cannot be read but whose sequence
+//! number can becomes a defective record (dead-lettered with its raw JSON), so one bad record
+//! never blocks a shard. Only an event that cannot be read at all is an error.
+
+use aws_lambda_events::event::kinesis::{KinesisEvent, KinesisEventRecord};
+use aws_lambda_events::event::streams::KinesisEventResponse;
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::model::{RecordDefect, SourceBatch, SourceRecord, StreamArn};
+use crate::seq::SequenceNumber;
+
+/// The event cannot be turned into a batch; the whole invocation fails and Lambda retries it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Malformed Kinesis event: {0}")]
+pub struct EventError(pub String);
+
+#[derive(Deserialize)]
+struct RawEvent<'a> {
+    #[serde(rename = "Records", borrow)]
+    records: Vec<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct RawRecord {
+    #[serde(rename = "eventID", default)]
+    event_id: Option<String>,
+    #[serde(rename = "eventSourceARN", default)]
+    event_source_arn: Option<String>,
+    kinesis: RawKinesis,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawKinesis {
+    sequence_number: String,
+    #[serde(default)]
+    partition_key: Option<String>,
+    data: String,
+    #[serde(default, deserialize_with = "seconds")]
+    approximate_arrival_timestamp: Option<f64>,
+}
+
+/// Lambda sends epoch seconds as a number; some tools write them as a string.
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrText {
+        Num(f64),
+        Text(String),
+    }
+    Ok(match Option::<NumOrText>::deserialize(d)? {
+        Some(NumOrText::Num(n)) => Some(n),
+        Some(NumOrText::Text(t)) => t.parse().ok(),
+        None => None,
+    })
+}
+
+/// Just enough of a record to dead-letter it when the rest cannot be read.
+#[derive(Deserialize)]
+struct SalvageRecord {
+    #[serde(rename = "eventID", default)]
+    event_id: Option<String>,
+    #[serde(rename = "eventSourceARN", default)]
+    event_source_arn: Option<String>,
+    kinesis: SalvageKinesis,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SalvageKinesis {
+    sequence_number: String,
+    #[serde(default)]
+    partition_key: Option<serde_json::Value>,
+}
+
+/// Reads a Lambda Kinesis event into one batch (the event source mapping sends one shard per
+/// invocation). Records are returned in sequence order.
+pub fn parse_event(payload: &[u8]) -> Result<SourceBatch, EventError> {
+    let raw: RawEvent<'_> = serde_json::from_slice(payload).map_err(|e| {
+        EventError(format!(
+            "{e}; expected a Kinesis event {{\"Records\": [...]}} as Lambda's event source mapping sends"
+        ))
+    })?;
+    if raw.records.is_empty() {
+        return Err(EventError("the event has no records".to_owned()));
+    }
+    let mut source: Option<StreamArn> = None;
+    let mut shard: Option<String> = None;
+    let mut records = Vec::with_capacity(raw.records.len());
+    for (i, value) in raw.records.iter().enumerate() {
+        let (record, event_id, arn) = read_record(i, value)?;
+        let arn = arn.ok_or_else(|| {
+            EventError(format!("record {i} (sequence number {}) has no eventSourceARN", record.seq))
+        })?;
+        let arn = StreamArn::parse(&arn).map_err(|e| EventError(format!("record {i}: eventSourceARN: {e}")))?;
+        let shard_id = event_id
+            .as_deref()
+            .and_then(|id| id.split_once(':').map(|(s, _)| s.to_owned()))
+            .ok_or_else(|| {
+                EventError(format!(
+                    "record {i} (sequence number {}) has no eventID of the form shardId-…:<sequence number>",
+                    record.seq
+                ))
+            })?;
+        match (&source, &shard) {
+            (None, None) => {
+                source = Some(arn);
+                shard = Some(shard_id);
+            }
+            (Some(s), Some(sh)) if *s == arn && *sh == shard_id => {}
+            (Some(s), Some(sh)) => {
+                return Err(EventError(format!(
+                    "record {i} comes from {arn} {shard_id} but record 0 from {s} {sh}; one invocation must hold one shard"
+                )))
+            }
+            _ => unreachable!("source and shard are set together"),
+        }
+        records.push(record);
+    }
+    if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
+        records.sort_by(|a, b| a.seq.cmp(&b.seq));
+        records.dedup_by(|a, b| a.seq == b.seq);
+    }
+    Ok(SourceBatch {
+        source: source.ok_or_else(|| EventError("no records".into()))?,
+        shard_id: shard.ok_or_else(|| EventError("no records".into()))?,
+        records,
+    })
+}
+
+type ReadRecord = (SourceRecord, Option<String>, Option<String>);
+
+fn read_record(i: usize, value: &RawValue) -> Result<ReadRecord, EventError> {
+    let text = value.get();
+    let why = match serde_json::from_str::<RawRecord>(text) {
+        Ok(r) => {
+            let seq = SequenceNumber::parse(&r.kinesis.sequence_number).map_err(|e| {
+                EventError(format!("record {i}: kinesis.sequenceNumber: {e}"))
+            })?;
+            match base64::engine::general_purpose::STANDARD.decode(r.kinesis.data.as_bytes()) {
+                Ok(data) => {
+                    let record = SourceRecord {
+                        seq,
+                        partition_key: r.kinesis.partition_key,
+                        data,
+                        arrival_ms: r
+                            .kinesis
+                            .approximate_arrival_timestamp
+                            .map(|s| (s * 1000.0).round() as i64),
+                        defect: None,
+                    };
+                    return Ok((record, r.event_id, r.event_source_arn));
+                }
+                Err(e) => format!("kinesis.data is not base64: {e}"),
+            }
+        }
+        Err(e) => e.to_string(),
+    };
+    // Salvage: keep the raw JSON so the record can be dead-lettered, if its position is known.
+    let salvage: SalvageRecord = serde_json::from_str(text).map_err(|_| {
+        EventError(format!(
+            "record {i} cannot be read ({why}) and has no readable kinesis.sequenceNumber, so it cannot be dead-lettered or reported"
+        ))
+    })?;
+    let seq = SequenceNumber::parse(&salvage.kinesis.sequence_number)
+        .map_err(|e| EventError(format!("record {i}: kinesis.sequenceNumber: {e}")))?;
+    let record = SourceRecord {
+        seq,
+        partition_key: salvage.kinesis.partition_key.and_then(|v| v.as_str().map(str::to_owned)),
+        data: text.as_bytes().to_vec(),
+        arrival_ms: None,
+        defect: Some(RecordDefect::Malformed(why)),
+    };
+    Ok((record, salvage.event_id, salvage.event_source_arn))
+}
+
+/// Builds the event Lambda's event source mapping would send for these records.
+pub fn build_event(source: &StreamArn, shard_id: &str, region: &str, records: &[SourceRecord]) -> KinesisEvent {
+    let mut event = KinesisEvent::default();
+    event.records = records
+        .iter()
+        .map(|r| {
+            let mut rec = KinesisEventRecord::default();
+            rec.aws_region = Some(region.to_owned());
+            rec.event_id = Some(format!("{shard_id}:{}", r.seq));
+            rec.event_name = Some("aws:kinesis:record".to_owned());
+            rec.event_source = Some("aws:kinesis".to_owned());
+            rec.event_source_arn = Some(source.to_string());
+            rec.event_version = Some("1.0".to_owned());
+            rec.invoke_identity_arn = Some(format!("arn:aws:iam::{}:role/fanout-replicator", source.account()));
+            rec.kinesis.approximate_arrival_timestamp.0 =
+                chrono::DateTime::from_timestamp_millis(r.arrival_ms.unwrap_or(0)).unwrap_or_default();
+            *rec.kinesis.data = r.data.clone();
+            rec.kinesis.partition_key = r.partition_key.clone().unwrap_or_default();
+            rec.kinesis.sequence_number = r.seq.to_string();
+            rec.kinesis.kinesis_schema_version = Some("1.0".to_owned());
+            rec
+        })
+        .collect();
+    event
+}
+
+/// The answer for Lambda: the first unhandled sequence number, or nothing.
+pub fn response(first_unhandled: Option<&SequenceNumber>) -> KinesisEventResponse {
+    let mut response = KinesisEventResponse::default();
+    if let Some(seq) = first_unhandled {
+        response.add_failure(seq.to_string());
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURE: &str = include_str!("../tests/fixtures/kinesis-event.json");
+
+    #[test]
+    fn reads_the_fixture_event_into_one_shard_batch() {
+        let batch = parse_event(FIXTURE.as_bytes()).unwrap();
+        assert_eq!(batch.shard_id, "shardId-000000000000");
+        assert_eq!(batch.source.name(), "fanout-demo-source");
+        assert_eq!(batch.records.len(), 3);
+        assert_eq!(batch.records[0].data, b"Hello, this is a test.");
+        assert_eq!(batch.records[0].partition_key.as_deref(), Some("customer-1"));
+        assert!(batch.records.iter().all(|r| r.defect.is_none()));
+    }
+
+    #[test]
+    fn built_events_round_trip_through_the_reader() {
+        let batch = parse_event(FIXTURE.as_bytes()).unwrap();
+        let event = build_event(&batch.source, &batch.shard_id, "us-east-1", &batch.records);
+        let json = serde_json::to_vec(&event).unwrap();
+        let again = parse_event(&json).unwrap();
+        assert_eq!(again.records.len(), batch.records.len());
+        for (a, b) in again.records.iter().zip(&batch.records) {
+            assert_eq!((&a.seq, &a.partition_key, &a.data), (&b.seq, &b.partition_key, &b.data));
+        }
+    }
+
+    #[test]
+    fn a_bad_record_becomes_a_defect_but_a_bad_event_is_an_error() {
+        let bad_data = FIXTURE.replacen("SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==", "%%%not-base64", 1);
+        let batch = parse_event(bad_data.as_bytes()).unwrap();
+        assert!(matches!(batch.records[0].defect, Some(RecordDefect::Malformed(ref w)) if w.contains("base64")));
+        assert!(String::from_utf8_lossy(&batch.records[0].data).contains("%%%not-base64"));
+
+        let cases = [
+            ("not json", "expected a Kinesis event"),
+            ("{\"Records\": []}", "no records"),
+            ("{\"records\": 5}", "missing field `Records`"),
+        ];
+        for (payload, words) in cases {
+            let e = parse_event(payload.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(words), "{e}");
+        }
+        let no_seq = FIXTURE.replacen("\"sequenceNumber\"", "\"sequence\"", 1);
+        assert!(parse_event(no_seq.as_bytes()).unwrap_err().to_string().contains("sequenceNumber"));
+    }
+
+    #[test]
+    fn response_reports_only_the_first_unhandled_sequence_number() {
+        let seq = SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898").unwrap();
+        let json = serde_json::to_value(response(Some(&seq))).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"batchItemFailures": [{"itemIdentifier": "49590338271490256608559692538361571095921575989136588898"}]})
+        );
+        assert_eq!(serde_json::to_value(response(None)).unwrap(), serde_json::json!({"batchItemFailures": []}));
+    }
+}

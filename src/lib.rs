@@ -1,0 +1,27 @@
+//! `fanout` replicates Kinesis streams from a new AWS account into an old one, losslessly and
+//! in per-key order, so a live system can move between accounts without downtime.
+//!
+//! Map of the crate:
+//! - [`seq`]: sequence numbers (56-digit decimals compared numerically, stored padded).
+//! - [`model`]: plain data: routes, stream ARNs, records, write results, checkpoints.
+//! - [`config`]: every setting, from `FANOUT_*` environment variables, validated.
+//! - [`plan`]: pure planning: per-key heads, request packing, defects, backoff.
+//! - [`ports`]: the traits between the write path and AWS.
+//! - [`replicate`]: the write path (skip, dead-letter, write in rounds, checkpoint).
+//! - [`event`]: Lambda Kinesis events in, `batchItemFailures` out.
+//! - [`handler`]: the replicator Lambda's handler, shared by the Lambda and local runs.
+//! - [`metrics`]: CloudWatch embedded-metric-format lines.
+//! - [`aws`]: the SDK adapters (the only place SDK types appear).
+//! - [`runner`]: a local event-source runner with the event source mapping's rules.
+
+pub mod aws;
+pub mod config;
+pub mod event;
+pub mod handler;
+pub mod metrics;
+pub mod model;
+pub mod plan;
+pub mod ports;
+pub mod replicate;
+pub mod runner;
+pub mod seq;

@@ -1,0 +1,369 @@
+//! Table-style tests of the write path over scripted in-memory fakes of the ports.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::model::{Checkpoint, SourceRecord, StoreError, StreamArn};
+
+const SRC: &str = "arn:aws:kinesis:us-east-1:123456789012:stream/src";
+
+/// What the fake target does with one entry.
+#[derive(Clone, Debug)]
+enum Fault {
+    None,
+    Throttle,
+    Systemic(&'static str),
+}
+
+#[derive(Default)]
+struct TargetState {
+    /// Everything written, per route, in arrival order: (partition key, data).
+    written: HashMap<String, Vec<(String, Vec<u8>)>>,
+    calls: usize,
+    next_seq: u64,
+}
+
+type EntryScript = dyn Fn(usize, &str, &[u8]) -> Fault + Send + Sync;
+
+#[derive(Clone)]
+struct FakeTarget {
+    state: Arc<Mutex<TargetState>>,
+    /// Decides each entry's fate from (call number, route, data).
+    script: Arc<EntryScript>,
+    /// Call numbers whose whole request is applied and then reported as a timeout.
+    ambiguous_calls: Arc<Vec<usize>>,
+    max_record_bytes: usize,
+}
+
+impl FakeTarget {
+    fn new(script: impl Fn(usize, &str, &[u8]) -> Fault + Send + Sync + 'static) -> Self {
+        FakeTarget {
+            state: Arc::default(),
+            script: Arc::new(script),
+            ambiguous_calls: Arc::new(vec![]),
+            max_record_bytes: 1024,
+        }
+    }
+    fn written(&self, route: &str) -> Vec<(String, Vec<u8>)> {
+        self.state.lock().unwrap().written.get(route).cloned().unwrap_or_default()
+    }
+}
+
+impl TargetWriter for FakeTarget {
+    async fn target_info(&self, _route: &Route) -> Result<TargetInfo, RequestError> {
+        Ok(TargetInfo { max_record_bytes: self.max_record_bytes })
+    }
+
+    async fn put_records(&self, route: &Route, entries: &[OutEntry<'_>]) -> Result<Vec<EntryResult>, RequestError> {
+        let mut st = self.state.lock().unwrap();
+        st.calls += 1;
+        let call = st.calls;
+        let mut out = Vec::new();
+        for e in entries {
+            match (self.script)(call, &route.name, e.data) {
+                Fault::None => {
+                    st.next_seq += 1;
+                    let seq = st.next_seq.to_string();
+                    st.written
+                        .entry(route.name.clone())
+                        .or_default()
+                        .push((e.partition_key.to_owned(), e.data.to_vec()));
+                    out.push(EntryResult::Written { shard_id: "shardId-000000000000".into(), seq });
+                }
+                Fault::Throttle => out.push(EntryResult::Failed {
+                    code: "ProvisionedThroughputExceededException".into(),
+                    message: "Rate exceeded".into(),
+                    class: FailureClass::Transient,
+                }),
+                Fault::Systemic(code) => out.push(EntryResult::Failed {
+                    code: code.into(),
+                    message: "key disabled".into(),
+                    class: FailureClass::Systemic,
+                }),
+            }
+        }
+        if self.ambiguous_calls.contains(&call) {
+            return Err(RequestError {
+                class: FailureClass::Transient,
+                ambiguous: true,
+                code: "Timeout".into(),
+                message: "timed out".into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Clone, Default)]
+struct FakeCheckpoints {
+    items: Arc<Mutex<HashMap<(String, String), SequenceNumber>>>,
+    fail_load: bool,
+}
+
+impl CheckpointStore for FakeCheckpoints {
+    async fn load(&self, route: &str, shard_id: &str) -> Result<Option<Checkpoint>, StoreError> {
+        if self.fail_load {
+            return Err(StoreError { code: "ResourceNotFoundException".into(), message: "no table".into() });
+        }
+        Ok(self
+            .items
+            .lock()
+            .unwrap()
+            .get(&(route.to_owned(), shard_id.to_owned()))
+            .map(|s| Checkpoint { last_seq: s.clone(), updated_at_ms: 0 }))
+    }
+
+    async fn advance(&self, a: &CheckpointAdvance) -> Result<AdvanceOutcome, StoreError> {
+        let mut items = self.items.lock().unwrap();
+        let key = (a.route.clone(), a.shard_id.clone());
+        match items.get(&key) {
+            Some(s) if *s >= a.last_seq => Ok(AdvanceOutcome::AlreadyFurther),
+            _ => {
+                items.insert(key, a.last_seq.clone());
+                Ok(AdvanceOutcome::Moved)
+            }
+        }
+    }
+}
+
+#[derive(Clone, Default)]
+struct FakeDeadLetters {
+    letters: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    fail: bool,
+}
+
+impl DeadLetterStore for FakeDeadLetters {
+    async fn store(&self, letter: &DeadLetter<'_>) -> Result<String, StoreError> {
+        if self.fail {
+            return Err(StoreError { code: "NoSuchBucket".into(), message: "bucket missing".into() });
+        }
+        let key = format!("dl/{}/{}/{}", letter.route, letter.shard_id, letter.record.seq.to_padded());
+        self.letters
+            .lock()
+            .unwrap()
+            .push((key.clone(), letter.error_code.clone(), letter.record.data.clone()));
+        Ok(key)
+    }
+}
+
+fn route(target: &str) -> Route {
+    let source = StreamArn::parse(SRC).unwrap();
+    let target = StreamArn::parse(&format!("arn:aws:kinesis:us-east-1:222222222222:stream/{target}")).unwrap();
+    Route { name: Route::default_name(&source, &target), source, target, writer_role: None }
+}
+
+fn limits() -> Limits {
+    Limits {
+        backoff_base: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(5),
+        deadline_margin: Duration::from_millis(50),
+        ..Limits::default()
+    }
+}
+
+/// Records with data "key:n" so the target content shows key and source position.
+fn batch(n: usize, keys: usize) -> SourceBatch {
+    let records = (0..n)
+        .map(|i| {
+            let key = format!("k{}", i % keys);
+            SourceRecord {
+                seq: SequenceNumber::parse(&(1000 + i).to_string()).unwrap(),
+                data: format!("{key}:{i}").into_bytes(),
+                partition_key: Some(key),
+                arrival_ms: Some(1_700_000_000_000 + i as i64),
+                defect: None,
+            }
+        })
+        .collect();
+    SourceBatch { source: StreamArn::parse(SRC).unwrap(), shard_id: "shardId-000000000001".into(), records }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(30)
+}
+
+/// Per key: the source positions in order of first arrival in the target.
+fn first_arrivals(written: &[(String, Vec<u8>)]) -> HashMap<String, Vec<usize>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out: HashMap<String, Vec<usize>> = HashMap::new();
+    for (key, data) in written {
+        let text = String::from_utf8(data.clone()).unwrap();
+        let pos: usize = text.split(':').nth(1).unwrap().parse().unwrap();
+        if seen.insert(pos) {
+            out.entry(key.clone()).or_default().push(pos);
+        }
+    }
+    out
+}
+
+fn assert_complete_and_ordered(written: &[(String, Vec<u8>)], n: usize, missing_ok: &[usize]) {
+    let arrivals = first_arrivals(written);
+    let mut all: Vec<usize> = arrivals.values().flatten().copied().collect();
+    all.sort_unstable();
+    let want: Vec<usize> = (0..n).filter(|i| !missing_ok.contains(i)).collect();
+    assert_eq!(all, want, "every record exactly once (first arrivals)");
+    for (key, positions) in arrivals {
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {positions:?}");
+    }
+}
+
+#[tokio::test]
+async fn clean_batch_is_written_in_order_and_checkpointed() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(target.clone(), cps.clone(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let b = batch(1200, 1200);
+    let rep = r.replicate(&b, far()).await;
+    assert_eq!(rep.first_unhandled, None);
+    assert_eq!(rep.routes[0].written, 1200);
+    assert_eq!(rep.routes[0].requests, 3, "1200 distinct keys pack into 500 + 500 + 200");
+    assert_complete_and_ordered(&target.written(&route("t").name), 1200, &[]);
+    let stored = cps.items.lock().unwrap().values().next().cloned().unwrap();
+    assert_eq!(stored, b.records[1199].seq);
+}
+
+#[tokio::test]
+async fn a_hot_key_is_sent_one_record_per_round() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let rep = r.replicate(&batch(1200, 7), far()).await;
+    assert_eq!(rep.routes[0].requests, 172, "ceil(1200 / 7) rounds of 7 heads");
+    assert_complete_and_ordered(&target.written(&route("t").name), 1200, &[]);
+}
+
+#[tokio::test]
+async fn partial_failures_lose_nothing_and_keep_per_key_order() {
+    for (fraction, seed) in [(0.1, 1u64), (0.3, 2), (0.5, 3)] {
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        let target = FakeTarget::new(move |_, _, _| {
+            if rng.lock().unwrap().random_bool(fraction) {
+                Fault::Throttle
+            } else {
+                Fault::None
+            }
+        });
+        let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+        let rep = r.replicate(&batch(3000, 13), far()).await;
+        let rr = &rep.routes[0];
+        assert_eq!(rep.first_unhandled, None, "fraction {fraction}");
+        assert_eq!(rr.written, 3000);
+        assert_eq!(rr.possible_duplicates, 0, "throttled entries are not written, so nothing repeats");
+        assert!(rr.retries["ProvisionedThroughputExceededException"] > 0);
+        let written = target.written(&route("t").name);
+        assert_eq!(written.len(), 3000);
+        assert_complete_and_ordered(&written, 3000, &[]);
+    }
+}
+
+#[tokio::test]
+async fn a_retried_batch_is_skipped_from_the_checkpoint() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let b = batch(300, 5);
+    r.replicate(&b, far()).await;
+    let again = r.replicate(&b, far()).await;
+    assert_eq!(again.routes[0].skipped, 300);
+    assert_eq!(again.routes[0].written, 0);
+    assert_eq!(target.written(&route("t").name).len(), 300);
+}
+
+#[tokio::test]
+async fn too_large_and_keyless_records_are_dead_lettered_and_the_rest_flows() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let dls = FakeDeadLetters::default();
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), dls.clone(), vec![route("t")], limits());
+    let mut b = batch(50, 3);
+    b.records[10].data = vec![b'x'; 5000];
+    b.records[20].partition_key = None;
+    let rep = r.replicate(&b, far()).await;
+    assert_eq!(rep.first_unhandled, None);
+    assert_eq!(rep.routes[0].dead_lettered, 2);
+    assert_eq!(rep.routes[0].written, 48);
+    let letters = dls.letters.lock().unwrap().clone();
+    assert_eq!(letters.iter().map(|l| l.1.as_str()).collect::<Vec<_>>(), ["RecordTooLarge", "MissingPartitionKey"]);
+    assert_eq!(letters[0].2.len(), 5000, "the dead letter keeps the full payload");
+    assert_complete_and_ordered(&target.written(&route("t").name), 50, &[10, 20]);
+}
+
+#[tokio::test]
+async fn a_systemic_error_stops_at_the_first_unwritten_record_without_dead_letters() {
+    // Entries with data "k0:40" onwards hit a disabled KMS key.
+    let target = FakeTarget::new(|_, _, data| {
+        let pos: usize = String::from_utf8_lossy(data).split(':').nth(1).unwrap().parse().unwrap();
+        if pos >= 40 { Fault::Systemic("KMSDisabledException") } else { Fault::None }
+    });
+    let dls = FakeDeadLetters::default();
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(target.clone(), cps.clone(), dls.clone(), vec![route("t")], limits());
+    let b = batch(100, 4);
+    let rep = r.replicate(&b, far()).await;
+    assert_eq!(rep.first_unhandled, Some(b.records[40].seq.clone()));
+    assert!(matches!(&rep.routes[0].stop, Some(StopReason::Systemic { code, .. }) if code == "KMSDisabledException"));
+    assert!(dls.letters.lock().unwrap().is_empty());
+    assert_eq!(cps.items.lock().unwrap().values().next(), Some(&b.records[39].seq));
+    assert_complete_and_ordered(&target.written(&route("t").name), 40, &[]);
+}
+
+#[tokio::test]
+async fn endless_throttling_stops_at_the_deadline_and_reports_the_first_record() {
+    let target = FakeTarget::new(|_, _, _| Fault::Throttle);
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let b = batch(20, 2);
+    let rep = r.replicate(&b, Instant::now() + Duration::from_millis(300)).await;
+    assert_eq!(rep.first_unhandled, Some(b.records[0].seq.clone()));
+    assert_eq!(rep.routes[0].stop, Some(StopReason::Deadline));
+    assert!(rep.duration < Duration::from_millis(300), "answers before the deadline");
+}
+
+#[tokio::test]
+async fn an_ambiguous_timeout_is_resent_and_counted_as_possible_duplicates() {
+    let mut target = FakeTarget::new(|_, _, _| Fault::None);
+    target.ambiguous_calls = Arc::new(vec![1]);
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let rep = r.replicate(&batch(30, 3), far()).await;
+    let rr = &rep.routes[0];
+    assert_eq!(rep.first_unhandled, None);
+    // The first request held the 3 key heads; they were applied, then re-sent.
+    assert_eq!(rr.possible_duplicates, 3);
+    let written = target.written(&route("t").name);
+    assert_eq!(written.len(), 33);
+    assert_complete_and_ordered(&written, 30, &[]);
+}
+
+#[tokio::test]
+async fn one_failing_route_does_not_duplicate_into_the_healthy_one_on_retry() {
+    let target = FakeTarget::new(|_, route, _| {
+        if route.ends_with("--bad") { Fault::Systemic("ResourceNotFoundException") } else { Fault::None }
+    });
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("good"), route("bad")], limits());
+    let b = batch(40, 4);
+    let first = r.replicate(&b, far()).await;
+    assert_eq!(first.first_unhandled, Some(b.records[0].seq.clone()));
+    let retry = r.replicate(&b, far()).await;
+    let good = retry.routes.iter().find(|x| x.route.ends_with("--good")).unwrap();
+    assert_eq!(good.skipped, 40);
+    assert_eq!(target.written(&route("good").name).len(), 40);
+}
+
+#[tokio::test]
+async fn unreadable_checkpoint_or_dead_letter_store_stops_the_shard() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let cps = FakeCheckpoints { fail_load: true, ..Default::default() };
+    let r = Replicator::new(target.clone(), cps, FakeDeadLetters::default(), vec![route("t")], limits());
+    let b = batch(10, 2);
+    let rep = r.replicate(&b, far()).await;
+    assert_eq!(rep.first_unhandled, Some(b.records[0].seq.clone()));
+    assert!(target.written(&route("t").name).is_empty());
+
+    let dls = FakeDeadLetters { fail: true, ..Default::default() };
+    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), dls, vec![route("t")], limits());
+    let mut b = batch(10, 2);
+    b.records[6].partition_key = None;
+    let rep = r.replicate(&b, far()).await;
+    assert_eq!(rep.first_unhandled, Some(b.records[6].seq.clone()));
+    assert!(matches!(rep.routes[0].stop, Some(StopReason::DeadLetterFailed { .. })));
+    assert_complete_and_ordered(&target.written(&route("t").name), 6, &[]);
+}
