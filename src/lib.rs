@@ -13,6 +13,7 @@
 //! - [`metrics`]: CloudWatch embedded-metric-format lines.
 //! - [`aws`]: the SDK adapters (the only place SDK types appear).
 //! - [`runner`]: a local event-source runner with the event source mapping's rules.
+//! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
 
 pub mod aws;
 pub mod config;
@@ -25,3 +26,4 @@ pub mod ports;
 pub mod replicate;
 pub mod runner;
 pub mod seq;
+pub mod verify;

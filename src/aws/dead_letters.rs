@@ -45,6 +45,34 @@ impl S3DeadLetters {
         S3DeadLetters { client: Client::from_conf(conf), bucket: bucket.to_owned(), prefix: prefix.to_owned() }
     }
 
+    /// Every dead letter of a route (all routes if `None`), in key order (= sequence order
+    /// within each shard), with its location.
+    pub async fn list(&self, route: Option<&str>) -> Result<Vec<(String, Envelope)>, StoreError> {
+        let prefix = match route {
+            Some(r) if self.prefix.is_empty() => format!("{r}/"),
+            Some(r) => format!("{}/{r}/", self.prefix),
+            None if self.prefix.is_empty() => String::new(),
+            None => format!("{}/", self.prefix),
+        };
+        let mut keys = Vec::new();
+        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| store_error(&e))?;
+            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let obj = self.client.get_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| store_error(&e))?;
+            let body = obj.body.collect().await.map_err(|e| StoreError { code: "ReadBody".into(), message: e.to_string() })?;
+            let envelope: Envelope = serde_json::from_slice(&body.into_bytes()).map_err(|e| StoreError {
+                code: "CorruptDeadLetter".into(),
+                message: format!("s3://{}/{key}: {e}", self.bucket),
+            })?;
+            out.push((format!("s3://{}/{key}", self.bucket), envelope));
+        }
+        Ok(out)
+    }
+
     /// The object key of a dead letter.
     pub fn key(prefix: &str, route: &str, shard_id: &str, padded_seq: &str) -> String {
         if prefix.is_empty() {
