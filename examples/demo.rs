@@ -52,7 +52,10 @@ fn generate(n: usize, seed: u64, too_large: usize) -> Vec<(String, Vec<u8>)> {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match demo().await {
@@ -66,7 +69,10 @@ async fn main() -> ExitCode {
 }
 
 async fn demo() -> Result<bool, String> {
-    let n: usize = std::env::var("FANOUT_DEMO_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5000);
+    let n: usize = std::env::var("FANOUT_DEMO_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
     let config = ReplicatorConfig::from_env().map_err(|e| e.to_string())?;
     let route = config.routes.first().ok_or("no route configured")?.clone();
     let sdk = load_sdk_config().await;
@@ -79,10 +85,20 @@ async fn demo() -> Result<bool, String> {
     println!("1. Writing {n} records to {} (new account)…", route.source);
     let records = generate(n, 7, too_large);
     let t = Instant::now();
-    kinesis.put_all(&route.source, &records).await.map_err(|e| format!("writing the source: {e}"))?;
+    kinesis
+        .put_all(&route.source, &records)
+        .await
+        .map_err(|e| format!("writing the source: {e}"))?;
     println!("   written in {:.1}s", t.elapsed().as_secs_f64());
 
-    println!("2. Replicating into {} (old account, via {}):", route.target, route.writer_role.as_ref().map_or("own credentials", |r| r.role_arn.as_str()));
+    println!(
+        "2. Replicating into {} (old account, via {}):",
+        route.target,
+        route
+            .writer_role
+            .as_ref()
+            .map_or("own credentials", |r| r.role_arn.as_str())
+    );
     let handler = Arc::new(build_handler(&config, &sdk, MetricsOutput::None).await);
     let options = RunnerOptions {
         until_caught_up: true,
@@ -93,10 +109,20 @@ async fn demo() -> Result<bool, String> {
         region: route.source.region().to_owned(),
         ..RunnerOptions::default()
     };
-    let summary = runner::run(&kinesis, &route.source, Arc::new(InProcess(handler)), &options, Arc::new(AtomicBool::new(false)))
-        .await
-        .map_err(|e| format!("reading the source: {e}"))?;
-    let stopped: Vec<_> = summary.shards.iter().filter_map(|(id, s)| s.stopped.as_ref().map(|w| format!("{id}: {w}"))).collect();
+    let summary = runner::run(
+        &kinesis,
+        &route.source,
+        Arc::new(InProcess(handler)),
+        &options,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .map_err(|e| format!("reading the source: {e}"))?;
+    let stopped: Vec<_> = summary
+        .shards
+        .iter()
+        .filter_map(|(id, s)| s.stopped.as_ref().map(|w| format!("{id}: {w}")))
+        .collect();
     let rate = summary.records_delivered() as f64 / summary.elapsed.as_secs_f64().max(0.001);
     println!(
         "   {} records through the handler in {:.1}s ({rate:.0} records/s), {} invocations, {} retried",
@@ -107,10 +133,19 @@ async fn demo() -> Result<bool, String> {
     );
 
     println!("3. Reading both streams back and checking…");
-    let source = kinesis.read_all(&route.source).await.map_err(|e| format!("reading the source back: {e}"))?;
-    let target = kinesis.read_all(&route.target).await.map_err(|e| format!("reading the target back: {e}"))?;
+    let source = kinesis
+        .read_all(&route.source)
+        .await
+        .map_err(|e| format!("reading the source back: {e}"))?;
+    let target = kinesis
+        .read_all(&route.target)
+        .await
+        .map_err(|e| format!("reading the target back: {e}"))?;
     let dlq = S3DeadLetters::new(&sdk, &config.dead_letter_bucket, &config.dead_letter_prefix);
-    let letters = dlq.list(Some(&route.name)).await.map_err(|e| format!("listing dead letters: {e}"))?;
+    let letters = dlq
+        .list(Some(&route.name))
+        .await
+        .map_err(|e| format!("listing dead letters: {e}"))?;
     let dead: HashSet<SequenceNumber> = letters
         .iter()
         .filter_map(|(_, env)| SequenceNumber::parse(&env.sequence_number).ok())
@@ -120,34 +155,62 @@ async fn demo() -> Result<bool, String> {
     let source_shards: HashSet<&str> = source.iter().map(|(s, _)| s.as_str()).collect();
     let target_shards: HashSet<&str> = target.iter().map(|(s, _)| s.as_str()).collect();
     println!();
-    println!("   source records read     {:>8}  ({} shards, {} partition keys)", c.source_records, source_shards.len(), c.keys);
-    println!("   written to the target   {:>8}  ({} shards)", c.target_records - c.duplicates, target_shards.len());
+    println!(
+        "   source records read     {:>8}  ({} shards, {} partition keys)",
+        c.source_records,
+        source_shards.len(),
+        c.keys
+    );
+    println!(
+        "   written to the target   {:>8}  ({} shards)",
+        c.target_records - c.duplicates,
+        target_shards.len()
+    );
     println!("   dead-lettered           {:>8}", c.dead_lettered);
     for (location, env) in &letters {
-        println!("       {location}\n       reason: {} ({})", env.reason, env.error_code);
+        println!(
+            "       {location}\n       reason: {} ({})",
+            env.reason, env.error_code
+        );
     }
     println!("   duplicates              {:>8}", c.duplicates);
     println!("   missing                 {:>8}", c.missing.len());
     println!("   out of order (per key)  {:>8}", c.out_of_order);
     println!("   foreign records         {:>8}", c.extra);
-    println!("   throughput              {:>8.0} records/s through the handler", rate);
+    println!(
+        "   throughput              {:>8.0} records/s through the handler",
+        rate
+    );
     println!();
 
     let mut broken = Vec::new();
     if !c.missing.is_empty() {
-        broken.push(format!("{} records lost (first: {})", c.missing.len(), c.missing[0]));
+        broken.push(format!(
+            "{} records lost (first: {})",
+            c.missing.len(),
+            c.missing[0]
+        ));
     }
     if c.out_of_order > 0 {
         broken.push(format!("{} records out of per-key order", c.out_of_order));
     }
     if c.extra > 0 {
-        broken.push(format!("{} records in the target that the source does not have", c.extra));
+        broken.push(format!(
+            "{} records in the target that the source does not have",
+            c.extra
+        ));
     }
     if c.source_records != n {
-        broken.push(format!("the source holds {} records, {n} were written (stale streams? run with a fresh stack)", c.source_records));
+        broken.push(format!(
+            "the source holds {} records, {n} were written (stale streams? run with a fresh stack)",
+            c.source_records
+        ));
     }
     if c.dead_lettered != 1 {
-        broken.push(format!("expected exactly 1 dead letter (the oversize record), found {}", c.dead_lettered));
+        broken.push(format!(
+            "expected exactly 1 dead letter (the oversize record), found {}",
+            c.dead_lettered
+        ));
     }
     if !stopped.is_empty() {
         broken.push(format!("shards stopped: {}", stopped.join("; ")));

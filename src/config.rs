@@ -137,9 +137,9 @@ impl ReplicatorConfig {
         let num = |name: &'static str| -> Result<Option<u64>, ConfigError> {
             get(name)
                 .map(|v| {
-                    v.trim().parse::<u64>().map_err(|_| {
-                        err(name, format!("{v:?} is not a whole non-negative number"))
-                    })
+                    v.trim()
+                        .parse::<u64>()
+                        .map_err(|_| err(name, format!("{v:?} is not a whole non-negative number")))
                 })
                 .transpose()
         };
@@ -157,13 +157,19 @@ impl ReplicatorConfig {
         }
         if let Some(v) = num("FANOUT_MAX_RECORD_BYTES")? {
             if !(1..=10 * 1024 * 1024).contains(&v) {
-                return Err(err("FANOUT_MAX_RECORD_BYTES", format!("{v} is outside 1..=10485760")));
+                return Err(err(
+                    "FANOUT_MAX_RECORD_BYTES",
+                    format!("{v} is outside 1..=10485760"),
+                ));
             }
             limits.max_record_bytes_override = Some(v as usize);
         }
         if let Some(v) = num("FANOUT_MAX_CONCURRENT_REQUESTS")? {
             if !(1..=64).contains(&v) {
-                return Err(err("FANOUT_MAX_CONCURRENT_REQUESTS", format!("{v} is outside 1..=64")));
+                return Err(err(
+                    "FANOUT_MAX_CONCURRENT_REQUESTS",
+                    format!("{v} is outside 1..=64"),
+                ));
             }
             limits.max_concurrent_requests = v as usize;
         }
@@ -193,7 +199,8 @@ impl ReplicatorConfig {
                 .trim_matches('/')
                 .to_owned(),
             limits,
-            metrics_namespace: get("FANOUT_METRICS_NAMESPACE").unwrap_or_else(|| "fanout".to_owned()),
+            metrics_namespace: get("FANOUT_METRICS_NAMESPACE")
+                .unwrap_or_else(|| "fanout".to_owned()),
         })
     }
 
@@ -206,13 +213,18 @@ impl ReplicatorConfig {
 fn check_role_arn(variable: &'static str, role_arn: &str) -> Result<(), ConfigError> {
     let ok = role_arn.starts_with("arn:")
         && role_arn.split(':').nth(2) == Some("iam")
-        && role_arn.split(':').nth(5).is_some_and(|r| r.starts_with("role/"));
+        && role_arn
+            .split(':')
+            .nth(5)
+            .is_some_and(|r| r.starts_with("role/"));
     if ok {
         Ok(())
     } else {
         Err(err(
             variable,
-            format!("{role_arn:?} is not an IAM role ARN; expected arn:aws:iam::<account>:role/<name>"),
+            format!(
+                "{role_arn:?} is not an IAM role ARN; expected arn:aws:iam::<account>:role/<name>"
+            ),
         ))
     }
 }
@@ -222,7 +234,10 @@ fn parse_routes(text: &str, default_role: Option<&WriterRole>) -> Result<Vec<Rou
     let specs: Vec<RouteSpec> = serde_json::from_str(text)
         .map_err(|e| err(VAR, format!("cannot be read ({e}); expected {ROUTES_HELP}")))?;
     if specs.is_empty() {
-        return Err(err(VAR, format!("is an empty list; expected {ROUTES_HELP}")));
+        return Err(err(
+            VAR,
+            format!("is an empty list; expected {ROUTES_HELP}"),
+        ));
     }
     let mut routes = Vec::new();
     let mut names: HashMap<String, usize> = HashMap::new();
@@ -240,7 +255,10 @@ fn parse_routes(text: &str, default_role: Option<&WriterRole>) -> Result<Vec<Rou
         let writer_role = match spec.writer_role_arn {
             Some(role_arn) => {
                 check_role_arn(VAR, &role_arn)?;
-                Some(WriterRole { role_arn, external_id: spec.external_id })
+                Some(WriterRole {
+                    role_arn,
+                    external_id: spec.external_id,
+                })
             }
             None => default_role.cloned(),
         };
@@ -248,16 +266,36 @@ fn parse_routes(text: &str, default_role: Option<&WriterRole>) -> Result<Vec<Rou
             let target = StreamArn::parse(&target_text)
                 .map_err(|e| err(VAR, format!("route {i}: target: {e}")))?;
             if target == source {
-                return Err(err(VAR, format!("route {i} replicates {source} into itself")));
+                return Err(err(
+                    VAR,
+                    format!("route {i} replicates {source} into itself"),
+                ));
             }
-            let name = spec.name.clone().unwrap_or_else(|| Route::default_name(&source, &target));
-            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
-                return Err(err(VAR, format!("route {i}: name {name:?} may only use letters, digits, '-', '_' and '.'")));
+            let name = spec
+                .name
+                .clone()
+                .unwrap_or_else(|| Route::default_name(&source, &target));
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err(err(
+                    VAR,
+                    format!(
+                        "route {i}: name {name:?} may only use letters, digits, '-', '_' and '.'"
+                    ),
+                ));
             }
             if let Some(other) = names.insert(name.clone(), i) {
                 return Err(err(VAR, format!("routes {other} and {i} are both named {name:?}; route names key checkpoints and must be unique")));
             }
-            routes.push(Route { name, source: source.clone(), target, writer_role: writer_role.clone() });
+            routes.push(Route {
+                name,
+                source: source.clone(),
+                target,
+                writer_role: writer_role.clone(),
+            });
         }
     }
     Ok(routes)
@@ -271,14 +309,19 @@ mod tests {
     const DST: &str = "arn:aws:kinesis:us-east-1:222222222222:stream/orders-old";
 
     fn with(vars: &[(&str, &str)]) -> Result<ReplicatorConfig, ConfigError> {
-        let map: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         ReplicatorConfig::from_lookup(|k| map.get(k).cloned())
     }
 
     fn base() -> Vec<(&'static str, String)> {
         vec![
-            ("FANOUT_ROUTES", format!(r#"[{{"source":"{SRC}","target":"{DST}"}}]"#)),
+            (
+                "FANOUT_ROUTES",
+                format!(r#"[{{"source":"{SRC}","target":"{DST}"}}]"#),
+            ),
             ("FANOUT_TABLE", "fanout-state".into()),
             ("FANOUT_DEAD_LETTER_BUCKET", "dlq".into()),
         ]
@@ -311,7 +354,10 @@ mod tests {
         );
         let cfg = with_base(&[
             ("FANOUT_ROUTES", &routes),
-            ("FANOUT_WRITER_ROLE_ARN", "arn:aws:iam::222222222222:role/fanout-writer"),
+            (
+                "FANOUT_WRITER_ROLE_ARN",
+                "arn:aws:iam::222222222222:role/fanout-writer",
+            ),
             ("FANOUT_WRITER_EXTERNAL_ID", "xid"),
         ])
         .unwrap();
@@ -325,18 +371,55 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_variable() {
-        let cases: Vec<(Vec<(&'static str, &str)>, &str, &str)> = vec![
+        type Case = (
+            Vec<(&'static str, &'static str)>,
+            &'static str,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
             (vec![("FANOUT_ROUTES", "")], "FANOUT_ROUTES", "not set"),
-            (vec![("FANOUT_ROUTES", "orders")], "FANOUT_ROUTES", "cannot be read"),
+            (
+                vec![("FANOUT_ROUTES", "orders")],
+                "FANOUT_ROUTES",
+                "cannot be read",
+            ),
             (vec![("FANOUT_ROUTES", "[]")], "FANOUT_ROUTES", "empty list"),
-            (vec![("FANOUT_ROUTES", r#"[{"source":"orders","target":"x"}]"#)], "FANOUT_ROUTES", "not a Kinesis stream ARN"),
+            (
+                vec![("FANOUT_ROUTES", r#"[{"source":"orders","target":"x"}]"#)],
+                "FANOUT_ROUTES",
+                "not a Kinesis stream ARN",
+            ),
             (vec![("FANOUT_TABLE", "")], "FANOUT_TABLE", "not set"),
-            (vec![("FANOUT_DEAD_LETTER_BUCKET", "")], "FANOUT_DEAD_LETTER_BUCKET", "not set"),
-            (vec![("FANOUT_MAX_REQUEST_ENTRIES", "501")], "FANOUT_MAX_REQUEST_ENTRIES", "at most 500"),
-            (vec![("FANOUT_MAX_REQUEST_BYTES", "lots")], "FANOUT_MAX_REQUEST_BYTES", "not a whole"),
-            (vec![("FANOUT_WRITER_ROLE_ARN", "fanout-writer")], "FANOUT_WRITER_ROLE_ARN", "not an IAM role ARN"),
-            (vec![("FANOUT_WRITER_EXTERNAL_ID", "x")], "FANOUT_WRITER_EXTERNAL_ID", "without FANOUT_WRITER_ROLE_ARN"),
-            (vec![("FANOUT_REQUEST_TIMEOUT_MS", "0")], "FANOUT_REQUEST_TIMEOUT_MS", "above 0"),
+            (
+                vec![("FANOUT_DEAD_LETTER_BUCKET", "")],
+                "FANOUT_DEAD_LETTER_BUCKET",
+                "not set",
+            ),
+            (
+                vec![("FANOUT_MAX_REQUEST_ENTRIES", "501")],
+                "FANOUT_MAX_REQUEST_ENTRIES",
+                "at most 500",
+            ),
+            (
+                vec![("FANOUT_MAX_REQUEST_BYTES", "lots")],
+                "FANOUT_MAX_REQUEST_BYTES",
+                "not a whole",
+            ),
+            (
+                vec![("FANOUT_WRITER_ROLE_ARN", "fanout-writer")],
+                "FANOUT_WRITER_ROLE_ARN",
+                "not an IAM role ARN",
+            ),
+            (
+                vec![("FANOUT_WRITER_EXTERNAL_ID", "x")],
+                "FANOUT_WRITER_EXTERNAL_ID",
+                "without FANOUT_WRITER_ROLE_ARN",
+            ),
+            (
+                vec![("FANOUT_REQUEST_TIMEOUT_MS", "0")],
+                "FANOUT_REQUEST_TIMEOUT_MS",
+                "above 0",
+            ),
         ];
         for (vars, variable, words) in cases {
             let e = with_base(&vars).unwrap_err();
@@ -348,10 +431,16 @@ mod tests {
     #[test]
     fn a_route_into_itself_and_duplicate_names_are_refused() {
         let same = format!(r#"[{{"source":"{SRC}","target":"{SRC}"}}]"#);
-        assert!(with_base(&[("FANOUT_ROUTES", &same)]).unwrap_err().problem.contains("into itself"));
+        assert!(with_base(&[("FANOUT_ROUTES", &same)])
+            .unwrap_err()
+            .problem
+            .contains("into itself"));
         let dup = format!(
             r#"[{{"source":"{SRC}","target":"{DST}","name":"a"}},{{"source":"{SRC}","target":"arn:aws:kinesis:us-east-1:222222222222:stream/b","name":"a"}}]"#
         );
-        assert!(with_base(&[("FANOUT_ROUTES", &dup)]).unwrap_err().problem.contains("must be unique"));
+        assert!(with_base(&[("FANOUT_ROUTES", &dup)])
+            .unwrap_err()
+            .problem
+            .contains("must be unique"));
     }
 }

@@ -95,9 +95,13 @@ pub fn parse_event(payload: &[u8]) -> Result<SourceBatch, EventError> {
     for (i, value) in raw.records.iter().enumerate() {
         let (record, event_id, arn) = read_record(i, value)?;
         let arn = arn.ok_or_else(|| {
-            EventError(format!("record {i} (sequence number {}) has no eventSourceARN", record.seq))
+            EventError(format!(
+                "record {i} (sequence number {}) has no eventSourceARN",
+                record.seq
+            ))
         })?;
-        let arn = StreamArn::parse(&arn).map_err(|e| EventError(format!("record {i}: eventSourceARN: {e}")))?;
+        let arn = StreamArn::parse(&arn)
+            .map_err(|e| EventError(format!("record {i}: eventSourceARN: {e}")))?;
         let shard_id = event_id
             .as_deref()
             .and_then(|id| id.split_once(':').map(|(s, _)| s.to_owned()))
@@ -139,9 +143,8 @@ fn read_record(i: usize, value: &RawValue) -> Result<ReadRecord, EventError> {
     let text = value.get();
     let why = match serde_json::from_str::<RawRecord>(text) {
         Ok(r) => {
-            let seq = SequenceNumber::parse(&r.kinesis.sequence_number).map_err(|e| {
-                EventError(format!("record {i}: kinesis.sequenceNumber: {e}"))
-            })?;
+            let seq = SequenceNumber::parse(&r.kinesis.sequence_number)
+                .map_err(|e| EventError(format!("record {i}: kinesis.sequenceNumber: {e}")))?;
             match base64::engine::general_purpose::STANDARD.decode(r.kinesis.data.as_bytes()) {
                 Ok(data) => {
                     let record = SourceRecord {
@@ -171,7 +174,10 @@ fn read_record(i: usize, value: &RawValue) -> Result<ReadRecord, EventError> {
         .map_err(|e| EventError(format!("record {i}: kinesis.sequenceNumber: {e}")))?;
     let record = SourceRecord {
         seq,
-        partition_key: salvage.kinesis.partition_key.and_then(|v| v.as_str().map(str::to_owned)),
+        partition_key: salvage
+            .kinesis
+            .partition_key
+            .and_then(|v| v.as_str().map(str::to_owned)),
         data: text.as_bytes().to_vec(),
         arrival_ms: None,
         defect: Some(RecordDefect::Malformed(why)),
@@ -180,7 +186,12 @@ fn read_record(i: usize, value: &RawValue) -> Result<ReadRecord, EventError> {
 }
 
 /// Builds the event Lambda's event source mapping would send for these records.
-pub fn build_event(source: &StreamArn, shard_id: &str, region: &str, records: &[SourceRecord]) -> KinesisEvent {
+pub fn build_event(
+    source: &StreamArn,
+    shard_id: &str,
+    region: &str,
+    records: &[SourceRecord],
+) -> KinesisEvent {
     let mut event = KinesisEvent::default();
     event.records = records
         .iter()
@@ -192,9 +203,13 @@ pub fn build_event(source: &StreamArn, shard_id: &str, region: &str, records: &[
             rec.event_source = Some("aws:kinesis".to_owned());
             rec.event_source_arn = Some(source.to_string());
             rec.event_version = Some("1.0".to_owned());
-            rec.invoke_identity_arn = Some(format!("arn:aws:iam::{}:role/fanout-replicator", source.account()));
+            rec.invoke_identity_arn = Some(format!(
+                "arn:aws:iam::{}:role/fanout-replicator",
+                source.account()
+            ));
             rec.kinesis.approximate_arrival_timestamp.0 =
-                chrono::DateTime::from_timestamp_millis(r.arrival_ms.unwrap_or(0)).unwrap_or_default();
+                chrono::DateTime::from_timestamp_millis(r.arrival_ms.unwrap_or(0))
+                    .unwrap_or_default();
             *rec.kinesis.data = r.data.clone();
             rec.kinesis.partition_key = r.partition_key.clone().unwrap_or_default();
             rec.kinesis.sequence_number = r.seq.to_string();
@@ -227,7 +242,10 @@ mod tests {
         assert_eq!(batch.source.name(), "fanout-demo-source");
         assert_eq!(batch.records.len(), 3);
         assert_eq!(batch.records[0].data, b"Hello, this is a test.");
-        assert_eq!(batch.records[0].partition_key.as_deref(), Some("customer-1"));
+        assert_eq!(
+            batch.records[0].partition_key.as_deref(),
+            Some("customer-1")
+        );
         assert!(batch.records.iter().all(|r| r.defect.is_none()));
     }
 
@@ -239,7 +257,10 @@ mod tests {
         let again = parse_event(&json).unwrap();
         assert_eq!(again.records.len(), batch.records.len());
         for (a, b) in again.records.iter().zip(&batch.records) {
-            assert_eq!((&a.seq, &a.partition_key, &a.data), (&b.seq, &b.partition_key, &b.data));
+            assert_eq!(
+                (&a.seq, &a.partition_key, &a.data),
+                (&b.seq, &b.partition_key, &b.data)
+            );
         }
     }
 
@@ -247,7 +268,9 @@ mod tests {
     fn a_bad_record_becomes_a_defect_but_a_bad_event_is_an_error() {
         let bad_data = FIXTURE.replacen("SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==", "%%%not-base64", 1);
         let batch = parse_event(bad_data.as_bytes()).unwrap();
-        assert!(matches!(batch.records[0].defect, Some(RecordDefect::Malformed(ref w)) if w.contains("base64")));
+        assert!(
+            matches!(batch.records[0].defect, Some(RecordDefect::Malformed(ref w)) if w.contains("base64"))
+        );
         assert!(String::from_utf8_lossy(&batch.records[0].data).contains("%%%not-base64"));
 
         let cases = [
@@ -260,17 +283,24 @@ mod tests {
             assert!(e.to_string().contains(words), "{e}");
         }
         let no_seq = FIXTURE.replacen("\"sequenceNumber\"", "\"sequence\"", 1);
-        assert!(parse_event(no_seq.as_bytes()).unwrap_err().to_string().contains("sequenceNumber"));
+        assert!(parse_event(no_seq.as_bytes())
+            .unwrap_err()
+            .to_string()
+            .contains("sequenceNumber"));
     }
 
     #[test]
     fn response_reports_only_the_first_unhandled_sequence_number() {
-        let seq = SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898").unwrap();
+        let seq = SequenceNumber::parse("49590338271490256608559692538361571095921575989136588898")
+            .unwrap();
         let json = serde_json::to_value(response(Some(&seq))).unwrap();
         assert_eq!(
             json,
             serde_json::json!({"batchItemFailures": [{"itemIdentifier": "49590338271490256608559692538361571095921575989136588898"}]})
         );
-        assert_eq!(serde_json::to_value(response(None)).unwrap(), serde_json::json!({"batchItemFailures": []}));
+        assert_eq!(
+            serde_json::to_value(response(None)).unwrap(),
+            serde_json::json!({"batchItemFailures": []})
+        );
     }
 }

@@ -27,8 +27,16 @@ pub struct Handler<W, C, D> {
 }
 
 impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
-    pub fn new(replicator: Replicator<W, C, D>, namespace: impl Into<String>, metrics: MetricsOutput) -> Self {
-        Handler { replicator, namespace: namespace.into(), metrics }
+    pub fn new(
+        replicator: Replicator<W, C, D>,
+        namespace: impl Into<String>,
+        metrics: MetricsOutput,
+    ) -> Self {
+        Handler {
+            replicator,
+            namespace: namespace.into(),
+            metrics,
+        }
     }
 
     pub fn replicator(&self) -> &Replicator<W, C, D> {
@@ -38,7 +46,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
     /// Handles one invocation. An event that cannot be read at all is an error (Lambda retries
     /// the whole batch; nothing is lost). A source with no route stops the shard at its first
     /// record with one ERROR line.
-    pub async fn handle(&self, payload: &[u8], deadline: Instant) -> Result<(KinesisEventResponse, BatchReport), EventError> {
+    pub async fn handle(
+        &self,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<(KinesisEventResponse, BatchReport), EventError> {
         let batch = match event::parse_event(payload) {
             Ok(b) => b,
             Err(e) => {
@@ -50,7 +62,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
                 return Err(e);
             }
         };
-        if !self.replicator.routes().iter().any(|r| r.source == batch.source) {
+        if !self
+            .replicator
+            .routes()
+            .iter()
+            .any(|r| r.source == batch.source)
+        {
             tracing::error!(
                 source = %batch.source,
                 shard = %batch.shard_id,
@@ -68,7 +85,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
         }
         let report = self.replicator.replicate(&batch, deadline).await;
         if self.metrics == MetricsOutput::Stdout {
-            for line in metrics::emf_lines(&report, &self.namespace, chrono::Utc::now().timestamp_millis()) {
+            for line in metrics::emf_lines(
+                &report,
+                &self.namespace,
+                chrono::Utc::now().timestamp_millis(),
+            ) {
                 println!("{line}");
             }
         }

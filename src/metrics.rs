@@ -10,7 +10,10 @@ use crate::replicate::BatchReport;
 pub fn emf_lines(report: &BatchReport, namespace: &str, now_ms: i64) -> Vec<String> {
     let mut lines = Vec::new();
     for r in &report.routes {
-        let behind_ms = r.newest_arrival_ms.map(|t| (now_ms - t).max(0)).unwrap_or(0);
+        let behind_ms = r
+            .newest_arrival_ms
+            .map(|t| (now_ms - t).max(0))
+            .unwrap_or(0);
         let metrics: [(&str, &str, f64); 9] = [
             ("RecordsReplicated", "Count", r.written as f64),
             ("BytesReplicated", "Bytes", r.bytes_written as f64),
@@ -18,9 +21,17 @@ pub fn emf_lines(report: &BatchReport, namespace: &str, now_ms: i64) -> Vec<Stri
             ("RecordsSkippedAlreadyReplicated", "Count", r.skipped as f64),
             ("PossibleDuplicates", "Count", r.possible_duplicates as f64),
             ("PutRecordsRequests", "Count", r.requests as f64),
-            ("BatchDuration", "Milliseconds", report.duration.as_secs_f64() * 1000.0),
+            (
+                "BatchDuration",
+                "Milliseconds",
+                report.duration.as_secs_f64() * 1000.0,
+            ),
             ("MillisBehindNewest", "Milliseconds", behind_ms as f64),
-            ("ShardStopped", "Count", if r.stop.is_some() { 1.0 } else { 0.0 }),
+            (
+                "ShardStopped",
+                "Count",
+                if r.stop.is_some() { 1.0 } else { 0.0 },
+            ),
         ];
         let mut body = Map::new();
         body.insert(

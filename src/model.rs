@@ -30,9 +30,7 @@ impl StreamArn {
             return Err(bad());
         }
         let (region, account, resource) = (parts[3], parts[4], parts[5]);
-        if region.is_empty()
-            || account.len() != 12
-            || !account.bytes().all(|b| b.is_ascii_digit())
+        if region.is_empty() || account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit())
         {
             return Err(bad());
         }
@@ -149,8 +147,15 @@ pub enum FailureClass {
 /// The result of one PutRecords entry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryResult {
-    Written { shard_id: String, seq: String },
-    Failed { code: String, message: String, class: FailureClass },
+    Written {
+        shard_id: String,
+        seq: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+        class: FailureClass,
+    },
 }
 
 /// A whole PutRecords request failed.

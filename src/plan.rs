@@ -15,7 +15,10 @@ pub fn record_bytes(record: &SourceRecord) -> usize {
 }
 
 /// Why a record is dead-lettered before any write: (error code, reason with the fix).
-pub fn permanent_defect(record: &SourceRecord, max_record_bytes: usize) -> Option<(&'static str, String)> {
+pub fn permanent_defect(
+    record: &SourceRecord,
+    max_record_bytes: usize,
+) -> Option<(&'static str, String)> {
     if let Some(RecordDefect::Malformed(why)) = &record.defect {
         return Some((
             "MalformedRecord",
@@ -87,14 +90,20 @@ impl KeyQueues {
 
     /// The records that may be sent now: the head of every key, in source order.
     pub fn heads(&self) -> Vec<usize> {
-        let mut heads: Vec<usize> = self.queues.iter().filter_map(|q| q.front().copied()).collect();
+        let mut heads: Vec<usize> = self
+            .queues
+            .iter()
+            .filter_map(|q| q.front().copied())
+            .collect();
         heads.sort_unstable();
         heads
     }
 
     /// Marks the head `index` as done (written or dead-lettered), exposing the key's next record.
     pub fn pop(&mut self, index: usize) {
-        let Some(&slot) = self.slot_of.get(index) else { return };
+        let Some(&slot) = self.slot_of.get(index) else {
+            return;
+        };
         if let Some(q) = self.queues.get_mut(slot) {
             if q.front() == Some(&index) {
                 q.pop_front();
@@ -117,7 +126,11 @@ impl KeyQueues {
 /// Packs `(index, bytes)` items, in the given order, into requests of at most `max_entries`
 /// entries and `max_bytes` bytes. An item larger than `max_bytes` gets a request of its own
 /// (callers dead-letter such records before planning).
-pub fn pack_requests(items: &[(usize, usize)], max_entries: usize, max_bytes: usize) -> Vec<Vec<usize>> {
+pub fn pack_requests(
+    items: &[(usize, usize)],
+    max_entries: usize,
+    max_bytes: usize,
+) -> Vec<Vec<usize>> {
     let mut requests = Vec::new();
     let mut current: Vec<usize> = Vec::new();
     let mut bytes = 0usize;
@@ -138,7 +151,9 @@ pub fn pack_requests(items: &[(usize, usize)], max_entries: usize, max_bytes: us
 /// Exponential backoff with full jitter: a uniform draw in [0, min(max, base·2^attempt)].
 /// `unit` is a uniform random number in [0, 1).
 pub fn backoff(attempt: u32, base: Duration, max: Duration, unit: f64) -> Duration {
-    let cap = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX)).min(max);
+    let cap = base
+        .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+        .min(max);
     cap.mul_f64(unit.clamp(0.0, 1.0))
 }
 
@@ -159,16 +174,31 @@ mod tests {
 
     #[test]
     fn packing_respects_entry_and_byte_limits_in_order() {
-        let cases: Vec<(Vec<(usize, usize)>, usize, usize, Vec<Vec<usize>>)> = vec![
+        type Case = (Vec<(usize, usize)>, usize, usize, Vec<Vec<usize>>);
+        let cases: Vec<Case> = vec![
             (vec![], 500, 100, vec![]),
-            (vec![(0, 10), (1, 10), (2, 10)], 2, 100, vec![vec![0, 1], vec![2]]),
-            (vec![(0, 60), (1, 40), (2, 1)], 500, 100, vec![vec![0, 1], vec![2]]),
+            (
+                vec![(0, 10), (1, 10), (2, 10)],
+                2,
+                100,
+                vec![vec![0, 1], vec![2]],
+            ),
+            (
+                vec![(0, 60), (1, 40), (2, 1)],
+                500,
+                100,
+                vec![vec![0, 1], vec![2]],
+            ),
             (vec![(0, 60), (1, 41)], 500, 100, vec![vec![0], vec![1]]),
             (vec![(0, 150), (1, 1)], 500, 100, vec![vec![0], vec![1]]),
             (vec![(3, 1), (7, 1), (9, 1)], 500, 100, vec![vec![3, 7, 9]]),
         ];
         for (items, max_entries, max_bytes, want) in cases {
-            assert_eq!(pack_requests(&items, max_entries, max_bytes), want, "{items:?}");
+            assert_eq!(
+                pack_requests(&items, max_entries, max_bytes),
+                want,
+                "{items:?}"
+            );
         }
     }
 
@@ -176,7 +206,10 @@ mod tests {
     fn full_batches_of_kinesis_limits() {
         let items: Vec<(usize, usize)> = (0..1234).map(|i| (i, 100)).collect();
         let reqs = pack_requests(&items, 500, 5 * 1024 * 1024);
-        assert_eq!(reqs.iter().map(Vec::len).collect::<Vec<_>>(), vec![500, 500, 234]);
+        assert_eq!(
+            reqs.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![500, 500, 234]
+        );
         let big: Vec<(usize, usize)> = (0..12).map(|i| (i, 1024 * 1024)).collect();
         let reqs = pack_requests(&big, 500, 5 * 1024 * 1024);
         assert_eq!(reqs.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5, 2]);
@@ -210,12 +243,19 @@ mod tests {
             (rec(Some("k"), 999), None),
             (rec(Some("k"), 1000), Some("RecordTooLarge")),
             (
-                SourceRecord { defect: Some(RecordDefect::Malformed("bad base64".into())), ..rec(Some("k"), 1) },
+                SourceRecord {
+                    defect: Some(RecordDefect::Malformed("bad base64".into())),
+                    ..rec(Some("k"), 1)
+                },
                 Some("MalformedRecord"),
             ),
         ];
         for (record, want) in cases {
-            assert_eq!(permanent_defect(&record, 1000).map(|d| d.0), want, "{record:?}");
+            assert_eq!(
+                permanent_defect(&record, 1000).map(|d| d.0),
+                want,
+                "{record:?}"
+            );
         }
     }
 

@@ -102,6 +102,9 @@ pub struct Replicator<W, C, D> {
     target_info: Mutex<HashMap<String, (TargetInfo, Instant)>>,
 }
 
+/// The record indices of one PutRecords request and what came back.
+type SentRequest = (Vec<usize>, Result<Vec<EntryResult>, RequestError>);
+
 #[derive(Clone, Debug)]
 enum State {
     Pending,
@@ -110,8 +113,21 @@ enum State {
 }
 
 impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D> {
-    pub fn new(writer: W, checkpoints: C, dead_letters: D, routes: Vec<Route>, limits: Limits) -> Self {
-        Replicator { writer, checkpoints, dead_letters, routes, limits, target_info: Mutex::new(HashMap::new()) }
+    pub fn new(
+        writer: W,
+        checkpoints: C,
+        dead_letters: D,
+        routes: Vec<Route>,
+        limits: Limits,
+    ) -> Self {
+        Replicator {
+            writer,
+            checkpoints,
+            dead_letters,
+            routes,
+            limits,
+            target_info: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -126,9 +142,21 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
     /// Routes with no source match are a configuration error reported by the caller.
     pub async fn replicate(&self, batch: &SourceBatch, deadline: Instant) -> BatchReport {
         let started = Instant::now();
-        let routes: Vec<&Route> = self.routes.iter().filter(|r| r.source == batch.source).collect();
-        let reports = futures::future::join_all(routes.iter().map(|r| self.replicate_route(r, batch, deadline))).await;
-        let first_unhandled = reports.iter().filter_map(|r| r.first_unhandled.clone()).min();
+        let routes: Vec<&Route> = self
+            .routes
+            .iter()
+            .filter(|r| r.source == batch.source)
+            .collect();
+        let reports = futures::future::join_all(
+            routes
+                .iter()
+                .map(|r| self.replicate_route(r, batch, deadline)),
+        )
+        .await;
+        let first_unhandled = reports
+            .iter()
+            .filter_map(|r| r.first_unhandled.clone())
+            .min();
         BatchReport {
             source: batch.source.to_string(),
             shard_id: batch.shard_id.clone(),
@@ -153,7 +181,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         Ok(info)
     }
 
-    async fn replicate_route(&self, route: &Route, batch: &SourceBatch, deadline: Instant) -> RouteReport {
+    async fn replicate_route(
+        &self,
+        route: &Route,
+        batch: &SourceBatch,
+        deadline: Instant,
+    ) -> RouteReport {
         let records = &batch.records;
         let mut report = RouteReport {
             route: route.name.clone(),
@@ -168,10 +201,15 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
 
         // 1. Skip what an earlier invocation already handled.
         let start = match self.checkpoints.load(&route.name, &batch.shard_id).await {
-            Ok(Some(cp)) => records.iter().position(|r| r.seq > cp.last_seq).unwrap_or(records.len()),
+            Ok(Some(cp)) => records
+                .iter()
+                .position(|r| r.seq > cp.last_seq)
+                .unwrap_or(records.len()),
             Ok(None) => 0,
             Err(e) => {
-                let stop = StopReason::CheckpointUnreadable { message: e.to_string() };
+                let stop = StopReason::CheckpointUnreadable {
+                    message: e.to_string(),
+                };
                 return self.stopped_before_start(route, batch, report, 0, stop);
             }
         };
@@ -183,7 +221,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         let info = match self.target_info(route).await {
             Ok(info) => info,
             Err(e) => {
-                let stop = StopReason::Systemic { code: e.code.clone(), message: e.message.clone() };
+                let stop = StopReason::Systemic {
+                    code: e.code.clone(),
+                    message: e.message.clone(),
+                };
                 return self.stopped_before_start(route, batch, report, start, stop);
             }
         };
@@ -200,7 +241,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
 
         // 2. Dead-letter what can never be written, in order; stop at the first that cannot be stored.
         let defects: Vec<(usize, String, String)> = (start..records.len())
-            .filter_map(|i| plan::permanent_defect(&records[i], max_record_bytes).map(|(c, r)| (i, c.to_owned(), r)))
+            .filter_map(|i| {
+                plan::permanent_defect(&records[i], max_record_bytes)
+                    .map(|(c, r)| (i, c.to_owned(), r))
+            })
             .collect();
         if !defects.is_empty() {
             let stored: Vec<(usize, Result<String, String>)> = stream::iter(defects)
@@ -237,9 +281,18 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         let mut attempt: u32 = 0;
         while !queues.is_empty() {
             let heads = queues.heads();
-            let items: Vec<(usize, usize)> = heads.iter().map(|&i| (i, plan::record_bytes(&records[i]))).collect();
-            let requests = plan::pack_requests(&items, self.limits.max_request_entries, self.limits.max_request_bytes);
-            let send_by = deadline.checked_sub(self.limits.deadline_margin).unwrap_or(deadline);
+            let items: Vec<(usize, usize)> = heads
+                .iter()
+                .map(|&i| (i, plan::record_bytes(&records[i])))
+                .collect();
+            let requests = plan::pack_requests(
+                &items,
+                self.limits.max_request_entries,
+                self.limits.max_request_bytes,
+            );
+            let send_by = deadline
+                .checked_sub(self.limits.deadline_margin)
+                .unwrap_or(deadline);
             let now = Instant::now();
             if now >= send_by {
                 stop = Some(StopReason::Deadline);
@@ -247,7 +300,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             }
             let timeout = self.limits.request_timeout.min(send_by - now);
             report.requests += requests.len();
-            let results: Vec<(Vec<usize>, Result<Vec<EntryResult>, RequestError>)> = stream::iter(requests)
+            let results: Vec<SentRequest> = stream::iter(requests)
                 .map(|indices| async move {
                     let entries: Vec<OutEntry<'_>> = indices
                         .iter()
@@ -256,7 +309,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                             data: &records[i].data,
                         })
                         .collect();
-                    let result = match tokio::time::timeout(timeout, self.writer.put_records(route, &entries)).await {
+                    let result = match tokio::time::timeout(
+                        timeout,
+                        self.writer.put_records(route, &entries),
+                    )
+                    .await
+                    {
                         Ok(r) => r,
                         Err(_) => Err(RequestError {
                             class: FailureClass::Transient,
@@ -293,12 +351,18 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                                     state[i] = State::Written { shard_id, seq };
                                     queues.pop(i);
                                 }
-                                EntryResult::Failed { code, message, class } => match class {
+                                EntryResult::Failed {
+                                    code,
+                                    message,
+                                    class,
+                                } => match class {
                                     FailureClass::Transient => {
                                         failed_this_round = true;
                                         *report.retries.entry(code).or_default() += 1;
                                     }
-                                    FailureClass::Permanent => late_dead_letters.push((i, code, message)),
+                                    FailureClass::Permanent => {
+                                        late_dead_letters.push((i, code, message))
+                                    }
                                     FailureClass::Systemic => note_systemic(i, &code, &message),
                                 },
                             }
@@ -315,7 +379,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     Err(e) => match e.class {
                         FailureClass::Transient | FailureClass::Permanent => {
                             failed_this_round = true;
-                            *report.retries.entry(e.code.clone()).or_default() += indices.len() as u64;
+                            *report.retries.entry(e.code.clone()).or_default() +=
+                                indices.len() as u64;
                             if e.ambiguous {
                                 for &i in &indices {
                                     ambiguous[i] = true;
@@ -328,7 +393,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             }
             for (i, code, message) in late_dead_letters {
                 let reason = format!("the target refused the record ({code}: {message})");
-                match self.dead_letter(route, batch, i, "TargetRejected", reason, attempt + 1).await {
+                match self
+                    .dead_letter(route, batch, i, "TargetRejected", reason, attempt + 1)
+                    .await
+                {
                     Ok(location) => {
                         state[i] = State::DeadLettered;
                         report.dead_letter_locations.push(location);
@@ -354,7 +422,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             }
             if failed_this_round {
                 attempt += 1;
-                let pause = plan::backoff(attempt, self.limits.backoff_base, self.limits.backoff_max, rand::random::<f64>());
+                let pause = plan::backoff(
+                    attempt,
+                    self.limits.backoff_base,
+                    self.limits.backoff_max,
+                    rand::random::<f64>(),
+                );
                 if Instant::now() + pause >= send_by {
                     stop = Some(StopReason::Deadline);
                     break;
@@ -366,12 +439,16 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         }
 
         // 4. Checkpoint the contiguous handled prefix and report the first unhandled record.
-        let end = (start..records.len()).find(|&i| matches!(state[i], State::Pending)).unwrap_or(records.len());
+        let end = (start..records.len())
+            .find(|&i| matches!(state[i], State::Pending))
+            .unwrap_or(records.len());
         report.dead_lettered = report.dead_letter_locations.len();
         if end < records.len() {
             report.first_unhandled = Some(records[end].seq.clone());
-            report.possible_duplicates +=
-                state[end..].iter().filter(|s| matches!(s, State::Written { .. })).count();
+            report.possible_duplicates += state[end..]
+                .iter()
+                .filter(|s| matches!(s, State::Written { .. }))
+                .count();
             report.stop = stop.or(Some(StopReason::Deadline));
         }
         if end > start {
@@ -387,8 +464,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 target_arn: route.target.to_string(),
                 last_seq: records[end - 1].seq.clone(),
                 last_target,
-                written: prefix.iter().filter(|s| matches!(s, State::Written { .. })).count() as u64,
-                dead_lettered: prefix.iter().filter(|s| matches!(s, State::DeadLettered)).count() as u64,
+                written: prefix
+                    .iter()
+                    .filter(|s| matches!(s, State::Written { .. }))
+                    .count() as u64,
+                dead_lettered: prefix
+                    .iter()
+                    .filter(|s| matches!(s, State::DeadLettered))
+                    .count() as u64,
                 now_ms: chrono::Utc::now().timestamp_millis(),
             };
             match self.checkpoints.advance(&advance).await {
@@ -471,7 +554,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
 }
 
 fn log_stop(route: &Route, batch: &SourceBatch, report: &RouteReport, stop: &StopReason) {
-    let at = report.first_unhandled.as_ref().map(ToString::to_string).unwrap_or_default();
+    let at = report
+        .first_unhandled
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     match stop {
         StopReason::Systemic { code, message } => tracing::error!(
             route = %route.name,

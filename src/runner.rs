@@ -31,7 +31,11 @@ use crate::seq::SequenceNumber;
 /// Calls the replicator with one event.
 pub trait Invoker: Send + Sync {
     /// Returns the handler's JSON answer, or an error message (the whole batch is retried).
-    fn invoke(&self, event: Vec<u8>, timeout: Duration) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    fn invoke(
+        &self,
+        event: Vec<u8>,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
 }
 
 /// Invokes the handler in this process.
@@ -49,15 +53,23 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Invoker for InProc
 /// Invokes a function over HTTP through the Lambda Invoke API, e.g. at `cargo lambda watch`.
 pub struct HttpInvoker {
     url: String,
-    client: hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, http_body_util::Full<bytes::Bytes>>,
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
 }
 
 impl HttpInvoker {
     /// `base` like `http://127.0.0.1:9000`; `function` the function's name.
     pub fn new(base: &str, function: &str) -> Self {
-        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         HttpInvoker {
-            url: format!("{}/2015-03-31/functions/{function}/invocations", base.trim_end_matches('/')),
+            url: format!(
+                "{}/2015-03-31/functions/{function}/invocations",
+                base.trim_end_matches('/')
+            ),
             client,
         }
     }
@@ -71,12 +83,24 @@ impl Invoker for HttpInvoker {
             .body(http_body_util::Full::new(bytes::Bytes::from(event)))
             .map_err(|e| e.to_string())?;
         let call = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("invoke {}: {e}", self.url))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| format!("invoke {}: {e}", self.url))?;
             let status = resp.status();
             let function_error = resp.headers().contains_key("x-amz-function-error");
-            let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| e.to_string())?
+                .to_bytes();
             if !status.is_success() || function_error {
-                return Err(format!("function error (HTTP {status}): {}", String::from_utf8_lossy(&body)));
+                return Err(format!(
+                    "function error (HTTP {status}): {}",
+                    String::from_utf8_lossy(&body)
+                ));
             }
             Ok(body.to_vec())
         };
@@ -158,7 +182,10 @@ pub async fn run<I: Invoker + 'static>(
     let started = Instant::now();
     let shards = source.list_shards(stream).await?;
     let progress: Arc<Mutex<BTreeMap<String, ShardProgress>>> = Arc::new(Mutex::new(
-        shards.iter().map(|s| (s.shard_id.clone(), ShardProgress::default())).collect(),
+        shards
+            .iter()
+            .map(|s| (s.shard_id.clone(), ShardProgress::default()))
+            .collect(),
     ));
     let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
@@ -189,7 +216,10 @@ pub async fn run<I: Invoker + 'static>(
         }
     }
     let shards = progress.lock().map(|p| p.clone()).unwrap_or_default();
-    Ok(RunSummary { shards, elapsed: started.elapsed() })
+    Ok(RunSummary {
+        shards,
+        elapsed: started.elapsed(),
+    })
 }
 
 async fn print_progress(
@@ -199,7 +229,11 @@ async fn print_progress(
     started: Instant,
 ) {
     let tty = std::io::stderr().is_terminal();
-    let every = if tty { Duration::from_secs(1) } else { Duration::from_secs(5) };
+    let every = if tty {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
     let mut last = (0u64, Instant::now());
     loop {
         tokio::time::sleep(every).await;
@@ -278,23 +312,42 @@ impl<I: Invoker> ShardCtx<I> {
     async fn read_shard(&self) -> Result<(), RequestError> {
         // The last sequence number handed off successfully: where to resume from.
         let mut position: Option<SequenceNumber> = None;
-        let mut iterator = self.source.shard_iterator(&self.stream, &self.shard_id, &self.options.start).await?;
+        let mut iterator = self
+            .source
+            .shard_iterator(&self.stream, &self.shard_id, &self.options.start)
+            .await?;
         let mut read_failures = 0u32;
         while !self.stop.load(Ordering::Relaxed) {
-            let page = match self.source.get_records(&self.stream, &iterator, self.options.batch_size).await {
+            let page = match self
+                .source
+                .get_records(&self.stream, &iterator, self.options.batch_size)
+                .await
+            {
                 Ok(p) => {
                     read_failures = 0;
                     p
                 }
-                Err(e) if e.class == FailureClass::Transient || e.code == "ExpiredIteratorException" => {
+                Err(e)
+                    if e.class == FailureClass::Transient
+                        || e.code == "ExpiredIteratorException" =>
+                {
                     read_failures += 1;
                     tracing::debug!(shard = %self.shard_id, error = %e, "GetRecords failed; retrying.");
-                    tokio::time::sleep(plan::backoff(read_failures, Duration::from_millis(200), Duration::from_secs(5), rand::random())).await;
+                    tokio::time::sleep(plan::backoff(
+                        read_failures,
+                        Duration::from_millis(200),
+                        Duration::from_secs(5),
+                        rand::random(),
+                    ))
+                    .await;
                     let start = match &position {
                         Some(seq) => StartPosition::AfterSequence(seq.clone()),
                         None => self.options.start.clone(),
                     };
-                    iterator = self.source.shard_iterator(&self.stream, &self.shard_id, &start).await?;
+                    iterator = self
+                        .source
+                        .shard_iterator(&self.stream, &self.shard_id, &start)
+                        .await?;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -330,14 +383,18 @@ impl<I: Invoker> ShardCtx<I> {
     }
 
     fn all_caught_up(&self) -> bool {
-        self.progress.lock().map(|p| p.values().all(|s| s.caught_up || s.stopped.is_some())).unwrap_or(false)
+        self.progress
+            .lock()
+            .map(|p| p.values().all(|s| s.caught_up || s.stopped.is_some()))
+            .unwrap_or(false)
     }
 
     /// Invokes until the whole page is handled. Returns false if stopped first.
     async fn deliver(&self, mut records: Vec<crate::model::SourceRecord>) -> bool {
         let mut attempt = 0u32;
         while !records.is_empty() {
-            let event = event::build_event(&self.stream, &self.shard_id, &self.options.region, &records);
+            let event =
+                event::build_event(&self.stream, &self.shard_id, &self.options.region, &records);
             let payload = match serde_json::to_vec(&event) {
                 Ok(p) => p,
                 Err(e) => {
@@ -346,16 +403,32 @@ impl<I: Invoker> ShardCtx<I> {
                 }
             };
             self.update(|s| s.invocations += 1);
-            let outcome = self.invoker.invoke(payload, self.options.function_timeout).await;
+            let outcome = self
+                .invoker
+                .invoke(payload, self.options.function_timeout)
+                .await;
             let failed_at: Result<Option<String>, String> = outcome.and_then(|body| {
                 serde_json::from_slice::<KinesisEventResponse>(&body)
-                    .map(|r| r.batch_item_failures.into_iter().filter_map(|f| f.item_identifier).next())
-                    .map_err(|e| format!("unreadable answer ({e}): {}", String::from_utf8_lossy(&body)))
+                    .map(|r| {
+                        r.batch_item_failures
+                            .into_iter()
+                            .filter_map(|f| f.item_identifier)
+                            .next()
+                    })
+                    .map_err(|e| {
+                        format!(
+                            "unreadable answer ({e}): {}",
+                            String::from_utf8_lossy(&body)
+                        )
+                    })
             });
             let handled = match &failed_at {
                 Ok(None) => records.len(),
                 Ok(Some(id)) => match SequenceNumber::parse(id) {
-                    Ok(seq) => records.iter().position(|r| r.seq >= seq).unwrap_or(records.len()),
+                    Ok(seq) => records
+                        .iter()
+                        .position(|r| r.seq >= seq)
+                        .unwrap_or(records.len()),
                     Err(_) => 0, // an unknown identifier: Lambda retries the whole batch
                 },
                 Err(_) => 0,
@@ -369,8 +442,12 @@ impl<I: Invoker> ShardCtx<I> {
             attempt += 1;
             self.update(|s| s.retried_invocations += 1);
             match &failed_at {
-                Err(e) => tracing::warn!(shard = %self.shard_id, error = %e, "Invocation failed; retrying the whole batch."),
-                Ok(Some(id)) => tracing::debug!(shard = %self.shard_id, sequence_number = %id, "Batch partially handled; resuming at the reported record."),
+                Err(e) => {
+                    tracing::warn!(shard = %self.shard_id, error = %e, "Invocation failed; retrying the whole batch.")
+                }
+                Ok(Some(id)) => {
+                    tracing::debug!(shard = %self.shard_id, sequence_number = %id, "Batch partially handled; resuming at the reported record.")
+                }
                 Ok(None) => {}
             }
             if self.stop.load(Ordering::Relaxed) {
@@ -388,10 +465,20 @@ impl<I: Invoker> ShardCtx<I> {
                     "Shard {} stopped at record {at} after {attempt} attempts: {why}. The record stays in the stream; fix the cause and run again.",
                     self.shard_id
                 );
-                self.update(|s| s.stopped = Some(format!("stopped at record {at} after {attempt} attempts: {why}")));
+                self.update(|s| {
+                    s.stopped = Some(format!(
+                        "stopped at record {at} after {attempt} attempts: {why}"
+                    ))
+                });
                 return false;
             }
-            tokio::time::sleep(plan::backoff(attempt, Duration::from_millis(100), Duration::from_secs(5), rand::random())).await;
+            tokio::time::sleep(plan::backoff(
+                attempt,
+                Duration::from_millis(100),
+                Duration::from_secs(5),
+                rand::random(),
+            ))
+            .await;
         }
         true
     }

@@ -109,10 +109,17 @@ mod tests {
             ("007", "7", Ordering::Equal),
             ("0", "000", Ordering::Equal),
             (REAL_A, REAL_B, Ordering::Less),
-            ("99999999999999999999999999999999999999", REAL_A, Ordering::Less),
+            (
+                "99999999999999999999999999999999999999",
+                REAL_A,
+                Ordering::Less,
+            ),
         ];
         for (a, b, want) in cases {
-            let (a, b) = (SequenceNumber::parse(a).unwrap(), SequenceNumber::parse(b).unwrap());
+            let (a, b) = (
+                SequenceNumber::parse(a).unwrap(),
+                SequenceNumber::parse(b).unwrap(),
+            );
             assert_eq!(a.cmp(&b), want, "{a} vs {b}");
         }
     }

@@ -122,9 +122,19 @@ mod tests {
 
     #[test]
     fn catches_drops_swaps_duplicates_and_extras_and_passes_a_true_copy() {
-        let src = vec![rec(1, "a", "a1"), rec(2, "b", "b1"), rec(3, "a", "a2"), rec(4, "a", "a3")];
+        let src = vec![
+            rec(1, "a", "a1"),
+            rec(2, "b", "b1"),
+            rec(3, "a", "a2"),
+            rec(4, "a", "a3"),
+        ];
         let none = HashSet::new();
-        let copy = vec![rec(9, "b", "b1"), rec(10, "a", "a1"), rec(11, "a", "a2"), rec(12, "a", "a3")];
+        let copy = vec![
+            rec(9, "b", "b1"),
+            rec(10, "a", "a1"),
+            rec(11, "a", "a2"),
+            rec(12, "a", "a3"),
+        ];
         assert!(compare(&src, &copy, &none).is_clean());
 
         let dropped = vec![rec(9, "a", "a1"), rec(10, "a", "a2"), rec(11, "a", "a3")];
@@ -132,14 +142,31 @@ mod tests {
         let dl: HashSet<SequenceNumber> = [SequenceNumber::parse("2").unwrap()].into();
         assert!(compare(&src, &dropped, &dl).is_clean());
 
-        let swapped = vec![rec(9, "b", "b1"), rec(10, "a", "a2"), rec(11, "a", "a1"), rec(12, "a", "a3")];
+        let swapped = vec![
+            rec(9, "b", "b1"),
+            rec(10, "a", "a2"),
+            rec(11, "a", "a1"),
+            rec(12, "a", "a3"),
+        ];
         assert_eq!(compare(&src, &swapped, &none).out_of_order, 1);
 
-        let duplicated = vec![rec(9, "b", "b1"), rec(10, "a", "a1"), rec(11, "a", "a1"), rec(12, "a", "a2"), rec(13, "a", "a3")];
+        let duplicated = vec![
+            rec(9, "b", "b1"),
+            rec(10, "a", "a1"),
+            rec(11, "a", "a1"),
+            rec(12, "a", "a2"),
+            rec(13, "a", "a3"),
+        ];
         let c = compare(&src, &duplicated, &none);
         assert_eq!((c.duplicates, c.is_clean()), (1, true));
 
-        let extra = vec![rec(9, "b", "b1"), rec(10, "a", "a1"), rec(11, "a", "a2"), rec(12, "a", "a3"), rec(13, "c", "zz")];
+        let extra = vec![
+            rec(9, "b", "b1"),
+            rec(10, "a", "a1"),
+            rec(11, "a", "a2"),
+            rec(12, "a", "a3"),
+            rec(13, "c", "zz"),
+        ];
         assert_eq!(compare(&src, &extra, &none).extra, 1);
     }
 }

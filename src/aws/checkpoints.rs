@@ -28,7 +28,10 @@ pub struct DynamoCheckpoints {
 
 impl DynamoCheckpoints {
     pub fn new(sdk: &SdkConfig, table: &str) -> Self {
-        DynamoCheckpoints { client: Client::new(sdk), table: table.to_owned() }
+        DynamoCheckpoints {
+            client: Client::new(sdk),
+            table: table.to_owned(),
+        }
     }
 }
 
@@ -48,11 +51,19 @@ impl CheckpointStore for DynamoCheckpoints {
             .send()
             .await
             .map_err(|e| store_error(&e))?;
-        let Some(item) = out.item() else { return Ok(None) };
-        let text = item.get("last_seq").and_then(|v| v.as_s().ok()).ok_or_else(|| StoreError {
-            code: "CorruptCheckpoint".to_owned(),
-            message: format!("checkpoint of {route} {shard_id} in {} has no string last_seq", self.table),
-        })?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let text = item
+            .get("last_seq")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| StoreError {
+                code: "CorruptCheckpoint".to_owned(),
+                message: format!(
+                    "checkpoint of {route} {shard_id} in {} has no string last_seq",
+                    self.table
+                ),
+            })?;
         let last_seq = SequenceNumber::parse(text).map_err(|e| StoreError {
             code: "CorruptCheckpoint".to_owned(),
             message: format!("checkpoint of {route} {shard_id} in {}: {e}", self.table),
@@ -62,7 +73,10 @@ impl CheckpointStore for DynamoCheckpoints {
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
-        Ok(Some(Checkpoint { last_seq, updated_at_ms }))
+        Ok(Some(Checkpoint {
+            last_seq,
+            updated_at_ms,
+        }))
     }
 
     async fn advance(&self, a: &CheckpointAdvance) -> Result<AdvanceOutcome, StoreError> {
@@ -71,17 +85,26 @@ impl CheckpointStore for DynamoCheckpoints {
             (":route".to_owned(), s(&a.route)),
             (":src".to_owned(), s(&a.source_arn)),
             (":dst".to_owned(), s(&a.target_arn)),
-            (":written".to_owned(), AttributeValue::N(a.written.to_string())),
-            (":dead".to_owned(), AttributeValue::N(a.dead_lettered.to_string())),
+            (
+                ":written".to_owned(),
+                AttributeValue::N(a.written.to_string()),
+            ),
+            (
+                ":dead".to_owned(),
+                AttributeValue::N(a.dead_lettered.to_string()),
+            ),
             (":ms".to_owned(), AttributeValue::N(a.now_ms.to_string())),
             (
                 ":at".to_owned(),
-                s(chrono::DateTime::from_timestamp_millis(a.now_ms).unwrap_or_default().to_rfc3339()),
+                s(chrono::DateTime::from_timestamp_millis(a.now_ms)
+                    .unwrap_or_default()
+                    .to_rfc3339()),
             ),
         ]);
-        let mut update = "SET last_seq = :seq, route = :route, source_arn = :src, target_arn = :dst, \
+        let mut update =
+            "SET last_seq = :seq, route = :route, source_arn = :src, target_arn = :dst, \
                           updated_at_ms = :ms, updated_at = :at"
-            .to_owned();
+                .to_owned();
         if let Some((shard, seq)) = &a.last_target {
             update.push_str(", last_target_shard = :tshard, last_target_seq = :tseq");
             values.insert(":tshard".to_owned(), s(shard));
@@ -101,7 +124,9 @@ impl CheckpointStore for DynamoCheckpoints {
             .await;
         match result {
             Ok(_) => Ok(AdvanceOutcome::Moved),
-            Err(SdkError::ServiceError(e)) if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
                 Ok(AdvanceOutcome::AlreadyFurther)
             }
             Err(e) => Err(store_error(&e)),

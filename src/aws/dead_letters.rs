@@ -42,7 +42,11 @@ impl S3DeadLetters {
         let conf = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(endpoint_overridden(sdk, "S3"))
             .build();
-        S3DeadLetters { client: Client::from_conf(conf), bucket: bucket.to_owned(), prefix: prefix.to_owned() }
+        S3DeadLetters {
+            client: Client::from_conf(conf),
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        }
     }
 
     /// Every dead letter of a route (all routes if `None`), in key order (= sequence order
@@ -55,19 +59,40 @@ impl S3DeadLetters {
             None => format!("{}/", self.prefix),
         };
         let mut keys = Vec::new();
-        let mut pages = self.client.list_objects_v2().bucket(&self.bucket).prefix(prefix).into_paginator().send();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| store_error(&e))?;
-            keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
         }
         let mut out = Vec::with_capacity(keys.len());
         for key in keys {
-            let obj = self.client.get_object().bucket(&self.bucket).key(&key).send().await.map_err(|e| store_error(&e))?;
-            let body = obj.body.collect().await.map_err(|e| StoreError { code: "ReadBody".into(), message: e.to_string() })?;
-            let envelope: Envelope = serde_json::from_slice(&body.into_bytes()).map_err(|e| StoreError {
-                code: "CorruptDeadLetter".into(),
-                message: format!("s3://{}/{key}: {e}", self.bucket),
+            let obj = self
+                .client
+                .get_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            let body = obj.body.collect().await.map_err(|e| StoreError {
+                code: "ReadBody".into(),
+                message: e.to_string(),
             })?;
+            let envelope: Envelope =
+                serde_json::from_slice(&body.into_bytes()).map_err(|e| StoreError {
+                    code: "CorruptDeadLetter".into(),
+                    message: format!("s3://{}/{key}: {e}", self.bucket),
+                })?;
             out.push((format!("s3://{}/{key}", self.bucket), envelope));
         }
         Ok(out)
@@ -104,8 +129,16 @@ impl DeadLetterStore for S3DeadLetters {
             attempts: letter.attempts,
             dead_lettered_at: chrono::Utc::now().to_rfc3339(),
         };
-        let body = serde_json::to_vec(&envelope).map_err(|e| StoreError { code: "Serialize".into(), message: e.to_string() })?;
-        let key = Self::key(&self.prefix, letter.route, letter.shard_id, &r.seq.to_padded());
+        let body = serde_json::to_vec(&envelope).map_err(|e| StoreError {
+            code: "Serialize".into(),
+            message: e.to_string(),
+        })?;
+        let key = Self::key(
+            &self.prefix,
+            letter.route,
+            letter.shard_id,
+            &r.seq.to_padded(),
+        );
         self.client
             .put_object()
             .bucket(&self.bucket)

@@ -24,9 +24,11 @@ use crate::model::{FailureClass, RequestError, StoreError};
 use crate::replicate::Replicator;
 
 /// The replicator wired to AWS.
-pub type AwsReplicator = Replicator<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
+pub type AwsReplicator =
+    Replicator<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
 /// The handler wired to AWS.
-pub type AwsHandler = Handler<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
+pub type AwsHandler =
+    Handler<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
 
 /// Loads the SDK configuration the usual way (environment, profile, instance role).
 /// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` point it at local emulators.
@@ -35,18 +37,42 @@ pub async fn load_sdk_config() -> SdkConfig {
 }
 
 /// Builds the handler and its clients once, at cold start.
-pub async fn build_handler(config: &ReplicatorConfig, sdk: &SdkConfig, metrics: MetricsOutput) -> AwsHandler {
+pub async fn build_handler(
+    config: &ReplicatorConfig,
+    sdk: &SdkConfig,
+    metrics: MetricsOutput,
+) -> AwsHandler {
     let writer = target::KinesisTarget::new(sdk, &config.routes, &config.limits).await;
     let checkpoints = checkpoints::DynamoCheckpoints::new(sdk, &config.table);
-    let dead_letters = dead_letters::S3DeadLetters::new(sdk, &config.dead_letter_bucket, &config.dead_letter_prefix);
-    let replicator = Replicator::new(writer, checkpoints, dead_letters, config.routes.clone(), config.limits.clone());
+    let dead_letters = dead_letters::S3DeadLetters::new(
+        sdk,
+        &config.dead_letter_bucket,
+        &config.dead_letter_prefix,
+    );
+    let replicator = Replicator::new(
+        writer,
+        checkpoints,
+        dead_letters,
+        config.routes.clone(),
+        config.limits.clone(),
+    );
     Handler::new(replicator, config.metrics_namespace.clone(), metrics)
 }
 
 /// True when an endpoint override is in force for `service` (local emulators): S3 then needs
 /// path-style addressing.
-pub fn endpoint_overridden(sdk: &SdkConfig, service_env: &str) -> bool {
-    sdk.endpoint_url().is_some() || std::env::var_os(format!("AWS_ENDPOINT_URL_{service_env}")).is_some()
+pub fn endpoint_overridden(sdk: &SdkConfig, service_id: &str) -> bool {
+    let key = aws_types::service_config::ServiceConfigKey::builder()
+        .service_id(service_id)
+        .env("AWS_ENDPOINT_URL")
+        .profile("endpoint_url")
+        .build();
+    sdk.endpoint_url().is_some()
+        || key.is_ok_and(|key| {
+            sdk.service_config()
+                .and_then(|c| c.load_config(key))
+                .is_some()
+        })
 }
 
 /// Error codes that mean nothing will succeed until someone acts.
@@ -73,7 +99,9 @@ fn is_systemic_code(code: &str) -> bool {
 /// Classifies a per-entry PutRecords error code.
 pub fn classify_entry_code(code: &str) -> FailureClass {
     match code {
-        "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException" => FailureClass::Transient,
+        "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException" => {
+            FailureClass::Transient
+        }
         c if is_systemic_code(c) => FailureClass::Systemic,
         // Unknown per-entry codes are retried: bounded by the deadline, and never lose the record.
         _ => FailureClass::Transient,
@@ -105,19 +133,36 @@ where
             let message = e.message().unwrap_or_default().to_owned();
             let class = if matches!(
                 code.as_str(),
-                "ProvisionedThroughputExceededException" | "KMSThrottlingException" | "InternalFailure"
-                    | "ThrottlingException" | "Throttling" | "LimitExceededException" | "ServiceUnavailable"
-                    | "SlowDown" | "RequestLimitExceeded" | "ProvisionedThroughputExceeded"
-                    | "InternalServerError" | "InternalError"
+                "ProvisionedThroughputExceededException"
+                    | "KMSThrottlingException"
+                    | "InternalFailure"
+                    | "ThrottlingException"
+                    | "Throttling"
+                    | "LimitExceededException"
+                    | "ServiceUnavailable"
+                    | "SlowDown"
+                    | "RequestLimitExceeded"
+                    | "ProvisionedThroughputExceeded"
+                    | "InternalServerError"
+                    | "InternalError"
             ) {
                 FailureClass::Transient
             } else if is_systemic_code(&code) {
                 FailureClass::Systemic
             } else {
                 // Unmodeled codes: server-side trouble is worth retrying, the rest needs a person.
-                if se.raw().status().is_server_error() { FailureClass::Transient } else { FailureClass::Systemic }
+                if se.raw().status().is_server_error() {
+                    FailureClass::Transient
+                } else {
+                    FailureClass::Systemic
+                }
             };
-            RequestError { class, ambiguous: false, code, message }
+            RequestError {
+                class,
+                ambiguous: false,
+                code,
+                message,
+            }
         }
         SdkError::TimeoutError(_) => RequestError {
             class: FailureClass::Transient,
@@ -128,9 +173,19 @@ where
         SdkError::DispatchFailure(d) => {
             let message = detail();
             if d.is_user() || message.contains("credentials") || message.contains("AssumeRole") {
-                RequestError { class: FailureClass::Systemic, ambiguous: false, code: "CredentialsUnavailable".to_owned(), message }
+                RequestError {
+                    class: FailureClass::Systemic,
+                    ambiguous: false,
+                    code: "CredentialsUnavailable".to_owned(),
+                    message,
+                }
             } else {
-                RequestError { class: FailureClass::Transient, ambiguous: d.is_timeout() || d.is_io(), code: "NetworkError".to_owned(), message }
+                RequestError {
+                    class: FailureClass::Transient,
+                    ambiguous: d.is_timeout() || d.is_io(),
+                    code: "NetworkError".to_owned(),
+                    message,
+                }
             }
         }
         SdkError::ResponseError(_) => RequestError {
@@ -146,9 +201,19 @@ where
             } else {
                 "RequestNotBuilt"
             };
-            RequestError { class: FailureClass::Systemic, ambiguous: false, code: code.to_owned(), message }
+            RequestError {
+                class: FailureClass::Systemic,
+                ambiguous: false,
+                code: code.to_owned(),
+                message,
+            }
         }
-        _ => RequestError { class: FailureClass::Transient, ambiguous: true, code: "Unknown".to_owned(), message: detail() },
+        _ => RequestError {
+            class: FailureClass::Transient,
+            ambiguous: true,
+            code: "Unknown".to_owned(),
+            message: detail(),
+        },
     }
 }
 
@@ -158,7 +223,10 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     let e = classify_sdk_error(err);
-    StoreError { code: e.code, message: e.message }
+    StoreError {
+        code: e.code,
+        message: e.message,
+    }
 }
 
 /// Connect timeout for every client: a dead endpoint must fail fast, not eat the deadline.
@@ -171,7 +239,10 @@ mod tests {
     #[test]
     fn per_entry_codes_are_classified() {
         let cases = [
-            ("ProvisionedThroughputExceededException", FailureClass::Transient),
+            (
+                "ProvisionedThroughputExceededException",
+                FailureClass::Transient,
+            ),
             ("InternalFailure", FailureClass::Transient),
             ("KMSThrottlingException", FailureClass::Transient),
             ("KMSDisabledException", FailureClass::Systemic),

@@ -49,7 +49,9 @@ pub struct KinesisSource {
 
 impl KinesisSource {
     pub fn new(sdk: &SdkConfig) -> Self {
-        KinesisSource { client: Client::new(sdk) }
+        KinesisSource {
+            client: Client::new(sdk),
+        }
     }
 
     /// Every shard of the stream, open and closed, paging by hand (`NextToken` alone on later pages).
@@ -67,7 +69,10 @@ impl KinesisSource {
                     shard_id: s.shard_id().to_owned(),
                     parent: s.parent_shard_id().map(str::to_owned),
                     adjacent_parent: s.adjacent_parent_shard_id().map(str::to_owned),
-                    closed: s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some(),
+                    closed: s
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .is_some(),
                 });
             }
             token = out.next_token().map(str::to_owned);
@@ -77,8 +82,17 @@ impl KinesisSource {
         }
     }
 
-    pub async fn shard_iterator(&self, stream: &StreamArn, shard_id: &str, start: &StartPosition) -> Result<String, RequestError> {
-        let req = self.client.get_shard_iterator().stream_arn(stream.as_str()).shard_id(shard_id);
+    pub async fn shard_iterator(
+        &self,
+        stream: &StreamArn,
+        shard_id: &str,
+        start: &StartPosition,
+    ) -> Result<String, RequestError> {
+        let req = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(stream.as_str())
+            .shard_id(shard_id);
         let req = match start {
             StartPosition::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             StartPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
@@ -93,17 +107,24 @@ impl KinesisSource {
                 .starting_sequence_number(s.as_str()),
         };
         let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
-        out.shard_iterator().map(str::to_owned).ok_or_else(|| RequestError {
-            class: crate::model::FailureClass::Systemic,
-            ambiguous: false,
-            code: "NoShardIterator".to_owned(),
-            message: format!("GetShardIterator on {stream} {shard_id} returned no iterator"),
-        })
+        out.shard_iterator()
+            .map(str::to_owned)
+            .ok_or_else(|| RequestError {
+                class: crate::model::FailureClass::Systemic,
+                ambiguous: false,
+                code: "NoShardIterator".to_owned(),
+                message: format!("GetShardIterator on {stream} {shard_id} returned no iterator"),
+            })
     }
 
     /// One GetRecords call. Records with unreadable sequence numbers are an error: they cannot
     /// be positioned, so nothing after them could be checkpointed safely.
-    pub async fn get_records(&self, stream: &StreamArn, iterator: &str, limit: i32) -> Result<Page, RequestError> {
+    pub async fn get_records(
+        &self,
+        stream: &StreamArn,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<Page, RequestError> {
         let out = self
             .client
             .get_records()
@@ -123,9 +144,14 @@ impl KinesisSource {
             })?;
             records.push(SourceRecord {
                 seq,
-                partition_key: r.partition_key().filter(|k| !k.is_empty()).map(str::to_owned),
+                partition_key: r
+                    .partition_key()
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned),
                 data: r.data().as_ref().to_vec(),
-                arrival_ms: r.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok()),
+                arrival_ms: r
+                    .approximate_arrival_timestamp()
+                    .and_then(|t| t.to_millis().ok()),
                 defect: None,
             });
         }
@@ -133,14 +159,22 @@ impl KinesisSource {
             records,
             next_iterator: out.next_shard_iterator().map(str::to_owned),
             millis_behind_latest: out.millis_behind_latest(),
-            child_shards: out.child_shards().iter().map(|c| c.shard_id().to_owned()).collect(),
+            child_shards: out
+                .child_shards()
+                .iter()
+                .map(|c| c.shard_id().to_owned())
+                .collect(),
         })
     }
 
     /// Writes records with PutRecords (plain, no ordering guarantees beyond Kinesis's own):
     /// for producing test data. Retries failed entries until all are in. Returns the source
     /// (shard, sequence number) of each record, in input order.
-    pub async fn put_all(&self, stream: &StreamArn, records: &[(String, Vec<u8>)]) -> Result<Vec<(String, String)>, RequestError> {
+    pub async fn put_all(
+        &self,
+        stream: &StreamArn,
+        records: &[(String, Vec<u8>)],
+    ) -> Result<Vec<(String, String)>, RequestError> {
         let mut out: Vec<(String, String)> = vec![Default::default(); records.len()];
         let mut pending: Vec<usize> = (0..records.len()).collect();
         let mut attempts = 0;
@@ -206,16 +240,27 @@ impl KinesisSource {
 
     /// Reads every record of every shard from TRIM_HORIZON to the current end.
     /// Returns (shard id, record) pairs, each shard's records in order.
-    pub async fn read_all(&self, stream: &StreamArn) -> Result<Vec<(String, SourceRecord)>, RequestError> {
+    pub async fn read_all(
+        &self,
+        stream: &StreamArn,
+    ) -> Result<Vec<(String, SourceRecord)>, RequestError> {
         let mut all = Vec::new();
         for shard in self.list_shards(stream).await? {
-            let mut it = self.shard_iterator(stream, &shard.shard_id, &StartPosition::TrimHorizon).await?;
+            let mut it = self
+                .shard_iterator(stream, &shard.shard_id, &StartPosition::TrimHorizon)
+                .await?;
             loop {
                 let page = self.get_records(stream, &it, 10_000).await?;
                 let empty = page.records.is_empty();
-                all.extend(page.records.into_iter().map(|r| (shard.shard_id.clone(), r)));
+                all.extend(
+                    page.records
+                        .into_iter()
+                        .map(|r| (shard.shard_id.clone(), r)),
+                );
                 match page.next_iterator {
-                    Some(next) if !(empty && page.millis_behind_latest.unwrap_or(0) == 0) => it = next,
+                    Some(next) if !(empty && page.millis_behind_latest.unwrap_or(0) == 0) => {
+                        it = next
+                    }
                     _ => break,
                 }
             }

@@ -39,9 +39,10 @@ impl KinesisTarget {
                         .build(),
                 );
             if let Some(role) = &route.writer_role {
-                let mut provider = aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
-                    .session_name("fanout-replicator")
-                    .configure(sdk);
+                let mut provider =
+                    aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())
+                        .session_name("fanout-replicator")
+                        .configure(sdk);
                 if let Some(external_id) = &role.external_id {
                     provider = provider.external_id(external_id.clone());
                 }
@@ -49,16 +50,21 @@ impl KinesisTarget {
             }
             clients.insert(route.writer_role.clone(), Client::from_conf(conf.build()));
         }
-        KinesisTarget { clients, default_max_record_bytes: limits.default_max_record_bytes }
+        KinesisTarget {
+            clients,
+            default_max_record_bytes: limits.default_max_record_bytes,
+        }
     }
 
     fn client(&self, route: &Route) -> Result<&Client, RequestError> {
-        self.clients.get(&route.writer_role).ok_or_else(|| RequestError {
-            class: FailureClass::Systemic,
-            ambiguous: false,
-            code: "NoClient".to_owned(),
-            message: format!("no client was built for route {}", route.name),
-        })
+        self.clients
+            .get(&route.writer_role)
+            .ok_or_else(|| RequestError {
+                class: FailureClass::Systemic,
+                ambiguous: false,
+                code: "NoClient".to_owned(),
+                message: format!("no client was built for route {}", route.name),
+            })
     }
 }
 
@@ -90,7 +96,11 @@ impl TargetWriter for KinesisTarget {
         Ok(TargetInfo { max_record_bytes })
     }
 
-    async fn put_records(&self, route: &Route, entries: &[OutEntry<'_>]) -> Result<Vec<EntryResult>, RequestError> {
+    async fn put_records(
+        &self,
+        route: &Route,
+        entries: &[OutEntry<'_>],
+    ) -> Result<Vec<EntryResult>, RequestError> {
         let records: Vec<PutRecordsRequestEntry> = entries
             .iter()
             .map(|e| {

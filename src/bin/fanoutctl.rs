@@ -82,7 +82,10 @@ enum Output {
 #[tokio::main]
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -110,7 +113,11 @@ fn parse_start(from: &str) -> Result<StartPosition, String> {
 async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
     let start = parse_start(&args.from)?;
     let sdk = load_sdk_config().await;
-    let config = if args.invoke.is_none() { Some(ReplicatorConfig::from_env().map_err(|e| e.to_string())?) } else { None };
+    let config = if args.invoke.is_none() {
+        Some(ReplicatorConfig::from_env().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
     let source = match (&args.source, &config) {
         (Some(s), _) => StreamArn::parse(s).map_err(|e| format!("--source: {e}"))?,
         (None, Some(c)) => {
@@ -118,7 +125,12 @@ async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
             sources.dedup();
             match sources.as_slice() {
                 [one] => (*one).clone(),
-                _ => return Err(format!("FANOUT_ROUTES has {} sources; pick one with --source", sources.len())),
+                _ => {
+                    return Err(format!(
+                        "FANOUT_ROUTES has {} sources; pick one with --source",
+                        sources.len()
+                    ))
+                }
             }
         }
         (None, None) => return Err("--source is required with --invoke".to_owned()),
@@ -154,13 +166,24 @@ async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
         }
         (None, Some(config)) => {
             let handler = Arc::new(build_handler(&config, &sdk, MetricsOutput::None).await);
-            runner::run(&reader, &source, Arc::new(InProcess(handler)), &options, stop).await
+            runner::run(
+                &reader,
+                &source,
+                Arc::new(InProcess(handler)),
+                &options,
+                stop,
+            )
+            .await
         }
         (None, None) => unreachable!("config is read when not invoking over HTTP"),
     }
     .map_err(|e| format!("cannot read {source}: {e}"))?;
     print_summary(&summary, args.output);
-    Ok(if summary.shards.values().any(|s| s.stopped.is_some()) { ExitCode::from(1) } else { ExitCode::SUCCESS })
+    Ok(if summary.shards.values().any(|s| s.stopped.is_some()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn print_summary(summary: &RunSummary, output: Output) {
@@ -196,14 +219,20 @@ fn print_summary(summary: &RunSummary, output: Output) {
                 summary.records_delivered(),
                 summary.elapsed.as_secs_f64()
             );
-            println!("{:<24} {:>10} {:>11} {:>8}  state", "shard", "records", "invocations", "retries");
+            println!(
+                "{:<24} {:>10} {:>11} {:>8}  state",
+                "shard", "records", "invocations", "retries"
+            );
             for (id, s) in &summary.shards {
                 let state = match (&s.stopped, s.finished) {
                     (Some(why), _) => format!("STOPPED: {why}"),
                     (None, true) => "closed, read to its end".to_owned(),
                     (None, false) => format!("{} ms behind", s.millis_behind),
                 };
-                println!("{id:<24} {:>10} {:>11} {:>8}  {state}", s.records_delivered, s.invocations, s.retried_invocations);
+                println!(
+                    "{id:<24} {:>10} {:>11} {:>8}  {state}",
+                    s.records_delivered, s.invocations, s.retried_invocations
+                );
             }
         }
     }
@@ -215,9 +244,15 @@ mod tests {
 
     #[test]
     fn start_positions_parse_and_bad_ones_say_what_is_expected() {
-        assert_eq!(parse_start("trim-horizon").unwrap(), StartPosition::TrimHorizon);
+        assert_eq!(
+            parse_start("trim-horizon").unwrap(),
+            StartPosition::TrimHorizon
+        );
         assert_eq!(parse_start("latest").unwrap(), StartPosition::Latest);
-        assert_eq!(parse_start("1970-01-01T00:00:01Z").unwrap(), StartPosition::AtTimestamp(1000));
+        assert_eq!(
+            parse_start("1970-01-01T00:00:01Z").unwrap(),
+            StartPosition::AtTimestamp(1000)
+        );
         assert!(parse_start("yesterday").unwrap_err().contains("RFC 3339"));
     }
 

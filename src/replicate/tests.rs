@@ -48,16 +48,28 @@ impl FakeTarget {
         }
     }
     fn written(&self, route: &str) -> Vec<(String, Vec<u8>)> {
-        self.state.lock().unwrap().written.get(route).cloned().unwrap_or_default()
+        self.state
+            .lock()
+            .unwrap()
+            .written
+            .get(route)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
 impl TargetWriter for FakeTarget {
     async fn target_info(&self, _route: &Route) -> Result<TargetInfo, RequestError> {
-        Ok(TargetInfo { max_record_bytes: self.max_record_bytes })
+        Ok(TargetInfo {
+            max_record_bytes: self.max_record_bytes,
+        })
     }
 
-    async fn put_records(&self, route: &Route, entries: &[OutEntry<'_>]) -> Result<Vec<EntryResult>, RequestError> {
+    async fn put_records(
+        &self,
+        route: &Route,
+        entries: &[OutEntry<'_>],
+    ) -> Result<Vec<EntryResult>, RequestError> {
         let mut st = self.state.lock().unwrap();
         st.calls += 1;
         let call = st.calls;
@@ -71,7 +83,10 @@ impl TargetWriter for FakeTarget {
                         .entry(route.name.clone())
                         .or_default()
                         .push((e.partition_key.to_owned(), e.data.to_vec()));
-                    out.push(EntryResult::Written { shard_id: "shardId-000000000000".into(), seq });
+                    out.push(EntryResult::Written {
+                        shard_id: "shardId-000000000000".into(),
+                        seq,
+                    });
                 }
                 Fault::Throttle => out.push(EntryResult::Failed {
                     code: "ProvisionedThroughputExceededException".into(),
@@ -106,14 +121,20 @@ struct FakeCheckpoints {
 impl CheckpointStore for FakeCheckpoints {
     async fn load(&self, route: &str, shard_id: &str) -> Result<Option<Checkpoint>, StoreError> {
         if self.fail_load {
-            return Err(StoreError { code: "ResourceNotFoundException".into(), message: "no table".into() });
+            return Err(StoreError {
+                code: "ResourceNotFoundException".into(),
+                message: "no table".into(),
+            });
         }
         Ok(self
             .items
             .lock()
             .unwrap()
             .get(&(route.to_owned(), shard_id.to_owned()))
-            .map(|s| Checkpoint { last_seq: s.clone(), updated_at_ms: 0 }))
+            .map(|s| Checkpoint {
+                last_seq: s.clone(),
+                updated_at_ms: 0,
+            }))
     }
 
     async fn advance(&self, a: &CheckpointAdvance) -> Result<AdvanceOutcome, StoreError> {
@@ -129,30 +150,50 @@ impl CheckpointStore for FakeCheckpoints {
     }
 }
 
+type Letter = (String, String, Vec<u8>);
+
 #[derive(Clone, Default)]
 struct FakeDeadLetters {
-    letters: Arc<Mutex<Vec<(String, String, Vec<u8>)>>>,
+    /// (location, error code, payload) of each stored letter.
+    letters: Arc<Mutex<Vec<Letter>>>,
     fail: bool,
 }
 
 impl DeadLetterStore for FakeDeadLetters {
     async fn store(&self, letter: &DeadLetter<'_>) -> Result<String, StoreError> {
         if self.fail {
-            return Err(StoreError { code: "NoSuchBucket".into(), message: "bucket missing".into() });
+            return Err(StoreError {
+                code: "NoSuchBucket".into(),
+                message: "bucket missing".into(),
+            });
         }
-        let key = format!("dl/{}/{}/{}", letter.route, letter.shard_id, letter.record.seq.to_padded());
-        self.letters
-            .lock()
-            .unwrap()
-            .push((key.clone(), letter.error_code.clone(), letter.record.data.clone()));
+        let key = format!(
+            "dl/{}/{}/{}",
+            letter.route,
+            letter.shard_id,
+            letter.record.seq.to_padded()
+        );
+        self.letters.lock().unwrap().push((
+            key.clone(),
+            letter.error_code.clone(),
+            letter.record.data.clone(),
+        ));
         Ok(key)
     }
 }
 
 fn route(target: &str) -> Route {
     let source = StreamArn::parse(SRC).unwrap();
-    let target = StreamArn::parse(&format!("arn:aws:kinesis:us-east-1:222222222222:stream/{target}")).unwrap();
-    Route { name: Route::default_name(&source, &target), source, target, writer_role: None }
+    let target = StreamArn::parse(&format!(
+        "arn:aws:kinesis:us-east-1:222222222222:stream/{target}"
+    ))
+    .unwrap();
+    Route {
+        name: Route::default_name(&source, &target),
+        source,
+        target,
+        writer_role: None,
+    }
 }
 
 fn limits() -> Limits {
@@ -178,7 +219,11 @@ fn batch(n: usize, keys: usize) -> SourceBatch {
             }
         })
         .collect();
-    SourceBatch { source: StreamArn::parse(SRC).unwrap(), shard_id: "shardId-000000000001".into(), records }
+    SourceBatch {
+        source: StreamArn::parse(SRC).unwrap(),
+        shard_id: "shardId-000000000001".into(),
+        records,
+    }
 }
 
 fn far() -> Instant {
@@ -206,7 +251,10 @@ fn assert_complete_and_ordered(written: &[(String, Vec<u8>)], n: usize, missing_
     let want: Vec<usize> = (0..n).filter(|i| !missing_ok.contains(i)).collect();
     assert_eq!(all, want, "every record exactly once (first arrivals)");
     for (key, positions) in arrivals {
-        assert!(positions.windows(2).all(|w| w[0] < w[1]), "key {key} out of order: {positions:?}");
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]),
+            "key {key} out of order: {positions:?}"
+        );
     }
 }
 
@@ -214,12 +262,21 @@ fn assert_complete_and_ordered(written: &[(String, Vec<u8>)], n: usize, missing_
 async fn clean_batch_is_written_in_order_and_checkpointed() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
     let cps = FakeCheckpoints::default();
-    let r = Replicator::new(target.clone(), cps.clone(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        cps.clone(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
     let b = batch(1200, 1200);
     let rep = r.replicate(&b, far()).await;
     assert_eq!(rep.first_unhandled, None);
     assert_eq!(rep.routes[0].written, 1200);
-    assert_eq!(rep.routes[0].requests, 3, "1200 distinct keys pack into 500 + 500 + 200");
+    assert_eq!(
+        rep.routes[0].requests, 3,
+        "1200 distinct keys pack into 500 + 500 + 200"
+    );
     assert_complete_and_ordered(&target.written(&route("t").name), 1200, &[]);
     let stored = cps.items.lock().unwrap().values().next().cloned().unwrap();
     assert_eq!(stored, b.records[1199].seq);
@@ -228,9 +285,18 @@ async fn clean_batch_is_written_in_order_and_checkpointed() {
 #[tokio::test]
 async fn a_hot_key_is_sent_one_record_per_round() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
     let rep = r.replicate(&batch(1200, 7), far()).await;
-    assert_eq!(rep.routes[0].requests, 172, "ceil(1200 / 7) rounds of 7 heads");
+    assert_eq!(
+        rep.routes[0].requests, 172,
+        "ceil(1200 / 7) rounds of 7 heads"
+    );
     assert_complete_and_ordered(&target.written(&route("t").name), 1200, &[]);
 }
 
@@ -245,12 +311,21 @@ async fn partial_failures_lose_nothing_and_keep_per_key_order() {
                 Fault::None
             }
         });
-        let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+        let r = Replicator::new(
+            target.clone(),
+            FakeCheckpoints::default(),
+            FakeDeadLetters::default(),
+            vec![route("t")],
+            limits(),
+        );
         let rep = r.replicate(&batch(3000, 13), far()).await;
         let rr = &rep.routes[0];
         assert_eq!(rep.first_unhandled, None, "fraction {fraction}");
         assert_eq!(rr.written, 3000);
-        assert_eq!(rr.possible_duplicates, 0, "throttled entries are not written, so nothing repeats");
+        assert_eq!(
+            rr.possible_duplicates, 0,
+            "throttled entries are not written, so nothing repeats"
+        );
         assert!(rr.retries["ProvisionedThroughputExceededException"] > 0);
         let written = target.written(&route("t").name);
         assert_eq!(written.len(), 3000);
@@ -261,7 +336,13 @@ async fn partial_failures_lose_nothing_and_keep_per_key_order() {
 #[tokio::test]
 async fn a_retried_batch_is_skipped_from_the_checkpoint() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
     let b = batch(300, 5);
     r.replicate(&b, far()).await;
     let again = r.replicate(&b, far()).await;
@@ -274,7 +355,13 @@ async fn a_retried_batch_is_skipped_from_the_checkpoint() {
 async fn too_large_and_keyless_records_are_dead_lettered_and_the_rest_flows() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
     let dls = FakeDeadLetters::default();
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), dls.clone(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        dls.clone(),
+        vec![route("t")],
+        limits(),
+    );
     let mut b = batch(50, 3);
     b.records[10].data = vec![b'x'; 5000];
     b.records[20].partition_key = None;
@@ -283,8 +370,15 @@ async fn too_large_and_keyless_records_are_dead_lettered_and_the_rest_flows() {
     assert_eq!(rep.routes[0].dead_lettered, 2);
     assert_eq!(rep.routes[0].written, 48);
     let letters = dls.letters.lock().unwrap().clone();
-    assert_eq!(letters.iter().map(|l| l.1.as_str()).collect::<Vec<_>>(), ["RecordTooLarge", "MissingPartitionKey"]);
-    assert_eq!(letters[0].2.len(), 5000, "the dead letter keeps the full payload");
+    assert_eq!(
+        letters.iter().map(|l| l.1.as_str()).collect::<Vec<_>>(),
+        ["RecordTooLarge", "MissingPartitionKey"]
+    );
+    assert_eq!(
+        letters[0].2.len(),
+        5000,
+        "the dead letter keeps the full payload"
+    );
     assert_complete_and_ordered(&target.written(&route("t").name), 50, &[10, 20]);
 }
 
@@ -292,37 +386,74 @@ async fn too_large_and_keyless_records_are_dead_lettered_and_the_rest_flows() {
 async fn a_systemic_error_stops_at_the_first_unwritten_record_without_dead_letters() {
     // Entries with data "k0:40" onwards hit a disabled KMS key.
     let target = FakeTarget::new(|_, _, data| {
-        let pos: usize = String::from_utf8_lossy(data).split(':').nth(1).unwrap().parse().unwrap();
-        if pos >= 40 { Fault::Systemic("KMSDisabledException") } else { Fault::None }
+        let pos: usize = String::from_utf8_lossy(data)
+            .split(':')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        if pos >= 40 {
+            Fault::Systemic("KMSDisabledException")
+        } else {
+            Fault::None
+        }
     });
     let dls = FakeDeadLetters::default();
     let cps = FakeCheckpoints::default();
-    let r = Replicator::new(target.clone(), cps.clone(), dls.clone(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        cps.clone(),
+        dls.clone(),
+        vec![route("t")],
+        limits(),
+    );
     let b = batch(100, 4);
     let rep = r.replicate(&b, far()).await;
     assert_eq!(rep.first_unhandled, Some(b.records[40].seq.clone()));
-    assert!(matches!(&rep.routes[0].stop, Some(StopReason::Systemic { code, .. }) if code == "KMSDisabledException"));
+    assert!(
+        matches!(&rep.routes[0].stop, Some(StopReason::Systemic { code, .. }) if code == "KMSDisabledException")
+    );
     assert!(dls.letters.lock().unwrap().is_empty());
-    assert_eq!(cps.items.lock().unwrap().values().next(), Some(&b.records[39].seq));
+    assert_eq!(
+        cps.items.lock().unwrap().values().next(),
+        Some(&b.records[39].seq)
+    );
     assert_complete_and_ordered(&target.written(&route("t").name), 40, &[]);
 }
 
 #[tokio::test]
 async fn endless_throttling_stops_at_the_deadline_and_reports_the_first_record() {
     let target = FakeTarget::new(|_, _, _| Fault::Throttle);
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
     let b = batch(20, 2);
-    let rep = r.replicate(&b, Instant::now() + Duration::from_millis(300)).await;
+    let rep = r
+        .replicate(&b, Instant::now() + Duration::from_millis(300))
+        .await;
     assert_eq!(rep.first_unhandled, Some(b.records[0].seq.clone()));
     assert_eq!(rep.routes[0].stop, Some(StopReason::Deadline));
-    assert!(rep.duration < Duration::from_millis(300), "answers before the deadline");
+    assert!(
+        rep.duration < Duration::from_millis(300),
+        "answers before the deadline"
+    );
 }
 
 #[tokio::test]
 async fn an_ambiguous_timeout_is_resent_and_counted_as_possible_duplicates() {
     let mut target = FakeTarget::new(|_, _, _| Fault::None);
     target.ambiguous_calls = Arc::new(vec![1]);
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("t")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
     let rep = r.replicate(&batch(30, 3), far()).await;
     let rr = &rep.routes[0];
     assert_eq!(rep.first_unhandled, None);
@@ -336,14 +467,28 @@ async fn an_ambiguous_timeout_is_resent_and_counted_as_possible_duplicates() {
 #[tokio::test]
 async fn one_failing_route_does_not_duplicate_into_the_healthy_one_on_retry() {
     let target = FakeTarget::new(|_, route, _| {
-        if route.ends_with("--bad") { Fault::Systemic("ResourceNotFoundException") } else { Fault::None }
+        if route.ends_with("--bad") {
+            Fault::Systemic("ResourceNotFoundException")
+        } else {
+            Fault::None
+        }
     });
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), FakeDeadLetters::default(), vec![route("good"), route("bad")], limits());
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("good"), route("bad")],
+        limits(),
+    );
     let b = batch(40, 4);
     let first = r.replicate(&b, far()).await;
     assert_eq!(first.first_unhandled, Some(b.records[0].seq.clone()));
     let retry = r.replicate(&b, far()).await;
-    let good = retry.routes.iter().find(|x| x.route.ends_with("--good")).unwrap();
+    let good = retry
+        .routes
+        .iter()
+        .find(|x| x.route.ends_with("--good"))
+        .unwrap();
     assert_eq!(good.skipped, 40);
     assert_eq!(target.written(&route("good").name).len(), 40);
 }
@@ -351,19 +496,40 @@ async fn one_failing_route_does_not_duplicate_into_the_healthy_one_on_retry() {
 #[tokio::test]
 async fn unreadable_checkpoint_or_dead_letter_store_stops_the_shard() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
-    let cps = FakeCheckpoints { fail_load: true, ..Default::default() };
-    let r = Replicator::new(target.clone(), cps, FakeDeadLetters::default(), vec![route("t")], limits());
+    let cps = FakeCheckpoints {
+        fail_load: true,
+        ..Default::default()
+    };
+    let r = Replicator::new(
+        target.clone(),
+        cps,
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
     let b = batch(10, 2);
     let rep = r.replicate(&b, far()).await;
     assert_eq!(rep.first_unhandled, Some(b.records[0].seq.clone()));
     assert!(target.written(&route("t").name).is_empty());
 
-    let dls = FakeDeadLetters { fail: true, ..Default::default() };
-    let r = Replicator::new(target.clone(), FakeCheckpoints::default(), dls, vec![route("t")], limits());
+    let dls = FakeDeadLetters {
+        fail: true,
+        ..Default::default()
+    };
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        dls,
+        vec![route("t")],
+        limits(),
+    );
     let mut b = batch(10, 2);
     b.records[6].partition_key = None;
     let rep = r.replicate(&b, far()).await;
     assert_eq!(rep.first_unhandled, Some(b.records[6].seq.clone()));
-    assert!(matches!(rep.routes[0].stop, Some(StopReason::DeadLetterFailed { .. })));
+    assert!(matches!(
+        rep.routes[0].stop,
+        Some(StopReason::DeadLetterFailed { .. })
+    ));
     assert_complete_and_ordered(&target.written(&route("t").name), 6, &[]);
 }

@@ -14,22 +14,36 @@ async fn main() -> Result<(), Error> {
     tracing_subscriber::fmt()
         .json()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_current_span(false)
         .without_time()
         .init();
     let config = ReplicatorConfig::from_env().inspect_err(|e| tracing::error!("{e}"))?;
     let sdk = load_sdk_config().await;
-    let handler: &'static AwsHandler = Box::leak(Box::new(build_handler(&config, &sdk, MetricsOutput::Stdout).await));
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| handle(handler, event))).await
+    let handler: &'static AwsHandler = Box::leak(Box::new(
+        build_handler(&config, &sdk, MetricsOutput::Stdout).await,
+    ));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Box<RawValue>>| {
+        handle(handler, event)
+    }))
+    .await
 }
 
 /// Converts Lambda's wall-clock deadline into a monotonic one and calls the handler.
-async fn handle(handler: &AwsHandler, event: LambdaEvent<Box<RawValue>>) -> Result<serde_json::Value, Error> {
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+async fn handle(
+    handler: &AwsHandler,
+    event: LambdaEvent<Box<RawValue>>,
+) -> Result<serde_json::Value, Error> {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
     let deadline = tokio::time::Instant::now() + left;
-    let (response, _) = handler.handle(event.payload.get().as_bytes(), deadline).await?;
+    let (response, _) = handler
+        .handle(event.payload.get().as_bytes(), deadline)
+        .await?;
     Ok(serde_json::to_value(response)?)
 }

@@ -1,0 +1,4 @@
+#![allow(dead_code)]
+
+pub mod fault_proxy;
+pub mod stack;

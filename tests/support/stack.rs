@@ -1,0 +1,276 @@
+//! The local AWS stack as integration tests see it: endpoints from the environment
+//! (`scripts/test.sh` starts the emulators and exports them), and one fresh "world" per test:
+//! a source stream in the new account, a target stream in the old account, a table and a bucket.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::Credentials;
+use aws_sdk_kinesis::types::StreamStatus;
+use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
+use fanout::config::{Limits, ReplicatorConfig};
+use fanout::model::{Route, StreamArn, WriterRole};
+
+pub const NEW_ACCOUNT: &str = "123456789012";
+pub const OLD_ACCOUNT: &str = "222222222222";
+pub const WRITER_ROLE: &str = "arn:aws:iam::222222222222:role/fanout-writer";
+pub const EXTERNAL_ID: &str = "fanout-demo-external-id";
+
+/// Which Kinesis emulator a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    KinesisLocal,
+    /// moto's Kinesis, single-threaded: the second backend.
+    Moto,
+}
+
+/// Endpoints of the running emulators.
+#[derive(Clone, Debug)]
+pub struct Stack {
+    pub kinesis_local: String,
+    pub moto: String,
+    pub moto_kinesis: Option<String>,
+}
+
+impl Stack {
+    /// Reads the endpoints; fails the test with instructions when the stack is not running.
+    pub fn from_env() -> Stack {
+        let get = |v: &str| std::env::var(v).ok().filter(|s| !s.is_empty());
+        match (get("FANOUT_KINESIS_ENDPOINT"), get("FANOUT_MOTO_ENDPOINT")) {
+            (Some(kinesis_local), Some(moto)) => Stack { kinesis_local, moto, moto_kinesis: get("FANOUT_MOTO_KINESIS_ENDPOINT") },
+            _ => panic!(
+                "The local AWS stack is not running (FANOUT_KINESIS_ENDPOINT / FANOUT_MOTO_ENDPOINT unset). \
+                 Run the tests with scripts/test.sh, or start it: infra/local/start.sh && . .local/run/env"
+            ),
+        }
+    }
+
+    /// The Kinesis endpoint of `backend`, or `None` (with the reason printed) if not running.
+    pub fn kinesis(&self, backend: Backend) -> Option<String> {
+        match backend {
+            Backend::KinesisLocal => Some(self.kinesis_local.clone()),
+            Backend::Moto => {
+                if self.moto_kinesis.is_none() {
+                    eprintln!("skipped on moto: FANOUT_MOTO_KINESIS_ENDPOINT is not set (infra/local/start.sh moto-kinesis)");
+                }
+                self.moto_kinesis.clone()
+            }
+        }
+    }
+}
+
+/// Sends Kinesis calls to one endpoint and everything else (DynamoDB, S3, STS) to moto.
+#[derive(Debug)]
+struct Endpoints {
+    kinesis: String,
+    moto: String,
+}
+
+impl LoadServiceConfig for Endpoints {
+    fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
+        if key.env() != "AWS_ENDPOINT_URL" {
+            return None;
+        }
+        Some(if key.service_id().eq_ignore_ascii_case("kinesis") {
+            self.kinesis.clone()
+        } else {
+            self.moto.clone()
+        })
+    }
+}
+
+/// An SDK configuration for `account` (kinesis-local picks the account from the access key).
+pub async fn sdk_config(kinesis: &str, moto: &str, account: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new(
+            account,
+            "local",
+            None,
+            None,
+            "fanout-tests",
+        ))
+        .load()
+        .await
+        .to_builder()
+        .service_config(Endpoints {
+            kinesis: kinesis.to_owned(),
+            moto: moto.to_owned(),
+        })
+        .build()
+}
+
+/// A short random suffix for resource names.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// One test's resources.
+pub struct World {
+    pub stack: Stack,
+    pub backend: Backend,
+    /// Where Kinesis calls go (an emulator, or a fault proxy in front of it).
+    pub kinesis_endpoint: String,
+    pub new_account: SdkConfig,
+    pub source: StreamArn,
+    pub target: StreamArn,
+    pub table: String,
+    pub bucket: String,
+}
+
+impl World {
+    /// Creates a source stream (new account), a target stream (old account), a table and a bucket.
+    /// Returns `None` when `backend` is not running.
+    pub async fn create(backend: Backend, source_shards: i32, target_shards: i32) -> Option<World> {
+        let stack = Stack::from_env();
+        let kinesis = stack.kinesis(backend)?;
+        let new_account = sdk_config(&kinesis, &stack.moto, NEW_ACCOUNT).await;
+        // moto's Kinesis keeps all streams in its default account: the target then lives there.
+        let old_account_id = if backend == Backend::Moto {
+            NEW_ACCOUNT
+        } else {
+            OLD_ACCOUNT
+        };
+        let old_account = sdk_config(&kinesis, &stack.moto, old_account_id).await;
+        let source = create_stream(&new_account, &unique("src"), source_shards).await;
+        let target = create_stream(&old_account, &unique("dst"), target_shards).await;
+        let table = unique("fanout-state");
+        create_table(&new_account, &table).await;
+        let bucket = unique("fanout-dlq");
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&new_account)
+                .force_path_style(true)
+                .build(),
+        );
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("create bucket");
+        Some(World {
+            stack,
+            backend,
+            kinesis_endpoint: kinesis,
+            new_account,
+            source,
+            target,
+            table,
+            bucket,
+        })
+    }
+
+    /// The SDK configuration of the new account with Kinesis calls sent to `kinesis`.
+    pub async fn sdk_via(&self, kinesis: &str) -> SdkConfig {
+        sdk_config(kinesis, &self.stack.moto, NEW_ACCOUNT).await
+    }
+
+    pub fn route(&self) -> Route {
+        Route {
+            name: Route::default_name(&self.source, &self.target),
+            source: self.source.clone(),
+            target: self.target.clone(),
+            writer_role: Some(WriterRole {
+                role_arn: WRITER_ROLE.to_owned(),
+                external_id: Some(EXTERNAL_ID.to_owned()),
+            }),
+        }
+    }
+
+    /// The replicator configuration for this world, with fast backoff for tests.
+    pub fn config(&self) -> ReplicatorConfig {
+        let vars: HashMap<&str, String> = HashMap::from([
+            (
+                "FANOUT_ROUTES",
+                format!(
+                    r#"[{{"source":"{}","target":"{}"}}]"#,
+                    self.source, self.target
+                ),
+            ),
+            ("FANOUT_TABLE", self.table.clone()),
+            ("FANOUT_DEAD_LETTER_BUCKET", self.bucket.clone()),
+            ("FANOUT_WRITER_ROLE_ARN", WRITER_ROLE.to_owned()),
+            ("FANOUT_WRITER_EXTERNAL_ID", EXTERNAL_ID.to_owned()),
+            ("FANOUT_BACKOFF_BASE_MS", "10".to_owned()),
+            ("FANOUT_BACKOFF_MAX_MS", "200".to_owned()),
+            ("FANOUT_DEADLINE_MARGIN_MS", "1000".to_owned()),
+            ("FANOUT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
+        ]);
+        let config =
+            ReplicatorConfig::from_lookup(|k| vars.get(k).cloned()).expect("test configuration");
+        assert_eq!(
+            config.limits.max_request_entries,
+            Limits::default().max_request_entries
+        );
+        config
+    }
+}
+
+pub async fn create_stream(sdk: &SdkConfig, name: &str, shards: i32) -> StreamArn {
+    let client = aws_sdk_kinesis::Client::new(sdk);
+    client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+        .expect("create stream");
+    for _ in 0..200 {
+        let out = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .expect("describe stream");
+        let summary = out.stream_description_summary().expect("summary");
+        if *summary.stream_status() == StreamStatus::Active {
+            return StreamArn::parse(summary.stream_arn()).expect("stream arn");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("stream {name} did not become ACTIVE");
+}
+
+pub async fn create_table(sdk: &SdkConfig, table: &str) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let client = aws_sdk_dynamodb::Client::new(sdk);
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+            .unwrap()
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .send()
+        .await
+        .expect("create table");
+}
+
+/// Test records: unique payloads "key|n|padding" over `keys` partition keys.
+pub fn records(n: usize, keys: usize, size: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let key = format!("key-{}", (i * 7919) % keys);
+            let mut data = format!("{key}|{i}|").into_bytes();
+            data.resize(size.max(data.len()), b'.');
+            (key, data)
+        })
+        .collect()
+}
