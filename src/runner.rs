@@ -353,6 +353,9 @@ impl<I: Invoker> ShardCtx<I> {
                 Err(e) => return Err(e),
             };
             let behind = page.millis_behind_latest.unwrap_or(0);
+            // MillisBehindLatest is time-based: records written a moment ago read as 0 behind
+            // although more follow. Only an empty page at the tip means caught up.
+            let at_tip = page.records.is_empty() && behind == 0;
             if !page.records.is_empty() {
                 let last = page.records[page.records.len() - 1].seq.clone();
                 if !self.deliver(page.records).await {
@@ -371,7 +374,7 @@ impl<I: Invoker> ShardCtx<I> {
                 }
                 Some(next) => iterator = next,
             }
-            if behind == 0 {
+            if at_tip {
                 self.update(|s| s.caught_up = true);
                 if self.options.until_caught_up && self.all_caught_up() {
                     return Ok(());

@@ -402,15 +402,17 @@ async fn assert_stops_cleanly(
     assert_eq!(again.batch_item_failures.len(), 1);
 }
 
-#[tokio::test]
-async fn a_missing_target_stream_stops_the_shard_with_one_clear_error() {
-    let Some(world) = World::create(Backend::KinesisLocal, 1, 1).await else {
+async fn a_missing_target_stream_stops_the_shard_with_one_clear_error(backend: Backend) {
+    let Some(world) = World::create(backend, 1, 1).await else {
         return;
     };
     write_source(&world, &records(20, 3, 50)).await;
     let mut config = world.config();
-    config.routes[0].target =
-        StreamArn::parse("arn:aws:kinesis:us-east-1:222222222222:stream/no-such-stream").unwrap();
+    let account = world.target.account().to_owned();
+    config.routes[0].target = StreamArn::parse(&format!(
+        "arn:aws:kinesis:us-east-1:{account}:stream/no-such-stream"
+    ))
+    .unwrap();
     assert_stops_cleanly(
         &world,
         &config,
@@ -422,8 +424,17 @@ async fn a_missing_target_stream_stops_the_shard_with_one_clear_error() {
 }
 
 #[tokio::test]
-async fn denied_access_stops_the_shard_with_one_clear_error() {
-    let Some(world) = World::create(Backend::KinesisLocal, 1, 1).await else {
+async fn a_missing_target_stream_stops_the_shard_with_one_clear_error_on_kinesis_local() {
+    a_missing_target_stream_stops_the_shard_with_one_clear_error(Backend::KinesisLocal).await;
+}
+
+#[tokio::test]
+async fn a_missing_target_stream_stops_the_shard_with_one_clear_error_on_moto() {
+    a_missing_target_stream_stops_the_shard_with_one_clear_error(Backend::Moto).await;
+}
+
+async fn denied_access_stops_the_shard_with_one_clear_error(backend: Backend) {
+    let Some(world) = World::create(backend, 1, 1).await else {
         return;
     };
     write_source(&world, &records(20, 3, 50)).await;
@@ -446,6 +457,16 @@ async fn denied_access_stops_the_shard_with_one_clear_error() {
         .await
         .unwrap();
     assert!(target.is_empty());
+}
+
+#[tokio::test]
+async fn denied_access_stops_the_shard_with_one_clear_error_on_kinesis_local() {
+    denied_access_stops_the_shard_with_one_clear_error(Backend::KinesisLocal).await;
+}
+
+#[tokio::test]
+async fn denied_access_stops_the_shard_with_one_clear_error_on_moto() {
+    denied_access_stops_the_shard_with_one_clear_error(Backend::Moto).await;
 }
 
 #[tokio::test]

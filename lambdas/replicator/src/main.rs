@@ -47,3 +47,96 @@ async fn handle(
         .await?;
     Ok(serde_json::to_value(response)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_config::{BehaviorVersion, Region};
+    use aws_credential_types::Credentials;
+    use lambda_runtime::Context;
+
+    const FIXTURE: &str = include_str!("../../../tests/fixtures/kinesis-event.json");
+    const FIRST_SEQ: &str = "49590338271490256608559692538361571095921575989136588898";
+
+    /// A handler whose AWS endpoints refuse connections: nothing here reaches AWS.
+    async fn offline_handler(source: &str) -> &'static AwsHandler {
+        let vars = [
+            (
+                "FANOUT_ROUTES",
+                format!(
+                    r#"[{{"source":"{source}","target":"arn:aws:kinesis:us-east-1:222222222222:stream/old"}}]"#
+                ),
+            ),
+            ("FANOUT_TABLE", "t".to_owned()),
+            ("FANOUT_DEAD_LETTER_BUCKET", "b".to_owned()),
+        ];
+        let config = ReplicatorConfig::from_lookup(|k| {
+            vars.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let sdk = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("a", "b", None, None, "test"))
+            .endpoint_url("http://127.0.0.1:9")
+            .load()
+            .await;
+        Box::leak(Box::new(
+            build_handler(&config, &sdk, MetricsOutput::None).await,
+        ))
+    }
+
+    fn invocation(payload: &str, deadline_in: Duration) -> LambdaEvent<Box<RawValue>> {
+        let mut context = Context::default();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        context.deadline = now + deadline_in.as_millis() as u64;
+        LambdaEvent::new(RawValue::from_string(payload.to_owned()).unwrap(), context)
+    }
+
+    #[tokio::test]
+    async fn a_source_without_a_route_reports_its_first_record() {
+        let handler = offline_handler("arn:aws:kinesis:us-east-1:123456789012:stream/other").await;
+        let out = handle(handler, invocation(FIXTURE, Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"batchItemFailures": [{"itemIdentifier": FIRST_SEQ}]})
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_checkpoint_table_near_the_deadline_reports_the_first_record_in_time() {
+        let handler =
+            offline_handler("arn:aws:kinesis:us-east-1:123456789012:stream/fanout-demo-source")
+                .await;
+        let started = std::time::Instant::now();
+        let out = handle(handler, invocation(FIXTURE, Duration::from_millis(1500)))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"batchItemFailures": [{"itemIdentifier": FIRST_SEQ}]})
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "answered before the deadline"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_event_is_an_invocation_error() {
+        let handler =
+            offline_handler("arn:aws:kinesis:us-east-1:123456789012:stream/fanout-demo-source")
+                .await;
+        let err = handle(
+            handler,
+            invocation(r#"{"hello":"world"}"#, Duration::from_secs(5)),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("Malformed Kinesis event"), "{err}");
+    }
+}
