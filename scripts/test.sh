@@ -23,4 +23,11 @@ use_local_stack
 # Tests route each service explicitly; keep the process-wide overrides out of their way.
 unset AWS_ENDPOINT_URL AWS_ENDPOINT_URL_KINESIS
 echo "== cargo test"
-cargo test --workspace --quiet -- --test-threads "${FANOUT_TEST_THREADS:-4}"
+log="$ROOT/target/test-output.log"
+mkdir -p "$ROOT/target"
+status=0
+cargo test --workspace --all-targets --quiet -- --test-threads "${FANOUT_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+# One closing line over every test binary (unit, integration, Lambda crate).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"

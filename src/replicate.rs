@@ -142,6 +142,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
     /// Routes with no source match are a configuration error reported by the caller.
     pub async fn replicate(&self, batch: &SourceBatch, deadline: Instant) -> BatchReport {
         let started = Instant::now();
+        // Keep time to checkpoint and answer: the configured margin, but never more than a
+        // fifth of the invocation, so short function timeouts still get work done.
+        let available = deadline.saturating_duration_since(started);
+        let send_by = deadline - self.limits.deadline_margin.min(available / 5);
         let routes: Vec<&Route> = self
             .routes
             .iter()
@@ -150,7 +154,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         let reports = futures::future::join_all(
             routes
                 .iter()
-                .map(|r| self.replicate_route(r, batch, deadline)),
+                .map(|r| self.replicate_route(r, batch, send_by)),
         )
         .await;
         let first_unhandled = reports
@@ -185,7 +189,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         &self,
         route: &Route,
         batch: &SourceBatch,
-        deadline: Instant,
+        send_by: Instant,
     ) -> RouteReport {
         let records = &batch.records;
         let mut report = RouteReport {
@@ -290,9 +294,6 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 self.limits.max_request_entries,
                 self.limits.max_request_bytes,
             );
-            let send_by = deadline
-                .checked_sub(self.limits.deadline_margin)
-                .unwrap_or(deadline);
             let now = Instant::now();
             if now >= send_by {
                 stop = Some(StopReason::Deadline);
@@ -593,8 +594,10 @@ fn log_stop(route: &Route, batch: &SourceBatch, report: &RouteReport, stop: &Sto
             shard = %batch.shard_id,
             sequence_number = %at,
             retries = ?report.retries,
-            "Ran out of time while the target kept refusing records; the shard retries from record {at}. \
-             If this repeats, raise the target's capacity or the function timeout."
+            "Ran out of invocation time with {} records written; the shard retries from record {at}. \
+             If this repeats, raise the function timeout{}.",
+            report.written,
+            if report.retries.is_empty() { "" } else { " or the target's capacity (it refused records: see retries)" }
         ),
     }
 }

@@ -226,6 +226,19 @@ fn batch(n: usize, keys: usize) -> SourceBatch {
     }
 }
 
+type FakeReplicator = Replicator<FakeTarget, FakeCheckpoints, FakeDeadLetters>;
+
+/// A replicator with one route "t" and fresh checkpoint and dead-letter fakes.
+fn one_route(target: &FakeTarget) -> FakeReplicator {
+    Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    )
+}
+
 fn far() -> Instant {
     Instant::now() + Duration::from_secs(30)
 }
@@ -285,13 +298,7 @@ async fn clean_batch_is_written_in_order_and_checkpointed() {
 #[tokio::test]
 async fn a_hot_key_is_sent_one_record_per_round() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
-        limits(),
-    );
+    let r = one_route(&target);
     let rep = r.replicate(&batch(1200, 7), far()).await;
     assert_eq!(
         rep.routes[0].requests, 172,
@@ -311,13 +318,7 @@ async fn partial_failures_lose_nothing_and_keep_per_key_order() {
                 Fault::None
             }
         });
-        let r = Replicator::new(
-            target.clone(),
-            FakeCheckpoints::default(),
-            FakeDeadLetters::default(),
-            vec![route("t")],
-            limits(),
-        );
+        let r = one_route(&target);
         let rep = r.replicate(&batch(3000, 13), far()).await;
         let rr = &rep.routes[0];
         assert_eq!(rep.first_unhandled, None, "fraction {fraction}");
@@ -336,13 +337,7 @@ async fn partial_failures_lose_nothing_and_keep_per_key_order() {
 #[tokio::test]
 async fn a_retried_batch_is_skipped_from_the_checkpoint() {
     let target = FakeTarget::new(|_, _, _| Fault::None);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
-        limits(),
-    );
+    let r = one_route(&target);
     let b = batch(300, 5);
     r.replicate(&b, far()).await;
     let again = r.replicate(&b, far()).await;
@@ -424,13 +419,7 @@ async fn a_systemic_error_stops_at_the_first_unwritten_record_without_dead_lette
 #[tokio::test]
 async fn endless_throttling_stops_at_the_deadline_and_reports_the_first_record() {
     let target = FakeTarget::new(|_, _, _| Fault::Throttle);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
-        limits(),
-    );
+    let r = one_route(&target);
     let b = batch(20, 2);
     let rep = r
         .replicate(&b, Instant::now() + Duration::from_millis(300))
@@ -447,13 +436,7 @@ async fn endless_throttling_stops_at_the_deadline_and_reports_the_first_record()
 async fn an_ambiguous_timeout_is_resent_and_counted_as_possible_duplicates() {
     let mut target = FakeTarget::new(|_, _, _| Fault::None);
     target.ambiguous_calls = Arc::new(vec![1]);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
-        limits(),
-    );
+    let r = one_route(&target);
     let rep = r.replicate(&batch(30, 3), far()).await;
     let rr = &rep.routes[0];
     assert_eq!(rep.first_unhandled, None);

@@ -40,12 +40,28 @@ async fn handle(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    let left = Duration::from_millis(event.context.deadline.saturating_sub(now_ms));
+    let left = time_left(event.context.deadline, now_ms);
+    tracing::debug!(
+        time_left_ms = left.as_millis() as u64,
+        "Invocation received."
+    );
     let deadline = tokio::time::Instant::now() + left;
     let (response, _) = handler
         .handle(event.payload.get().as_bytes(), deadline)
         .await?;
     Ok(serde_json::to_value(response)?)
+}
+
+/// Time left before the invocation's deadline. Lambda sends the deadline as epoch
+/// milliseconds; `cargo lambda watch` sends the function timeout itself (e.g. 600000), which
+/// no real deadline can be (it would be in 1970), so such a value is taken as a duration.
+fn time_left(deadline_ms: u64, now_ms: u64) -> Duration {
+    const YEAR_2001_MS: u64 = 978_307_200_000;
+    if deadline_ms < YEAR_2001_MS {
+        Duration::from_millis(deadline_ms)
+    } else {
+        Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+    }
 }
 
 #[cfg(test)]
@@ -124,6 +140,14 @@ mod tests {
             started.elapsed() < Duration::from_millis(1500),
             "answered before the deadline"
         );
+    }
+
+    #[test]
+    fn deadlines_are_epoch_milliseconds_or_a_local_emulator_timeout() {
+        let now = 1_795_324_737_055;
+        assert_eq!(time_left(now + 2_500, now), Duration::from_millis(2_500));
+        assert_eq!(time_left(now - 10, now), Duration::ZERO);
+        assert_eq!(time_left(600_000, now), Duration::from_secs(600));
     }
 
     #[tokio::test]
