@@ -89,8 +89,8 @@ pub fn parse_event(payload: &[u8]) -> Result<SourceBatch, EventError> {
     if raw.records.is_empty() {
         return Err(EventError("the event has no records".to_owned()));
     }
-    let mut source: Option<StreamArn> = None;
-    let mut shard: Option<String> = None;
+    // (eventSourceARN as sent, shard id) of record 0; every other record must match it.
+    let mut origin: Option<(String, String)> = None;
     let mut records = Vec::with_capacity(raw.records.len());
     for (i, value) in raw.records.iter().enumerate() {
         let (record, event_id, arn) = read_record(i, value)?;
@@ -100,39 +100,32 @@ pub fn parse_event(payload: &[u8]) -> Result<SourceBatch, EventError> {
                 record.seq
             ))
         })?;
-        let arn = StreamArn::parse(&arn)
-            .map_err(|e| EventError(format!("record {i}: eventSourceARN: {e}")))?;
-        let shard_id = event_id
-            .as_deref()
-            .and_then(|id| id.split_once(':').map(|(s, _)| s.to_owned()))
-            .ok_or_else(|| {
-                EventError(format!(
-                    "record {i} (sequence number {}) has no eventID of the form shardId-…:<sequence number>",
-                    record.seq
-                ))
-            })?;
-        match (&source, &shard) {
-            (None, None) => {
-                source = Some(arn);
-                shard = Some(shard_id);
-            }
-            (Some(s), Some(sh)) if *s == arn && *sh == shard_id => {}
-            (Some(s), Some(sh)) => {
+        let shard_id = event_id.as_deref().and_then(|id| id.split_once(':').map(|(s, _)| s)).ok_or_else(|| {
+            EventError(format!(
+                "record {i} (sequence number {}) has no eventID of the form shardId-…:<sequence number>",
+                record.seq
+            ))
+        })?;
+        match &origin {
+            None => origin = Some((arn, shard_id.to_owned())),
+            Some((a, s)) if *a == arn && s == shard_id => {}
+            Some((a, s)) => {
                 return Err(EventError(format!(
-                    "record {i} comes from {arn} {shard_id} but record 0 from {s} {sh}; one invocation must hold one shard"
+                    "record {i} comes from {arn} {shard_id} but record 0 from {a} {s}; one invocation must hold one shard"
                 )))
             }
-            _ => unreachable!("source and shard are set together"),
         }
         records.push(record);
     }
+    let (arn, shard_id) = origin.ok_or_else(|| EventError("the event has no records".into()))?;
+    let source = StreamArn::parse(&arn).map_err(|e| EventError(format!("eventSourceARN: {e}")))?;
     if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
         records.sort_by(|a, b| a.seq.cmp(&b.seq));
         records.dedup_by(|a, b| a.seq == b.seq);
     }
     Ok(SourceBatch {
-        source: source.ok_or_else(|| EventError("no records".into()))?,
-        shard_id: shard.ok_or_else(|| EventError("no records".into()))?,
+        source,
+        shard_id,
         records,
     })
 }

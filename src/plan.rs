@@ -1,7 +1,7 @@
 //! Pure planning of the write path: which records may be sent now, how they are packed into
 //! PutRecords requests, which records can never be written, and how long to back off.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::{RecordDefect, SourceRecord};
@@ -63,37 +63,57 @@ pub fn permanent_defect(
 /// a later record of a key arrive in the target before an earlier one.
 #[derive(Debug, Default)]
 pub struct KeyQueues {
-    queues: Vec<VecDeque<usize>>,
-    /// The queue of each record index (`usize::MAX` for indices not queued).
+    /// Per key: the index of its first waiting record, or `NONE`.
+    head: Vec<usize>,
+    /// Per record index: the key's next record, or `NONE`.
+    next: Vec<usize>,
+    /// Per record index: its key's slot in `head`.
     slot_of: Vec<usize>,
+    /// Records at or after this index are never offered (a systemic stop there).
+    limit: usize,
 }
 
+const NONE: usize = usize::MAX;
+
 impl KeyQueues {
-    /// Builds the queues from `(index, key)` pairs given in source order.
+    /// Builds the queues from `(index, key)` pairs given in source (ascending index) order.
     pub fn new<'a>(items: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
         let mut by_key: HashMap<&str, usize> = HashMap::new();
-        let mut queues: Vec<VecDeque<usize>> = Vec::new();
+        let mut head: Vec<usize> = Vec::new();
+        let mut tail: Vec<usize> = Vec::new();
+        let mut next = Vec::new();
         let mut slot_of = Vec::new();
         for (index, key) in items {
+            if next.len() <= index {
+                next.resize(index + 1, NONE);
+                slot_of.resize(index + 1, NONE);
+            }
             let slot = *by_key.entry(key).or_insert_with(|| {
-                queues.push(VecDeque::new());
-                queues.len() - 1
+                head.push(index);
+                tail.push(index);
+                head.len() - 1
             });
-            queues[slot].push_back(index);
-            if slot_of.len() <= index {
-                slot_of.resize(index + 1, usize::MAX);
+            if tail[slot] != index {
+                next[tail[slot]] = index;
+                tail[slot] = index;
             }
             slot_of[index] = slot;
         }
-        KeyQueues { queues, slot_of }
+        KeyQueues {
+            head,
+            next,
+            slot_of,
+            limit: usize::MAX,
+        }
     }
 
     /// The records that may be sent now: the head of every key, in source order.
     pub fn heads(&self) -> Vec<usize> {
         let mut heads: Vec<usize> = self
-            .queues
+            .head
             .iter()
-            .filter_map(|q| q.front().copied())
+            .copied()
+            .filter(|&i| i < self.limit)
             .collect();
         heads.sort_unstable();
         heads
@@ -104,22 +124,20 @@ impl KeyQueues {
         let Some(&slot) = self.slot_of.get(index) else {
             return;
         };
-        if let Some(q) = self.queues.get_mut(slot) {
-            if q.front() == Some(&index) {
-                q.pop_front();
+        if let Some(h) = self.head.get_mut(slot) {
+            if *h == index {
+                *h = self.next[index];
             }
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queues.iter().all(VecDeque::is_empty)
+        self.head.iter().all(|&i| i >= self.limit)
     }
 
     /// Drops every record at or after `limit` (a systemic stop there).
     pub fn truncate_at(&mut self, limit: usize) {
-        for q in &mut self.queues {
-            q.retain(|&i| i < limit);
-        }
+        self.limit = self.limit.min(limit);
     }
 }
 
