@@ -181,6 +181,14 @@ async fn demo() -> Result<bool, String> {
         "   throughput              {:>8.0} records/s through the handler",
         rate
     );
+    println!(
+        "       (bound here by kinesis-local, which takes tens of milliseconds per PutRecords,"
+    );
+    println!(
+        "        and by per-key order: a key never has two records in flight, so a batch needs"
+    );
+    println!("        one round trip per record of its hottest key; BENCHMARKS.md has the handler");
+    println!("        against a fast emulator)");
     println!();
 
     let mut broken = Vec::new();
