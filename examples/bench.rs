@@ -31,12 +31,14 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
+use fanout::aws::checkpoints::DynamoCheckpoints;
 use fanout::aws::{build_handler, CONNECT_TIMEOUT};
 use fanout::config::{Limits, ReplicatorConfig};
 use fanout::event::{build_event, parse_event};
 use fanout::handler::MetricsOutput;
-use fanout::model::{SourceRecord, StreamArn};
+use fanout::model::{CheckpointAdvance, SourceRecord, StreamArn};
 use fanout::plan;
+use fanout::ports::CheckpointStore;
 use fanout::seq::SequenceNumber;
 use futures::stream::{self, StreamExt};
 use http_body_util::{BodyExt, Full};
@@ -546,6 +548,12 @@ async fn run_handler(a: &RunArgs) -> Result<serde_json::Value, String> {
     let peak_handle_kb = status_kb("VmHWM");
 
     let (_, report) = result.map_err(|e| e.to_string())?;
+    // For the breakdown only, after the measurement: what reading the event alone costs.
+    let sample = Sample::start();
+    let batch = parse_event(&payload).map_err(|e| e.to_string())?;
+    let (parse_wall_ms, parse_cpu_ms, _) = sample.stop();
+    drop(batch);
+    let checkpoint_ms = checkpoint_round_trips(&sdk, &world, &config.routes[0].name).await?;
     let route = report.routes.first().ok_or("no route report")?;
     if report.first_unhandled.is_some()
         || route.written != route.received
@@ -570,10 +578,43 @@ async fn run_handler(a: &RunArgs) -> Result<serde_json::Value, String> {
         "peak_rss_mb": mb(peak_handle_kb.max(peak_before_kb)),
         "peak_rss_handle_mb": mb(peak_handle_kb),
         "rss_before_mb": mb(rss_before_kb),
+        "parse_wall_ms": parse_wall_ms,
+        "parse_cpu_ms": parse_cpu_ms,
+        "checkpoint_ms": checkpoint_ms,
     });
     drop(handler);
     world.delete().await;
     Ok(line)
+}
+
+/// For the breakdown only: the wall time of the two checkpoint calls every batch makes (a
+/// consistent GetItem, then the conditional UpdateItem) on moto, on a warm connection.
+async fn checkpoint_round_trips(
+    sdk: &SdkConfig,
+    world: &World,
+    route: &str,
+) -> Result<f64, String> {
+    let store = DynamoCheckpoints::new(sdk, &world.name);
+    let err = |e: fanout::model::StoreError| format!("checkpoint on moto: {e}");
+    store
+        .load(route, "shardId-000000000998")
+        .await
+        .map_err(err)?;
+    let started = Instant::now();
+    store.load(route, SHARD_ID).await.map_err(err)?;
+    let advance = CheckpointAdvance {
+        route: route.to_owned(),
+        shard_id: SHARD_ID.to_owned(),
+        source_arn: SOURCE_ARN.to_owned(),
+        target_arn: world.arn(),
+        last_seq: seq(9_000_000_000),
+        last_target: Some((SHARD_ID.to_owned(), seq(1).to_string())),
+        written: 1,
+        dead_lettered: 0,
+        now_ms: chrono::Utc::now().timestamp_millis(),
+    };
+    store.advance(&advance).await.map_err(err)?;
+    Ok(ms(started.elapsed()))
 }
 
 // ---------------------------------------------------------------------------------------------
