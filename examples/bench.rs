@@ -155,7 +155,7 @@ struct CeilingArgs {
     label: String,
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {

@@ -78,7 +78,8 @@ const NONE: usize = usize::MAX;
 impl KeyQueues {
     /// Builds the queues from `(index, key)` pairs given in source (ascending index) order.
     pub fn new<'a>(items: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
-        let mut by_key: HashMap<&str, usize> = HashMap::new();
+        // foldhash: SipHash's DoS resistance buys nothing for keys of one batch, and costs.
+        let mut by_key: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut head: Vec<usize> = Vec::new();
         let mut tail: Vec<usize> = Vec::new();
         let mut next = Vec::new();

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use crate::config::Limits;
 use crate::model::{
     AdvanceOutcome, CheckpointAdvance, DeadLetter, EntryResult, FailureClass, RequestError, Route,
-    SourceBatch, TargetInfo,
+    SourceBatch, StoreError, TargetInfo,
 };
 use crate::plan::{self, KeyQueues};
 use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, TargetWriter};
@@ -154,7 +154,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         let reports = futures::future::join_all(
             routes
                 .iter()
-                .map(|r| self.replicate_route(r, batch, send_by)),
+                .map(|r| self.replicate_route(r, batch, send_by, deadline)),
         )
         .await;
         let first_unhandled = reports
@@ -190,6 +190,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         route: &Route,
         batch: &SourceBatch,
         send_by: Instant,
+        deadline: Instant,
     ) -> RouteReport {
         let records = &batch.records;
         let mut report = RouteReport {
@@ -204,7 +205,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         }
 
         // 1. Skip what an earlier invocation already handled.
-        let start = match self.checkpoints.load(&route.name, &batch.shard_id).await {
+        let start = match within(send_by, self.checkpoints.load(&route.name, &batch.shard_id)).await
+        {
             Ok(Some(cp)) => records
                 .iter()
                 .position(|r| r.seq > cp.last_seq)
@@ -222,7 +224,19 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             return report;
         }
 
-        let info = match self.target_info(route).await {
+        let info = match tokio::time::timeout_at(send_by, self.target_info(route))
+            .await
+            .unwrap_or_else(|_| {
+                Err(RequestError {
+                    class: FailureClass::Systemic,
+                    ambiguous: false,
+                    code: "Timeout".to_owned(),
+                    message: format!(
+                        "DescribeStreamSummary on {} did not answer in time",
+                        route.target
+                    ),
+                })
+            }) {
             Ok(info) => info,
             Err(e) => {
                 let stop = StopReason::Systemic {
@@ -253,7 +267,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         if !defects.is_empty() {
             let stored: Vec<(usize, Result<String, String>)> = stream::iter(defects)
                 .map(|(i, code, reason)| async move {
-                    (i, self.dead_letter(route, batch, i, &code, reason, 0).await)
+                    let why = Refusal {
+                        code: &code,
+                        reason,
+                        attempts: 0,
+                    };
+                    (i, self.dead_letter(route, batch, i, why, send_by).await)
                 })
                 .buffered(8)
                 .collect()
@@ -395,7 +414,17 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             for (i, code, message) in late_dead_letters {
                 let reason = format!("the target refused the record ({code}: {message})");
                 match self
-                    .dead_letter(route, batch, i, "TargetRejected", reason, attempt + 1)
+                    .dead_letter(
+                        route,
+                        batch,
+                        i,
+                        Refusal {
+                            code: "TargetRejected",
+                            reason,
+                            attempts: attempt + 1,
+                        },
+                        send_by,
+                    )
                     .await
                 {
                     Ok(location) => {
@@ -475,7 +504,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     .count() as u64,
                 now_ms: chrono::Utc::now().timestamp_millis(),
             };
-            match self.checkpoints.advance(&advance).await {
+            match within(deadline, self.checkpoints.advance(&advance)).await {
                 Ok(AdvanceOutcome::Moved) => {}
                 Ok(AdvanceOutcome::AlreadyFurther) => tracing::warn!(
                     route = %route.name,
@@ -519,10 +548,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         route: &Route,
         batch: &SourceBatch,
         index: usize,
-        code: &str,
-        reason: String,
-        attempts: u32,
+        why: Refusal<'_>,
+        send_by: Instant,
     ) -> Result<String, String> {
+        let Refusal {
+            code,
+            reason,
+            attempts,
+        } = why;
         let record = &batch.records[index];
         let letter = DeadLetter {
             route: &route.name,
@@ -534,7 +567,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             error_code: code.to_owned(),
             attempts,
         };
-        match self.dead_letters.store(&letter).await {
+        match within(send_by, self.dead_letters.store(&letter)).await {
             Ok(location) => {
                 tracing::warn!(
                     route = %route.name,
@@ -551,6 +584,27 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 record.seq
             )),
         }
+    }
+}
+
+/// Why a record is dead-lettered.
+struct Refusal<'a> {
+    code: &'a str,
+    reason: String,
+    attempts: u32,
+}
+
+/// Runs a store call, giving up at `until` (the SDK's own retries must not eat the deadline).
+async fn within<T>(
+    until: Instant,
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout_at(until, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError {
+            code: "Timeout".to_owned(),
+            message: "no answer before the invocation deadline".to_owned(),
+        }),
     }
 }
 

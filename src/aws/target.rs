@@ -124,18 +124,19 @@ impl TargetWriter for KinesisTarget {
             .send()
             .await
             .map_err(|e| classify_sdk_error(&e))?;
+        // Consumes the output: its strings move into the results instead of being copied.
         Ok(out
-            .records()
-            .iter()
-            .map(|r| match r.error_code() {
+            .records
+            .into_iter()
+            .map(|r| match r.error_code {
                 Some(code) => EntryResult::Failed {
-                    code: code.to_owned(),
-                    message: r.error_message().unwrap_or_default().to_owned(),
-                    class: classify_entry_code(code),
+                    class: classify_entry_code(&code),
+                    code,
+                    message: r.error_message.unwrap_or_default(),
                 },
                 None => EntryResult::Written {
-                    shard_id: r.shard_id().unwrap_or_default().to_owned(),
-                    seq: r.sequence_number().unwrap_or_default().to_owned(),
+                    shard_id: r.shard_id.unwrap_or_default(),
+                    seq: r.sequence_number.unwrap_or_default(),
                 },
             })
             .collect())
