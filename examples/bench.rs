@@ -22,17 +22,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::Credentials;
+use aws_config::SdkConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
-use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use fanout::aws::checkpoints::DynamoCheckpoints;
-use fanout::aws::{build_handler, CONNECT_TIMEOUT};
+use fanout::aws::{build_handler, LocalEndpoints, CONNECT_TIMEOUT};
 use fanout::config::{Limits, ReplicatorConfig};
 use fanout::event::{build_event, parse_event};
 use fanout::handler::MetricsOutput;
@@ -343,38 +341,12 @@ fn write_event(a: &EventArgs) -> Result<serde_json::Value, String> {
 // ---------------------------------------------------------------------------------------------
 // The local stack.
 
-/// Sends Kinesis calls to one endpoint and everything else (DynamoDB, S3) to moto.
-#[derive(Debug)]
-struct Routing {
-    kinesis: String,
-    moto: String,
-}
-
-impl LoadServiceConfig for Routing {
-    fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
-        if key.env() != "AWS_ENDPOINT_URL" {
-            return None;
-        }
-        Some(if key.service_id().eq_ignore_ascii_case("kinesis") {
-            self.kinesis.clone()
-        } else {
-            self.moto.clone()
-        })
-    }
-}
-
 async fn sdk_config(kinesis: &str, moto: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(ACCOUNT, "local", None, None, "bench"))
-        .load()
-        .await
-        .to_builder()
-        .service_config(Routing {
-            kinesis: kinesis.to_owned(),
-            moto: moto.to_owned(),
-        })
-        .build()
+    let endpoints = LocalEndpoints {
+        kinesis: kinesis.to_owned(),
+        other: moto.to_owned(),
+    };
+    fanout::aws::local_sdk_config(endpoints, ACCOUNT).await
 }
 
 /// A fresh stream on kinesalite (addressed by name), a fresh table and bucket on moto.

@@ -59,6 +59,46 @@ pub async fn build_handler(
     Handler::new(replicator, config.metrics_namespace.clone(), metrics)
 }
 
+/// Sends Kinesis calls to one endpoint and every other service (DynamoDB, S3, STS) to
+/// another: how local runs reach kinesis-local (or a proxy) and moto at once.
+#[derive(Debug, Clone)]
+pub struct LocalEndpoints {
+    pub kinesis: String,
+    pub other: String,
+}
+
+impl aws_types::service_config::LoadServiceConfig for LocalEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        if key.env() != "AWS_ENDPOINT_URL" {
+            return None;
+        }
+        Some(if key.service_id().eq_ignore_ascii_case("kinesis") {
+            self.kinesis.clone()
+        } else {
+            self.other.clone()
+        })
+    }
+}
+
+/// An SDK configuration for the local stack, as the account whose 12-digit id is
+/// `access_key_id` (kinesis-local picks the account from it), in us-east-1.
+pub async fn local_sdk_config(endpoints: LocalEndpoints, access_key_id: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            access_key_id,
+            "local",
+            None,
+            None,
+            "fanout-local",
+        ))
+        .load()
+        .await
+        .to_builder()
+        .service_config(endpoints)
+        .build()
+}
+
 /// True when an endpoint override is in force for `service` (local emulators): S3 then needs
 /// path-style addressing.
 pub fn endpoint_overridden(sdk: &SdkConfig, service_id: &str) -> bool {

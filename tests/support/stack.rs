@@ -5,10 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_credential_types::Credentials;
+use aws_config::SdkConfig;
 use aws_sdk_kinesis::types::StreamStatus;
-use aws_types::service_config::{LoadServiceConfig, ServiceConfigKey};
+use fanout::aws::LocalEndpoints;
 use fanout::config::{Limits, ReplicatorConfig};
 use fanout::model::{Route, StreamArn, WriterRole};
 
@@ -60,45 +59,13 @@ impl Stack {
     }
 }
 
-/// Sends Kinesis calls to one endpoint and everything else (DynamoDB, S3, STS) to moto.
-#[derive(Debug)]
-struct Endpoints {
-    kinesis: String,
-    moto: String,
-}
-
-impl LoadServiceConfig for Endpoints {
-    fn load_config(&self, key: ServiceConfigKey<'_>) -> Option<String> {
-        if key.env() != "AWS_ENDPOINT_URL" {
-            return None;
-        }
-        Some(if key.service_id().eq_ignore_ascii_case("kinesis") {
-            self.kinesis.clone()
-        } else {
-            self.moto.clone()
-        })
-    }
-}
-
 /// An SDK configuration for `account` (kinesis-local picks the account from the access key).
 pub async fn sdk_config(kinesis: &str, moto: &str, account: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new(
-            account,
-            "local",
-            None,
-            None,
-            "fanout-tests",
-        ))
-        .load()
-        .await
-        .to_builder()
-        .service_config(Endpoints {
-            kinesis: kinesis.to_owned(),
-            moto: moto.to_owned(),
-        })
-        .build()
+    let endpoints = LocalEndpoints {
+        kinesis: kinesis.to_owned(),
+        other: moto.to_owned(),
+    };
+    fanout::aws::local_sdk_config(endpoints, account).await
 }
 
 /// A short random suffix for resource names.
