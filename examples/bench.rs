@@ -25,12 +25,11 @@ use std::time::Duration;
 use aws_config::SdkConfig;
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::{PutRecordsRequestEntry, StreamStatus};
-use aws_smithy_types::retry::RetryConfig;
-use aws_smithy_types::timeout::TimeoutConfig;
 use bytes::Bytes;
 use clap::{Args, Parser, Subcommand};
 use fanout::aws::checkpoints::DynamoCheckpoints;
-use fanout::aws::{build_handler, LocalEndpoints, CONNECT_TIMEOUT};
+use fanout::aws::target::writer_config;
+use fanout::aws::{build_handler, LocalEndpoints};
 use fanout::config::{Limits, ReplicatorConfig};
 use fanout::event::{build_event, parse_event};
 use fanout::handler::MetricsOutput;
@@ -389,34 +388,9 @@ impl World {
             return Err(format!("stream {name} did not become ACTIVE"));
         }
         if with_table {
-            use aws_sdk_dynamodb::types::{
-                AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-            };
-            let attr = |n: &str| {
-                AttributeDefinition::builder()
-                    .attribute_name(n)
-                    .attribute_type(ScalarAttributeType::S)
-                    .build()
-                    .expect("attribute")
-            };
-            let key = |n: &str, t: KeyType| {
-                KeySchemaElement::builder()
-                    .attribute_name(n)
-                    .key_type(t)
-                    .build()
-                    .expect("key")
-            };
-            aws_sdk_dynamodb::Client::new(&setup)
-                .create_table()
-                .table_name(&name)
-                .billing_mode(BillingMode::PayPerRequest)
-                .attribute_definitions(attr("pk"))
-                .attribute_definitions(attr("sk"))
-                .key_schema(key("pk", KeyType::Hash))
-                .key_schema(key("sk", KeyType::Range))
-                .send()
+            fanout::aws::checkpoints::create_table(&setup, &name)
                 .await
-                .map_err(|err| format!("CreateTable on moto: {err:?}"))?;
+                .map_err(|err| format!("CreateTable on moto: {err}"))?;
             s3(&setup)
                 .create_bucket()
                 .bucket(&name)
@@ -602,17 +576,7 @@ async fn run_ceiling(a: &CeilingArgs) -> Result<serde_json::Value, String> {
     let sdk = sdk_config(&a.kinesis, &a.endpoints.moto).await;
     let limits = Limits::default();
     // The replicator's own client settings (no SDK retries, same timeouts).
-    let client = aws_sdk_kinesis::Client::from_conf(
-        aws_sdk_kinesis::config::Builder::from(&sdk)
-            .retry_config(RetryConfig::disabled())
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(CONNECT_TIMEOUT)
-                    .operation_attempt_timeout(limits.request_timeout)
-                    .build(),
-            )
-            .build(),
-    );
+    let client = aws_sdk_kinesis::Client::from_conf(writer_config(&sdk, &limits).build());
     let arn = world.arn();
     let put = |entries: Vec<PutRecordsRequestEntry>| {
         let request = client.put_records().set_records(Some(entries));

@@ -11,11 +11,13 @@
 //! - [`event`]: Lambda Kinesis events in, `batchItemFailures` out.
 //! - [`handler`]: the replicator Lambda's handler, shared by the Lambda and local runs.
 //! - [`metrics`]: CloudWatch embedded-metric-format lines.
+//! - [`cli`]: shared set-up of the command-line programs.
 //! - [`aws`]: the SDK adapters (the only place SDK types appear).
 //! - [`runner`]: a local event-source runner with the event source mapping's rules.
 //! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
 
 pub mod aws;
+pub mod cli;
 pub mod config;
 pub mod event;
 pub mod handler;

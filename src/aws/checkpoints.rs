@@ -21,6 +21,42 @@ pub fn checkpoint_pk(route: &str) -> String {
     format!("checkpoint#{route}")
 }
 
+/// Creates the state table (string `pk` hash key, string `sk` range key, on-demand): for
+/// local stacks and tests; Terraform creates it in AWS.
+pub async fn create_table(sdk: &SdkConfig, table: &str) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let key = |n: &str, t: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(t)
+            .build()
+    };
+    let built = |e: aws_sdk_dynamodb::error::BuildError| StoreError {
+        code: "RequestNotBuilt".to_owned(),
+        message: e.to_string(),
+    };
+    Client::new(sdk)
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk").map_err(built)?)
+        .attribute_definitions(attr("sk").map_err(built)?)
+        .key_schema(key("pk", KeyType::Hash).map_err(built)?)
+        .key_schema(key("sk", KeyType::Range).map_err(built)?)
+        .send()
+        .await
+        .map_err(|e| store_error(&e))?;
+    Ok(())
+}
+
 pub struct DynamoCheckpoints {
     client: Client,
     table: String,

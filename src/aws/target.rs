@@ -15,6 +15,20 @@ use crate::config::Limits;
 use crate::model::{EntryResult, FailureClass, RequestError, Route, TargetInfo, WriterRole};
 use crate::ports::{OutEntry, TargetWriter};
 
+/// The writer client's settings: the SDK's own retries off (the write path retries with
+/// per-key order rules the SDK does not know), a short connect timeout, and the request
+/// timeout from `limits`.
+pub fn writer_config(sdk: &SdkConfig, limits: &Limits) -> aws_sdk_kinesis::config::Builder {
+    aws_sdk_kinesis::config::Builder::from(sdk)
+        .retry_config(RetryConfig::disabled())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(limits.request_timeout)
+                .build(),
+        )
+}
+
 /// Writes to target streams; one client per writer role.
 pub struct KinesisTarget {
     clients: HashMap<Option<WriterRole>, Client>,
@@ -22,22 +36,14 @@ pub struct KinesisTarget {
 }
 
 impl KinesisTarget {
-    /// Builds one client per distinct writer role of `routes`. The SDK's own retries are off:
-    /// the write path retries with per-key order rules the SDK does not know.
+    /// Builds one client per distinct writer role of `routes`, with [`writer_config`].
     pub async fn new(sdk: &SdkConfig, routes: &[Route], limits: &Limits) -> Self {
         let mut clients = HashMap::new();
         for route in routes {
             if clients.contains_key(&route.writer_role) {
                 continue;
             }
-            let mut conf = aws_sdk_kinesis::config::Builder::from(sdk)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(
-                    TimeoutConfig::builder()
-                        .connect_timeout(CONNECT_TIMEOUT)
-                        .operation_attempt_timeout(limits.request_timeout)
-                        .build(),
-                );
+            let mut conf = writer_config(sdk, limits);
             if let Some(role) = &route.writer_role {
                 let mut provider =
                     aws_config::sts::AssumeRoleProvider::builder(role.role_arn.clone())

@@ -81,13 +81,7 @@ enum Output {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fanout::cli::init_tracing();
     let cli = Cli::parse();
     match cli.command {
         Command::Replicate(args) => match replicate(args).await {
