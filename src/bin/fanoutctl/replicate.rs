@@ -1,43 +1,21 @@
-//! `fanoutctl`: the on-call CLI of fanout.
-//!
-//! Configuration comes from the same `FANOUT_*` environment variables as the replicator
-//! Lambda (see the README's configuration reference); AWS credentials and endpoints the usual
-//! way (`AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, …).
+//! `fanoutctl replicate`: feed a source stream's shards to the replicator.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand, ValueEnum};
-use fanout::aws::source::{KinesisSource, StartPosition};
+use fanout::aws::source::KinesisSource;
 use fanout::aws::{build_handler, load_sdk_config};
 use fanout::config::ReplicatorConfig;
 use fanout::handler::MetricsOutput;
 use fanout::model::StreamArn;
 use fanout::runner::{self, HttpInvoker, InProcess, RunSummary, RunnerOptions};
 
-/// Replicate Kinesis streams between AWS accounts, losslessly and in per-key order.
-#[derive(Parser, Debug)]
-#[command(name = "fanoutctl", version, about, long_about = None)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Read a source stream's shards and feed them to the replicator, with the rules of
-    /// Lambda's event source mapping. Runs until Ctrl-C, or until caught up with
-    /// `--until-caught-up`.
-    ///
-    /// Example:
-    ///   fanoutctl replicate --from trim-horizon --until-caught-up
-    Replicate(ReplicateArgs),
-}
+use crate::{parse_start, Output};
 
 #[derive(clap::Args, Debug)]
-struct ReplicateArgs {
+pub struct ReplicateArgs {
     /// Source stream ARN. Default: the source of the routes in FANOUT_ROUTES (there must be one).
     #[arg(long)]
     source: Option<String>,
@@ -73,38 +51,7 @@ struct ReplicateArgs {
     quiet: bool,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum Output {
-    Text,
-    Json,
-}
-
-#[tokio::main]
-async fn main() -> ExitCode {
-    fanout::cli::init_tracing();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Replicate(args) => match replicate(args).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("fanoutctl replicate: {e}");
-                ExitCode::from(2)
-            }
-        },
-    }
-}
-
-fn parse_start(from: &str) -> Result<StartPosition, String> {
-    match from {
-        "trim-horizon" | "TRIM_HORIZON" => Ok(StartPosition::TrimHorizon),
-        "latest" | "LATEST" => Ok(StartPosition::Latest),
-        t => chrono::DateTime::parse_from_rfc3339(t)
-            .map(|d| StartPosition::AtTimestamp(d.timestamp_millis()))
-            .map_err(|_| format!("--from {t:?}: expected trim-horizon, latest, or an RFC 3339 time like 2026-11-22T03:00:00Z")),
-    }
-}
-
-async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
+pub async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
     let start = parse_start(&args.from)?;
     let sdk = load_sdk_config().await;
     let config = if args.invoke.is_none() {
@@ -229,30 +176,5 @@ fn print_summary(summary: &RunSummary, output: Output) {
                 );
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_positions_parse_and_bad_ones_say_what_is_expected() {
-        assert_eq!(
-            parse_start("trim-horizon").unwrap(),
-            StartPosition::TrimHorizon
-        );
-        assert_eq!(parse_start("latest").unwrap(), StartPosition::Latest);
-        assert_eq!(
-            parse_start("1970-01-01T00:00:01Z").unwrap(),
-            StartPosition::AtTimestamp(1000)
-        );
-        assert!(parse_start("yesterday").unwrap_err().contains("RFC 3339"));
-    }
-
-    #[test]
-    fn cli_definition_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
     }
 }

@@ -1,0 +1,89 @@
+//! `fanoutctl`: the on-call CLI of fanout.
+//!
+//! Configuration comes from the same `FANOUT_*` environment variables as the replicator
+//! Lambda (see the README's configuration reference); AWS credentials and endpoints the usual
+//! way (`AWS_PROFILE`, `AWS_REGION`, `AWS_ENDPOINT_URL`, …).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use fanout::aws::source::StartPosition;
+
+mod replicate;
+
+use replicate::ReplicateArgs;
+
+/// Replicate Kinesis streams between AWS accounts, losslessly and in per-key order.
+#[derive(Parser, Debug)]
+#[command(name = "fanoutctl", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Read a source stream's shards and feed them to the replicator, with the rules of
+    /// Lambda's event source mapping. Runs until Ctrl-C, or until caught up with
+    /// `--until-caught-up`.
+    ///
+    /// Example:
+    ///   fanoutctl replicate --from trim-horizon --until-caught-up
+    Replicate(ReplicateArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    fanout::cli::init_tracing();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Replicate(args) => match replicate::replicate(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("fanoutctl replicate: {e}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+pub fn parse_start(from: &str) -> Result<StartPosition, String> {
+    match from {
+        "trim-horizon" | "TRIM_HORIZON" => Ok(StartPosition::TrimHorizon),
+        "latest" | "LATEST" => Ok(StartPosition::Latest),
+        t => chrono::DateTime::parse_from_rfc3339(t)
+            .map(|d| StartPosition::AtTimestamp(d.timestamp_millis()))
+            .map_err(|_| format!("--from {t:?}: expected trim-horizon, latest, or an RFC 3339 time like 2026-11-22T03:00:00Z")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_positions_parse_and_bad_ones_say_what_is_expected() {
+        assert_eq!(
+            parse_start("trim-horizon").unwrap(),
+            StartPosition::TrimHorizon
+        );
+        assert_eq!(parse_start("latest").unwrap(), StartPosition::Latest);
+        assert_eq!(
+            parse_start("1970-01-01T00:00:01Z").unwrap(),
+            StartPosition::AtTimestamp(1000)
+        );
+        assert!(parse_start("yesterday").unwrap_err().contains("RFC 3339"));
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
