@@ -107,6 +107,7 @@ async fn demo() -> Result<bool, String> {
         &kinesis,
         &route.source,
         Arc::new(InProcess(handler)),
+        Arc::new(fanout::lease::MemoryLeases::default()),
         &options,
         Arc::new(AtomicBool::new(false)),
     )

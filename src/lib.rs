@@ -13,6 +13,8 @@
 //! - [`metrics`]: CloudWatch embedded-metric-format lines.
 //! - [`cli`]: shared set-up of the command-line programs.
 //! - [`aws`]: the SDK adapters (the only place SDK types appear).
+//! - [`lineage`]: resharding: which shards may be read now (parents before children).
+//! - [`lease`]: shard leases with a fencing counter, and the reader's position.
 //! - [`runner`]: a local event-source runner with the event source mapping's rules.
 //! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
 
@@ -21,6 +23,8 @@ pub mod cli;
 pub mod config;
 pub mod event;
 pub mod handler;
+pub mod lease;
+pub mod lineage;
 pub mod metrics;
 pub mod model;
 pub mod plan;

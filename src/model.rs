@@ -98,6 +98,16 @@ impl Route {
     }
 }
 
+/// A shard as ListShards (or GetRecords' `ChildShards`) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub shard_id: String,
+    pub parent: Option<String>,
+    pub adjacent_parent: Option<String>,
+    /// The shard has an ending sequence number: no new records will arrive.
+    pub closed: bool,
+}
+
 /// Why a source record cannot be written anywhere, decided before any write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RecordDefect {

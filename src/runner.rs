@@ -1,16 +1,29 @@
-//! A local event-source runner: reads every shard of a source stream and invokes the
-//! replicator the way Lambda's Kinesis event source mapping does.
+//! The shard reader: reads every shard of a source stream and invokes the replicator the way
+//! Lambda's Kinesis event source mapping does. It drives local runs, backfills of a time
+//! window, and anything else that must read a stream exactly like the mapping.
 //!
 //! Rules kept from the event source mapping:
 //! - one shard's records per invocation, in order, at most `batch_size` of them;
 //! - a `batchItemFailures` answer resumes the shard at the reported sequence number;
 //! - a handler error retries the whole batch;
-//! - the runner's own position moves only after a successful answer;
-//! - a closed shard is read to its end (`NextShardIterator` null), never skipped.
+//! - the position moves only after a successful answer;
+//! - parents before children: a shard starts only after every parent has been read to its
+//!   end (`NextShardIterator` null, recorded as SHARD_END); shards that appear while running
+//!   (splits, merges, UpdateShardCount) are picked up from `ChildShards` and from ListShards.
 //!
-//! Its position lives in memory only; leases and resharding lineage come later.
+//! What it adds for running on machines rather than inside Lambda:
+//! - leases in the state table ([`crate::lease`]): one owner per (lease name, shard), a
+//!   counter fencing every position write, renewal with a heartbeat (how far behind, caught
+//!   up or not), take-over of leases whose owner stopped renewing;
+//! - per-shard read limits (5 GetRecords/s, 2 MB/s), expired iterators replaced from the
+//!   position, transient errors retried with backoff, systemic errors stopping only that shard;
+//! - a clean stop: the in-flight batch finishes, its position is written, leases are released.
+//!
+//! Starting from LATEST: until a shard's first record is handled there is no position, so a
+//! runner restarted before then starts at the (new) LATEST again, like a new event source
+//! mapping. Use a time (`AtTimestamp`) when that matters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,7 +36,9 @@ use tokio::time::Instant;
 use crate::aws::source::{KinesisSource, StartPosition};
 use crate::event;
 use crate::handler::Handler;
-use crate::model::{FailureClass, RequestError, StreamArn};
+use crate::lease::{Heartbeat, Lease, LeaseRecord, LeaseStore, Position};
+use crate::lineage;
+use crate::model::{FailureClass, RequestError, ShardInfo, SourceRecord, StreamArn};
 use crate::plan;
 use crate::ports::{CheckpointStore, DeadLetterStore, TargetWriter};
 use crate::seq::SequenceNumber;
@@ -113,6 +128,8 @@ impl Invoker for HttpInvoker {
 /// How the runner reads and when it stops.
 #[derive(Clone, Debug)]
 pub struct RunnerOptions {
+    /// Where a shard with no position starts (children of read parents start at their
+    /// beginning whatever this says, except for a time, which suits both).
     pub start: StartPosition,
     /// Most records per invocation (the mapping's BatchSize).
     pub batch_size: i32,
@@ -128,6 +145,22 @@ pub struct RunnerOptions {
     /// Give up on a shard (it stops, nothing skipped) after this many failed invocations of
     /// one batch. `None`: retry forever, like an event source mapping with no retry limit.
     pub max_attempts: Option<u32>,
+    /// The name leases and positions are kept under: one reader per (name, shard).
+    pub lease_name: String,
+    /// This runner's identity in the lease table; unique per process.
+    pub owner: String,
+    /// A lease not renewed for this long may be taken over.
+    pub lease_ttl: Duration,
+    /// How often the shard list is re-read (new shards) and leases renewed (at most every
+    /// third of the lease time).
+    pub discover_every: Duration,
+    /// Per-shard read limits: at most one GetRecords per interval, and this many bytes a
+    /// second (Kinesis: 5 reads/s, 2 MB/s per shard, shared by all classic consumers).
+    pub min_read_interval: Duration,
+    pub read_bytes_per_second: u64,
+    /// A bounded window: records that arrived after this time (ms since the epoch) are not
+    /// delivered, and a shard that reaches one is finished.
+    pub until_ms: Option<i64>,
 }
 
 impl Default for RunnerOptions {
@@ -141,8 +174,34 @@ impl Default for RunnerOptions {
             progress: false,
             region: "us-east-1".to_owned(),
             max_attempts: None,
+            lease_name: "fanout".to_owned(),
+            owner: default_owner(),
+            lease_ttl: Duration::from_secs(10),
+            discover_every: Duration::from_secs(1),
+            min_read_interval: Duration::from_millis(200),
+            read_bytes_per_second: 2_000_000,
+            until_ms: None,
         }
     }
+}
+
+/// `<host>:<pid>:<random>`: unique per process, readable in the lease table.
+pub fn default_owner() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!(
+        "{host}:{}:{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xff_ffff
+    )
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }
 
 /// Per-shard figures, as the progress line and the final summary show them.
@@ -153,14 +212,25 @@ pub struct ShardProgress {
     /// Invocations answered with a failure or an error, then retried.
     pub retried_invocations: u64,
     pub millis_behind: i64,
+    /// Read to its end (closed shard), or past the end of the window.
     pub finished: bool,
+    /// Reached the tip at least once.
     pub caught_up: bool,
+    /// The last read returned nothing at the tip.
+    pub at_tip: bool,
     pub stopped: Option<String>,
+    /// Arrival time of the last record delivered.
+    pub last_arrival_ms: Option<i64>,
+    /// The lease was taken by another runner (this one stopped reading the shard).
+    pub lease_lost: bool,
+    /// Times this runner took the shard's lease.
+    pub leases_taken: u32,
 }
 
 /// What a run did.
 #[derive(Clone, Debug, Default)]
 pub struct RunSummary {
+    /// The shards this runner read.
     pub shards: BTreeMap<String, ShardProgress>,
     pub elapsed: Duration,
 }
@@ -171,63 +241,338 @@ impl RunSummary {
     }
 }
 
+/// State shared by the coordinator, the shard tasks and the progress printer.
+#[derive(Default)]
+pub struct Shared {
+    progress: Mutex<BTreeMap<String, ShardProgress>>,
+    delivered: AtomicU64,
+    hints: Mutex<Vec<ShardInfo>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn update(&self, shard: &str, f: impl FnOnce(&mut ShardProgress)) {
+        if let Ok(mut p) = self.progress.lock() {
+            f(p.entry(shard.to_owned()).or_default());
+        }
+    }
+
+    fn get(&self, shard: &str) -> ShardProgress {
+        self.progress
+            .lock()
+            .ok()
+            .and_then(|p| p.get(shard).cloned())
+            .unwrap_or_default()
+    }
+
+    /// A snapshot of every shard's progress.
+    pub fn snapshot(&self) -> BTreeMap<String, ShardProgress> {
+        self.progress.lock().map(|p| p.clone()).unwrap_or_default()
+    }
+
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::Relaxed)
+    }
+}
+
+/// How a shard task ended.
+#[derive(Debug, PartialEq, Eq)]
+enum TaskEnd {
+    /// Read to its end (or past the window): position SHARD_END written.
+    Finished,
+    /// Asked to stop (or the run is over): the in-flight batch finished, position written.
+    Stopped,
+    /// A systemic error or too many attempts: the shard waits for a person.
+    Failed,
+    /// Another runner holds the lease now.
+    Lost,
+}
+
+struct Running {
+    lease: Lease,
+    cancel: Arc<AtomicBool>,
+}
+
 /// Runs until caught up (if asked), until `stop` is set, or until every shard stops.
-pub async fn run<I: Invoker + 'static>(
+/// `progress`, if given, receives live figures (the CLI renders them); otherwise, with
+/// `options.progress`, a plain progress line is printed.
+pub async fn run<I: Invoker + 'static, L: LeaseStore + 'static>(
     source: &KinesisSource,
     stream: &StreamArn,
     invoker: Arc<I>,
+    leases: Arc<L>,
     options: &RunnerOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, RequestError> {
+    run_with(
+        source,
+        stream,
+        invoker,
+        leases,
+        options,
+        stop,
+        Arc::new(Shared::default()),
+    )
+    .await
+}
+
+/// [`run`] with the shared state supplied by the caller (to render progress itself).
+pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
+    source: &KinesisSource,
+    stream: &StreamArn,
+    invoker: Arc<I>,
+    leases: Arc<L>,
+    options: &RunnerOptions,
+    stop: Arc<AtomicBool>,
+    shared: Arc<Shared>,
+) -> Result<RunSummary, RequestError> {
     let started = Instant::now();
-    let shards = source.list_shards(stream).await?;
-    let progress: Arc<Mutex<BTreeMap<String, ShardProgress>>> = Arc::new(Mutex::new(
-        shards
-            .iter()
-            .map(|s| (s.shard_id.clone(), ShardProgress::default()))
-            .collect(),
-    ));
-    let delivered = Arc::new(AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for shard in shards {
-        let ctx = ShardCtx {
-            source: source.clone(),
-            stream: stream.clone(),
-            shard_id: shard.shard_id.clone(),
-            invoker: invoker.clone(),
-            options: options.clone(),
-            stop: stop.clone(),
-            progress: progress.clone(),
-            delivered: delivered.clone(),
-        };
-        tasks.spawn(async move { ctx.run().await });
-    }
+    let started_ms = now_ms();
+    let ttl_ms = options.lease_ttl.as_millis() as i64;
+    let renew_every = (options.lease_ttl / 3).min(options.discover_every);
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut tasks: tokio::task::JoinSet<(String, TaskEnd)> = tokio::task::JoinSet::new();
+    let mut first_round = true;
+    let mut last_renew = Instant::now();
     let printer = options.progress.then(|| {
-        let progress = progress.clone();
-        let delivered = delivered.clone();
+        let shared = shared.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { print_progress(progress, delivered, stop, started).await })
+        tokio::spawn(async move { print_progress(shared, stop, started).await })
     });
-    while tasks.join_next().await.is_some() {}
+    let mut failed_lists = 0u32;
+    // Shards that stopped on an error: not read again by this run (they wait for a person).
+    let mut failed: HashSet<String> = HashSet::new();
+    loop {
+        // Shard tasks that ended: release their leases (positions are already written).
+        while let Some(done) = tasks.try_join_next() {
+            if let Ok((shard, end)) = done {
+                if end == TaskEnd::Failed {
+                    failed.insert(shard.clone());
+                }
+                if let Some(r) = running.remove(&shard) {
+                    if end != TaskEnd::Lost {
+                        release(&*leases, &r.lease).await;
+                    }
+                }
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let listing = match source.list_shards(stream).await {
+            Ok(l) => {
+                failed_lists = 0;
+                let hints = shared.hints.lock().map(|h| h.clone()).unwrap_or_default();
+                lineage::merge(l, &hints)
+            }
+            Err(e) if first_round => return Err(e),
+            Err(e) => {
+                failed_lists += 1;
+                if failed_lists % 10 == 1 {
+                    tracing::warn!(stream = %stream, error = %e, "ListShards failed; shards being read continue, new shards wait.");
+                }
+                tokio::time::sleep(options.discover_every).await;
+                continue;
+            }
+        };
+        first_round = false;
+        let records: HashMap<String, LeaseRecord> = match leases.list(&options.lease_name).await {
+            Ok(v) => v.into_iter().map(|r| (r.shard_id.clone(), r)).collect(),
+            Err(e) => {
+                tracing::warn!(lease_name = %options.lease_name, error = %e, "Cannot read the leases; retrying.");
+                tokio::time::sleep(options.discover_every).await;
+                continue;
+            }
+        };
+        let now = now_ms();
+        if last_renew.elapsed() >= renew_every {
+            last_renew = Instant::now();
+            for (shard, r) in &running {
+                let p = shared.get(shard);
+                let hb = Heartbeat {
+                    millis_behind: Some(p.millis_behind),
+                    caught_up: p.at_tip,
+                };
+                match leases.renew(&r.lease, hb, ttl_ms, now_ms()).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(shard = %shard, lease_name = %options.lease_name, "Lease of {shard} was taken by another runner; stopping this shard here.");
+                        r.cancel.store(true, Ordering::Relaxed);
+                        shared.update(shard, |s| s.lease_lost = true);
+                    }
+                    Err(e) => {
+                        tracing::warn!(shard = %shard, error = %e, "Lease renewal failed; retrying.")
+                    }
+                }
+            }
+        }
+        let finished: HashSet<String> = records
+            .values()
+            .filter(|r| r.position == Position::End)
+            .map(|r| r.shard_id.clone())
+            .collect();
+        let running_ids: HashSet<String> = running.keys().chain(failed.iter()).cloned().collect();
+        let ready: Vec<ShardInfo> = lineage::ready(&listing, &finished, &running_ids)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut acquired_any = false;
+        for shard in &ready {
+            if records
+                .get(&shard.shard_id)
+                .is_some_and(|r| !r.claimable(now))
+            {
+                continue;
+            }
+            match leases
+                .acquire(
+                    &options.lease_name,
+                    &shard.shard_id,
+                    &options.owner,
+                    ttl_ms,
+                    now_ms(),
+                )
+                .await
+            {
+                Ok(Some((lease, position))) => {
+                    acquired_any = true;
+                    let listed: HashSet<&str> =
+                        listing.iter().map(|s| s.shard_id.as_str()).collect();
+                    let has_parent = [&shard.parent, &shard.adjacent_parent]
+                        .iter()
+                        .any(|p| p.as_deref().is_some_and(|p| listed.contains(p)));
+                    let cancel = Arc::new(AtomicBool::new(false));
+                    shared.update(&shard.shard_id, |s| {
+                        s.leases_taken += 1;
+                        s.lease_lost = false;
+                        s.finished = false;
+                    });
+                    let task = ShardTask {
+                        source: source.clone(),
+                        stream: stream.clone(),
+                        shard_id: shard.shard_id.clone(),
+                        lease: lease.clone(),
+                        position,
+                        has_parent,
+                        invoker: invoker.clone(),
+                        leases: leases.clone(),
+                        options: options.clone(),
+                        stop: stop.clone(),
+                        cancel: cancel.clone(),
+                        shared: shared.clone(),
+                    };
+                    let id = shard.shard_id.clone();
+                    tasks.spawn(async move {
+                        let end = task.run().await;
+                        (id, end)
+                    });
+                    running.insert(shard.shard_id.clone(), Running { lease, cancel });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(shard = %shard.shard_id, error = %e, "Cannot take the lease; retrying.")
+                }
+            }
+        }
+        if options.until_caught_up
+            && !acquired_any
+            && caught_up(
+                &listing, &finished, &records, &running, &shared, options, started_ms,
+            )
+        {
+            break;
+        }
+        if running.is_empty()
+            && listing
+                .iter()
+                .all(|s| finished.contains(&s.shard_id) || failed.contains(&s.shard_id))
+        {
+            break; // nothing left that this run can read
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(options.discover_every) => {}
+            _ = shared.wake.notified() => {}
+        }
+    }
+    // Stop what is running: in-flight batches finish and write their positions.
+    for r in running.values() {
+        r.cancel.store(true, Ordering::Relaxed);
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Ok((shard, end)) = done {
+            if let Some(r) = running.remove(&shard) {
+                if end != TaskEnd::Lost {
+                    release(&*leases, &r.lease).await;
+                }
+            }
+        }
+    }
     if let Some(p) = printer {
         p.abort();
         if std::io::stderr().is_terminal() {
             eprintln!();
         }
     }
-    let shards = progress.lock().map(|p| p.clone()).unwrap_or_default();
     Ok(RunSummary {
-        shards,
+        shards: shared.snapshot(),
         elapsed: started.elapsed(),
     })
 }
 
-async fn print_progress(
-    progress: Arc<Mutex<BTreeMap<String, ShardProgress>>>,
-    delivered: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    started: Instant,
-) {
+async fn release<L: LeaseStore>(leases: &L, lease: &Lease) {
+    match leases.release(lease, now_ms()).await {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::debug!(shard = %lease.shard_id, "Lease already taken by another runner.")
+        }
+        Err(e) => tracing::warn!(
+            shard = %lease.shard_id,
+            error = %e,
+            "Could not release the lease; another runner can take it once it expires."
+        ),
+    }
+}
+
+/// Every shard is finished, stopped, caught up here, or caught up at another live runner (a
+/// heartbeat since this run started, fresh within half a lease: a runner that died does not
+/// count, its shards wait for the lease to expire and are read here).
+fn caught_up(
+    listing: &[ShardInfo],
+    finished: &HashSet<String>,
+    records: &HashMap<String, LeaseRecord>,
+    running: &HashMap<String, Running>,
+    shared: &Shared,
+    options: &RunnerOptions,
+    started_ms: i64,
+) -> bool {
+    let now = now_ms();
+    let fresh = options.lease_ttl.as_millis() as i64 / 2;
+    let ready: HashSet<&str> = lineage::ready(listing, finished, &HashSet::new())
+        .into_iter()
+        .map(|s| s.shard_id.as_str())
+        .collect();
+    listing.iter().all(|s| {
+        let id = s.shard_id.as_str();
+        if finished.contains(id) || !ready.contains(id) {
+            return true; // finished, or waiting for a parent (judged on its own)
+        }
+        if running.contains_key(id) {
+            let p = shared.get(id);
+            return p.caught_up || p.stopped.is_some();
+        }
+        if shared.get(id).stopped.is_some() {
+            return true;
+        }
+        records.get(id).is_some_and(|r| {
+            r.held_by_other(&options.owner, now)
+                && r.caught_up
+                && r.heartbeat_ms >= started_ms
+                && now - r.heartbeat_ms <= fresh
+        })
+    })
+}
+
+async fn print_progress(shared: Arc<Shared>, stop: Arc<AtomicBool>, started: Instant) {
     let tty = std::io::stderr().is_terminal();
     let every = if tty {
         Duration::from_secs(1)
@@ -240,27 +585,26 @@ async fn print_progress(
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let now = delivered.load(Ordering::Relaxed);
+        let now = shared.delivered();
         let rate = (now - last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
         last = (now, Instant::now());
-        let behind: Vec<String> = progress
-            .lock()
-            .map(|p| {
-                p.iter()
-                    .map(|(id, s)| {
-                        let short = id.trim_start_matches("shardId-").trim_start_matches('0');
-                        let state = if s.stopped.is_some() {
-                            "STOPPED".to_owned()
-                        } else if s.finished {
-                            "done".to_owned()
-                        } else {
-                            format!("{}ms", s.millis_behind)
-                        };
-                        format!("{}:{state}", if short.is_empty() { "0" } else { short })
-                    })
-                    .collect()
+        let behind: Vec<String> = shared
+            .snapshot()
+            .iter()
+            .map(|(id, s)| {
+                let short = id.trim_start_matches("shardId-").trim_start_matches('0');
+                let state = if s.stopped.is_some() {
+                    "STOPPED".to_owned()
+                } else if s.lease_lost {
+                    "moved".to_owned()
+                } else if s.finished {
+                    "done".to_owned()
+                } else {
+                    format!("{}ms", s.millis_behind)
+                };
+                format!("{}:{state}", if short.is_empty() { "0" } else { short })
             })
-            .unwrap_or_default();
+            .collect();
         let line = format!(
             "{:>6.1}s  {now} records  {rate:.0} rec/s  behind per shard: {}",
             started.elapsed().as_secs_f64(),
@@ -274,127 +618,235 @@ async fn print_progress(
     }
 }
 
-struct ShardCtx<I> {
+struct ShardTask<I, L> {
     source: KinesisSource,
     stream: StreamArn,
     shard_id: String,
+    lease: Lease,
+    position: Position,
+    /// A listed parent was read before this shard: start at its beginning.
+    has_parent: bool,
     invoker: Arc<I>,
+    leases: Arc<L>,
     options: RunnerOptions,
     stop: Arc<AtomicBool>,
-    progress: Arc<Mutex<BTreeMap<String, ShardProgress>>>,
-    delivered: Arc<AtomicU64>,
+    cancel: Arc<AtomicBool>,
+    shared: Arc<Shared>,
 }
 
-impl<I: Invoker> ShardCtx<I> {
+impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
     fn update(&self, f: impl FnOnce(&mut ShardProgress)) {
-        if let Ok(mut p) = self.progress.lock() {
-            if let Some(s) = p.get_mut(&self.shard_id) {
-                f(s);
-            }
+        self.shared.update(&self.shard_id, f);
+    }
+
+    fn halted(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.cancel.load(Ordering::Relaxed)
+    }
+
+    fn start_position(&self) -> StartPosition {
+        match &self.position {
+            Position::After(seq) => StartPosition::AfterSequence(seq.clone()),
+            _ => match &self.options.start {
+                StartPosition::Latest if self.has_parent => StartPosition::TrimHorizon,
+                other => other.clone(),
+            },
         }
     }
 
-    async fn run(&self) {
-        if let Err(e) = self.read_shard().await {
-            tracing::error!(
-                stream = %self.stream,
-                shard = %self.shard_id,
-                error_code = %e.code,
-                "Reading shard {} of {} stopped: {e}. Check the stream and the reader's credentials; other shards continue.",
-                self.shard_id,
-                self.stream
-            );
-            self.update(|s| s.stopped = Some(e.to_string()));
-        }
+    fn fail(&self, e: &RequestError) -> TaskEnd {
+        tracing::error!(
+            stream = %self.stream,
+            shard = %self.shard_id,
+            error_code = %e.code,
+            "Reading shard {} of {} stopped: {e}. Check the stream and the reader's credentials, then run again; other shards continue.",
+            self.shard_id,
+            self.stream
+        );
+        self.update(|s| s.stopped = Some(e.to_string()));
+        TaskEnd::Failed
     }
 
-    /// Reads with retries for transient errors; an expired iterator is replaced from `position`.
-    async fn read_shard(&self) -> Result<(), RequestError> {
-        // The last sequence number handed off successfully: where to resume from.
-        let mut position: Option<SequenceNumber> = None;
-        let mut iterator = self
-            .source
-            .shard_iterator(&self.stream, &self.shard_id, &self.options.start)
-            .await?;
-        let mut read_failures = 0u32;
-        while !self.stop.load(Ordering::Relaxed) {
-            let page = match self
-                .source
-                .get_records(&self.stream, &iterator, self.options.batch_size)
+    /// Writes the position (fenced by the lease counter), retrying store errors briefly.
+    /// `Err(end)`: stop the task.
+    async fn save(&mut self, position: Position) -> Result<(), TaskEnd> {
+        let p = self.shared.get(&self.shard_id);
+        let hb = Heartbeat {
+            millis_behind: Some(p.millis_behind),
+            caught_up: p.at_tip,
+        };
+        let ttl = self.options.lease_ttl.as_millis() as i64;
+        for attempt in 1..=6u32 {
+            match self
+                .leases
+                .checkpoint(&self.lease, &position, hb, ttl, now_ms())
                 .await
             {
-                Ok(p) => {
-                    read_failures = 0;
-                    p
+                Ok(true) => {
+                    self.position = position;
+                    return Ok(());
                 }
-                Err(e)
-                    if e.class == FailureClass::Transient
-                        || e.code == "ExpiredIteratorException" =>
-                {
-                    read_failures += 1;
-                    tracing::debug!(shard = %self.shard_id, error = %e, "GetRecords failed; retrying.");
+                Ok(false) => {
+                    tracing::warn!(shard = %self.shard_id, lease_name = %self.lease.name, "Lease of {} was taken by another runner; stopping this shard here (the other runner resumes from the last saved position).", self.shard_id);
+                    self.update(|s| s.lease_lost = true);
+                    return Err(TaskEnd::Lost);
+                }
+                Err(e) if attempt < 6 => {
+                    tracing::warn!(shard = %self.shard_id, error = %e, "Saving the position failed; retrying.");
                     tokio::time::sleep(plan::backoff(
-                        read_failures,
-                        Duration::from_millis(200),
-                        Duration::from_secs(5),
+                        attempt,
+                        Duration::from_millis(100),
+                        Duration::from_secs(2),
                         rand::random(),
                     ))
                     .await;
-                    let start = match &position {
-                        Some(seq) => StartPosition::AfterSequence(seq.clone()),
-                        None => self.options.start.clone(),
-                    };
-                    iterator = self
-                        .source
-                        .shard_iterator(&self.stream, &self.shard_id, &start)
-                        .await?;
+                }
+                Err(e) => {
+                    tracing::error!(shard = %self.shard_id, error = %e, "Cannot save the position of {} in the state table: {e}. Stopping this shard; records after the last saved position will be read again.", self.shard_id);
+                    self.update(|s| s.stopped = Some(format!("cannot save position: {e}")));
+                    return Err(TaskEnd::Failed);
+                }
+            }
+        }
+        Err(TaskEnd::Failed)
+    }
+
+    async fn run(mut self) -> TaskEnd {
+        let mut iterator: Option<String> = None;
+        let mut failures = 0u32;
+        let mut next_read = Instant::now();
+        loop {
+            if self.halted() {
+                return TaskEnd::Stopped;
+            }
+            let it = match iterator.take() {
+                Some(it) => it,
+                None => match self
+                    .source
+                    .shard_iterator(&self.stream, &self.shard_id, &self.start_position())
+                    .await
+                {
+                    Ok(it) => it,
+                    Err(e) if e.class == FailureClass::Transient => {
+                        failures += 1;
+                        self.backoff(failures, &e).await;
+                        continue;
+                    }
+                    Err(e) => return self.fail(&e),
+                },
+            };
+            tokio::time::sleep_until(next_read).await;
+            let page = match self
+                .source
+                .get_records(&self.stream, &it, self.options.batch_size)
+                .await
+            {
+                Ok(p) => {
+                    failures = 0;
+                    p
+                }
+                Err(e) if e.code == "ExpiredIteratorException" => {
+                    tracing::debug!(shard = %self.shard_id, "Iterator expired; getting a new one from the position.");
+                    next_read = Instant::now() + self.options.min_read_interval;
+                    continue; // iterator is None: a fresh one comes from the position
+                }
+                Err(e) if e.class == FailureClass::Transient => {
+                    failures += 1;
+                    self.backoff(failures, &e).await;
+                    iterator = Some(it);
+                    next_read = Instant::now() + self.options.min_read_interval;
                     continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return self.fail(&e),
             };
+            let bytes: u64 = page.records.iter().map(|r| r.data.len() as u64).sum();
+            let pace = Duration::from_secs_f64(
+                bytes as f64 / self.options.read_bytes_per_second.max(1) as f64,
+            );
+            next_read = Instant::now() + self.options.min_read_interval.max(pace);
             let behind = page.millis_behind_latest.unwrap_or(0);
             // MillisBehindLatest is time-based: records written a moment ago read as 0 behind
             // although more follow. Only an empty page at the tip means caught up.
             let at_tip = page.records.is_empty() && behind == 0;
-            if !page.records.is_empty() {
-                let last = page.records[page.records.len() - 1].seq.clone();
-                if !self.deliver(page.records).await {
-                    return Ok(()); // stopped while retrying; position not advanced
+            let mut records = page.records;
+            let mut window_done = false;
+            if let Some(until) = self.options.until_ms {
+                if let Some(i) = records
+                    .iter()
+                    .position(|r| r.arrival_ms.is_some_and(|a| a > until))
+                {
+                    records.truncate(i);
+                    window_done = true;
+                } else if at_tip && now_ms() > until {
+                    window_done = true; // nothing more can arrive inside the window
                 }
-                position = Some(last);
             }
-            self.update(|s| s.millis_behind = behind);
-            match page.next_iterator {
-                None => {
-                    self.update(|s| {
-                        s.finished = true;
-                        s.caught_up = true;
-                    });
-                    return Ok(());
+            if !records.is_empty() {
+                let (handled, complete) = self.deliver(records).await;
+                if let Some((seq, arrival)) = handled {
+                    self.update(|s| s.last_arrival_ms = arrival.or(s.last_arrival_ms));
+                    if let Err(end) = self.save(Position::After(seq)).await {
+                        return end;
+                    }
                 }
-                Some(next) => iterator = next,
+                if !complete {
+                    return if self.shared.get(&self.shard_id).stopped.is_some() {
+                        TaskEnd::Failed
+                    } else {
+                        TaskEnd::Stopped
+                    };
+                }
             }
+            self.update(|s| {
+                s.millis_behind = behind;
+                s.at_tip = at_tip;
+                s.caught_up |= at_tip;
+            });
+            let ended = page.next_iterator.is_none();
+            if ended && !page.child_shards.is_empty() {
+                if let Ok(mut h) = self.shared.hints.lock() {
+                    h.extend(page.child_shards.iter().cloned());
+                }
+            }
+            if ended || window_done {
+                if let Err(end) = self.save(Position::End).await {
+                    return end;
+                }
+                self.update(|s| {
+                    s.finished = true;
+                    s.caught_up = true;
+                    s.at_tip = true;
+                });
+                self.shared.wake.notify_one();
+                return TaskEnd::Finished;
+            }
+            iterator = page.next_iterator;
             if at_tip {
-                self.update(|s| s.caught_up = true);
-                if self.options.until_caught_up && self.all_caught_up() {
-                    return Ok(());
-                }
                 tokio::time::sleep(self.options.idle_poll).await;
             }
         }
-        Ok(())
     }
 
-    fn all_caught_up(&self) -> bool {
-        self.progress
-            .lock()
-            .map(|p| p.values().all(|s| s.caught_up || s.stopped.is_some()))
-            .unwrap_or(false)
+    async fn backoff(&self, failures: u32, e: &RequestError) {
+        if failures % 10 == 1 {
+            tracing::warn!(shard = %self.shard_id, error = %e, attempt = failures, "Reading {} failed ({}); retrying with backoff.", self.shard_id, e.code);
+        }
+        tokio::time::sleep(plan::backoff(
+            failures,
+            Duration::from_millis(200),
+            Duration::from_secs(5),
+            rand::random(),
+        ))
+        .await;
     }
 
-    /// Invokes until the whole page is handled. Returns false if stopped first.
-    async fn deliver(&self, mut records: Vec<crate::model::SourceRecord>) -> bool {
+    /// Invokes until the whole page is handled. Returns the last handled record (sequence
+    /// number, arrival time) and whether the whole page was handled (false: stopped first).
+    async fn deliver(
+        &self,
+        mut records: Vec<SourceRecord>,
+    ) -> (Option<(SequenceNumber, Option<i64>)>, bool) {
         let mut attempt = 0u32;
+        let mut last: Option<(SequenceNumber, Option<i64>)> = None;
         while !records.is_empty() {
             let event =
                 event::build_event(&self.stream, &self.shard_id, &self.options.region, &records);
@@ -402,7 +854,8 @@ impl<I: Invoker> ShardCtx<I> {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(shard = %self.shard_id, error = %e, "Cannot serialise the event.");
-                    return false;
+                    self.update(|s| s.stopped = Some(format!("cannot serialise the event: {e}")));
+                    return (last, false);
                 }
             };
             self.update(|s| s.invocations += 1);
@@ -436,11 +889,17 @@ impl<I: Invoker> ShardCtx<I> {
                 },
                 Err(_) => 0,
             };
-            self.delivered.fetch_add(handled as u64, Ordering::Relaxed);
+            self.shared
+                .delivered
+                .fetch_add(handled as u64, Ordering::Relaxed);
             self.update(|s| s.records_delivered += handled as u64);
+            if handled > 0 {
+                let r = &records[handled - 1];
+                last = Some((r.seq.clone(), r.arrival_ms));
+            }
             records.drain(..handled);
             if records.is_empty() {
-                return true;
+                return (last, true);
             }
             attempt += 1;
             self.update(|s| s.retried_invocations += 1);
@@ -453,8 +912,8 @@ impl<I: Invoker> ShardCtx<I> {
                 }
                 Ok(None) => {}
             }
-            if self.stop.load(Ordering::Relaxed) {
-                return false;
+            if self.halted() {
+                return (last, false);
             }
             if self.options.max_attempts.is_some_and(|max| attempt >= max) {
                 let at = records[0].seq.clone();
@@ -473,7 +932,7 @@ impl<I: Invoker> ShardCtx<I> {
                         "stopped at record {at} after {attempt} attempts: {why}"
                     ))
                 });
-                return false;
+                return (last, false);
             }
             tokio::time::sleep(plan::backoff(
                 attempt,
@@ -483,6 +942,6 @@ impl<I: Invoker> ShardCtx<I> {
             ))
             .await;
         }
-        true
+        (last, true)
     }
 }

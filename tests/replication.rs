@@ -146,6 +146,7 @@ async fn replicates_across_accounts_through_the_runner(backend: Backend) {
         &KinesisSource::new(&world.new_account),
         &world.source,
         Arc::new(InProcess(handler)),
+        Arc::new(fanout::lease::MemoryLeases::default()),
         &options,
         Arc::new(AtomicBool::new(false)),
     )

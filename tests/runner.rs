@@ -86,6 +86,7 @@ async fn a_reported_failure_resumes_there_and_an_error_retries_the_whole_batch()
         &reader,
         &world.source,
         invoker.clone(),
+        Arc::new(fanout::lease::MemoryLeases::default()),
         &options(),
         Arc::new(AtomicBool::new(false)),
     )
@@ -144,6 +145,7 @@ async fn a_shard_that_keeps_failing_stops_after_max_attempts_without_skipping() 
         &reader,
         &world.source,
         invoker.clone(),
+        Arc::new(fanout::lease::MemoryLeases::default()),
         &opts,
         Arc::new(AtomicBool::new(false)),
     )
@@ -200,6 +202,7 @@ async fn latest_and_at_timestamp_start_where_asked() {
         &reader,
         &world.source,
         from_time.clone(),
+        Arc::new(fanout::lease::MemoryLeases::default()),
         &opts,
         Arc::new(AtomicBool::new(false)),
     )
@@ -218,6 +221,7 @@ async fn latest_and_at_timestamp_start_where_asked() {
         &reader,
         &world.source,
         latest.clone(),
+        Arc::new(fanout::lease::MemoryLeases::default()),
         &opts,
         Arc::new(AtomicBool::new(false)),
     )

@@ -60,6 +60,8 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) -> Result<(), StoreError
 pub struct DynamoCheckpoints {
     client: Client,
     table: String,
+    /// Appended to route names: keeps a backfill's checkpoints apart from the live route's.
+    namespace: String,
 }
 
 impl DynamoCheckpoints {
@@ -67,7 +69,18 @@ impl DynamoCheckpoints {
         DynamoCheckpoints {
             client: Client::new(sdk),
             table: table.to_owned(),
+            namespace: String::new(),
         }
+    }
+
+    /// Checkpoints kept under `<route><namespace>` instead of `<route>`.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+
+    fn pk(&self, route: &str) -> String {
+        checkpoint_pk(&format!("{route}{}", self.namespace))
     }
 }
 
@@ -81,7 +94,7 @@ impl CheckpointStore for DynamoCheckpoints {
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(checkpoint_pk(route)))
+            .key("pk", s(self.pk(route)))
             .key("sk", s(shard_id))
             .consistent_read(true)
             .send()
@@ -151,7 +164,7 @@ impl CheckpointStore for DynamoCheckpoints {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(checkpoint_pk(&a.route)))
+            .key("pk", s(self.pk(&a.route)))
             .key("sk", s(&a.shard_id))
             .update_expression(update)
             .condition_expression("attribute_not_exists(last_seq) OR last_seq < :seq")

@@ -8,6 +8,7 @@
 
 pub mod checkpoints;
 pub mod dead_letters;
+pub mod leases;
 pub mod source;
 pub mod target;
 
@@ -42,8 +43,19 @@ pub async fn build_handler(
     sdk: &SdkConfig,
     metrics: MetricsOutput,
 ) -> AwsHandler {
+    build_handler_in(config, sdk, metrics, "").await
+}
+
+/// [`build_handler`] with checkpoints kept under `<route><namespace>` (a backfill's own).
+pub async fn build_handler_in(
+    config: &ReplicatorConfig,
+    sdk: &SdkConfig,
+    metrics: MetricsOutput,
+    checkpoint_namespace: &str,
+) -> AwsHandler {
     let writer = target::KinesisTarget::new(sdk, &config.routes, &config.limits).await;
-    let checkpoints = checkpoints::DynamoCheckpoints::new(sdk, &config.table);
+    let checkpoints =
+        checkpoints::DynamoCheckpoints::new(sdk, &config.table).in_namespace(checkpoint_namespace);
     let dead_letters = dead_letters::S3DeadLetters::new(
         sdk,
         &config.dead_letter_bucket,

@@ -11,15 +11,7 @@ use super::classify_sdk_error;
 use crate::model::{RequestError, SourceRecord, StreamArn};
 use crate::seq::SequenceNumber;
 
-/// A shard as ListShards reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ShardInfo {
-    pub shard_id: String,
-    pub parent: Option<String>,
-    pub adjacent_parent: Option<String>,
-    /// The shard has an ending sequence number: no new records will arrive.
-    pub closed: bool,
-}
+pub use crate::model::ShardInfo;
 
 /// Where to start reading a shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,7 +31,8 @@ pub struct Page {
     /// `None`: the shard is closed and fully read.
     pub next_iterator: Option<String>,
     pub millis_behind_latest: Option<i64>,
-    pub child_shards: Vec<String>,
+    /// From GetRecords' `ChildShards` when the shard has ended (with their parents).
+    pub child_shards: Vec<ShardInfo>,
 }
 
 #[derive(Clone)]
@@ -162,7 +155,15 @@ impl KinesisSource {
             child_shards: out
                 .child_shards()
                 .iter()
-                .map(|c| c.shard_id().to_owned())
+                .map(|c| {
+                    let parents = c.parent_shards();
+                    ShardInfo {
+                        shard_id: c.shard_id().to_owned(),
+                        parent: parents.first().cloned(),
+                        adjacent_parent: parents.get(1).cloned(),
+                        closed: false,
+                    }
+                })
                 .collect(),
         })
     }

@@ -9,8 +9,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use fanout::aws::source::StartPosition;
 
+mod backfill;
 mod replicate;
 
+use backfill::BackfillArgs;
 use replicate::ReplicateArgs;
 
 /// Replicate Kinesis streams between AWS accounts, losslessly and in per-key order.
@@ -30,6 +32,13 @@ enum Command {
     /// Example:
     ///   fanoutctl replicate --from trim-horizon --until-caught-up
     Replicate(ReplicateArgs),
+    /// Replicate one time window of the source stream (records already in it, e.g. from
+    /// before live replication started) into the target, then stop. Its positions are kept
+    /// apart from the live route's; run the same command again to resume it.
+    ///
+    /// Example:
+    ///   fanoutctl backfill --from 2026-11-22T03:00:00Z --until 2026-11-22T04:00:00Z
+    Backfill(BackfillArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -43,13 +52,18 @@ async fn main() -> ExitCode {
     fanout::cli::init_tracing();
     let cli = Cli::parse();
     match cli.command {
-        Command::Replicate(args) => match replicate::replicate(args).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("fanoutctl replicate: {e}");
-                ExitCode::from(2)
-            }
-        },
+        Command::Replicate(args) => report("replicate", replicate::replicate(args).await),
+        Command::Backfill(args) => report("backfill", backfill::backfill(args).await),
+    }
+}
+
+fn report(command: &str, result: Result<ExitCode, String>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanoutctl {command}: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
