@@ -417,7 +417,13 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
             .cloned()
             .collect();
         let mut acquired_any = false;
+        // Take at most half of what is free per round (at least one), so runners started
+        // together share the shards instead of the first one taking all of them.
+        let mut budget = ready.len().div_ceil(2).max(1);
         for shard in &ready {
+            if budget == 0 {
+                break;
+            }
             if records
                 .get(&shard.shard_id)
                 .is_some_and(|r| !r.claimable(now))
@@ -436,6 +442,8 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
             {
                 Ok(Some((lease, position))) => {
                     acquired_any = true;
+                    budget -= 1;
+                    tracing::info!(shard = %shard.shard_id, counter = lease.counter, position = ?position, owner = %options.owner, "Took the lease of {}.", shard.shard_id);
                     let listed: HashSet<&str> =
                         listing.iter().map(|s| s.shard_id.as_str()).collect();
                     let has_parent = [&shard.parent, &shard.adjacent_parent]
@@ -521,7 +529,9 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
 
 async fn release<L: LeaseStore>(leases: &L, lease: &Lease) {
     match leases.release(lease, now_ms()).await {
-        Ok(true) => {}
+        Ok(true) => {
+            tracing::info!(shard = %lease.shard_id, counter = lease.counter, "Released the lease of {}.", lease.shard_id)
+        }
         Ok(false) => {
             tracing::debug!(shard = %lease.shard_id, "Lease already taken by another runner.")
         }

@@ -3,21 +3,25 @@
 //! Items:
 //! - lease: `pk = "lease#<name>"`, `sk = <shard id>`; `owner` (absent when free), `counter`
 //!   (the fencing token), `expires_at_ms`, `position` ("" | padded sequence number |
-//!   "SHARD_END"), `heartbeat_ms`, `millis_behind`, `caught_up`, `updated_at`.
+//!   "SHARD_END"), heartbeat fields (`heartbeat_ms`, `millis_behind`, `caught_up`), and the
+//!   current tenure (`epoch_owner`, `acquired_at_ms`, `from_position`, `checkpoints`,
+//!   `last_checkpoint_ms`, `released_at_ms`).
 //! - history: `pk = "lease-history#<name>"`, `sk = "<shard id>#<counter, 20 digits>"`; one
-//!   item per epoch: `owner`, `acquired_at_ms`, `from_position`, `last_position`,
-//!   `checkpoints`, `last_checkpoint_ms`, `released_at_ms`.
+//!   item per tenure ("epoch"): `owner`, `acquired_at_ms`, `from_position`, and once it is
+//!   over, `last_position`, `checkpoints`, `last_checkpoint_ms`, `released_at_ms`.
 //!
-//! Taking a lease and opening its epoch is one transaction; so is every checkpoint (lease
-//! position + epoch progress) and every release. All three are conditional on the counter.
+//! Every lease write is ONE conditional UpdateItem on the lease item (no transactions: moto
+//! rolls a failed transaction back by restoring a copy of the whole table, which undoes other
+//! writers' concurrent updates). The history is derived from lease items: a tenure's final
+//! figures are copied into its history item when it is released, or by whoever takes the
+//! lease over; [`LeaseStore::history`] fills the current tenure in from the lease item.
 
 use std::collections::HashMap;
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem, Update};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::store_error;
@@ -54,13 +58,6 @@ fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
         .to_rfc3339()
-}
-
-fn built(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError {
-        code: "RequestNotBuilt".to_owned(),
-        message: e.to_string(),
-    }
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -109,6 +106,7 @@ fn epoch_from(item: &Item) -> Result<Epoch, StoreError> {
     let pos = |k: &str| {
         Position::from_stored(get_s(item, k).unwrap_or_default()).map_err(|e| corrupt(sk, e))
     };
+    let from = pos("from_position")?;
     Ok(Epoch {
         shard_id: shard_id.to_owned(),
         counter: counter
@@ -116,28 +114,45 @@ fn epoch_from(item: &Item) -> Result<Epoch, StoreError> {
             .map_err(|_| corrupt(sk, "bad counter".to_owned()))?,
         owner: get_s(item, "owner").unwrap_or_default().to_owned(),
         acquired_at_ms: get_n(item, "acquired_at_ms").unwrap_or(0),
-        from: pos("from_position")?,
-        last: pos("last_position")?,
+        last: if item.contains_key("last_position") {
+            pos("last_position")?
+        } else {
+            from.clone()
+        },
+        from,
         checkpoints: get_n(item, "checkpoints").unwrap_or(0) as u64,
         last_checkpoint_ms: get_n(item, "last_checkpoint_ms"),
         released_at_ms: get_n(item, "released_at_ms"),
     })
 }
 
-/// Did a transaction fail only because a condition did not hold?
-fn condition_failed(
-    e: &SdkError<TransactWriteItemsError, aws_smithy_runtime_api::http::Response>,
-) -> bool {
-    match e {
-        SdkError::ServiceError(se) => match se.err() {
-            TransactWriteItemsError::TransactionCanceledException(t) => t
-                .cancellation_reasons()
-                .iter()
-                .any(|r| r.code() == Some("ConditionalCheckFailed")),
-            _ => false,
-        },
-        _ => false,
+/// The tenure a lease item describes (`None` for a lease never taken).
+fn epoch_of_lease(item: &Item) -> Result<Option<Epoch>, StoreError> {
+    let shard_id = get_s(item, "sk").unwrap_or_default().to_owned();
+    let counter = get_n(item, "counter").unwrap_or(0);
+    if counter == 0 {
+        return Ok(None);
     }
+    let pos = |k: &str| {
+        Position::from_stored(get_s(item, k).unwrap_or_default()).map_err(|e| corrupt(&shard_id, e))
+    };
+    Ok(Some(Epoch {
+        counter: counter as u64,
+        owner: get_s(item, "epoch_owner").unwrap_or_default().to_owned(),
+        acquired_at_ms: get_n(item, "acquired_at_ms").unwrap_or(0),
+        from: pos("from_position")?,
+        last: pos("position")?,
+        checkpoints: get_n(item, "checkpoints").unwrap_or(0) as u64,
+        last_checkpoint_ms: get_n(item, "last_checkpoint_ms"),
+        released_at_ms: get_n(item, "released_at_ms"),
+        shard_id,
+    }))
+}
+
+fn is_condition_failure(
+    e: &SdkError<UpdateItemError, aws_smithy_runtime_api::http::Response>,
+) -> bool {
+    matches!(e, SdkError::ServiceError(se) if matches!(se.err(), UpdateItemError::ConditionalCheckFailedException(_)))
 }
 
 impl DynamoLeases {
@@ -171,37 +186,108 @@ impl DynamoLeases {
         }
     }
 
-    fn lease_update(&self, lease: &Lease) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
-        Update::builder()
+    /// A fenced update of a held lease: `Ok(false)` when the lease is no longer ours.
+    async fn fenced(
+        &self,
+        lease: &Lease,
+        update: &str,
+        values: Vec<(&str, AttributeValue)>,
+        return_new: bool,
+    ) -> Result<Option<Item>, StoreError> {
+        let mut req = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(lease_pk(&lease.name)))
             .key("sk", s(&lease.shard_id))
+            .update_expression(update)
             .condition_expression("#owner = :me AND #counter = :c")
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_values(":me", s(&lease.owner))
-            .expression_attribute_values(":c", n(lease.counter))
+            .expression_attribute_values(":c", n(lease.counter));
+        if update.contains("#position") {
+            req = req.expression_attribute_names("#position", "position");
+        }
+        for (k, v) in values {
+            req = req.expression_attribute_values(k, v);
+        }
+        if return_new {
+            req = req.return_values(ReturnValue::AllNew);
+        }
+        match req.send().await {
+            Ok(out) => Ok(Some(out.attributes().cloned().unwrap_or_default())),
+            Err(e) if is_condition_failure(&e) => Ok(None),
+            Err(e) => Err(store_error(&e)),
+        }
     }
 
-    fn history_update(&self, lease: &Lease) -> aws_sdk_dynamodb::types::builders::UpdateBuilder {
-        Update::builder()
-            .table_name(&self.table)
-            .key("pk", s(history_pk(&lease.name)))
-            .key("sk", s(history_sk(&lease.shard_id, lease.counter)))
-    }
-
-    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool, StoreError> {
-        match self
+    /// Writes a tenure's history item from its lease item: when it ends (release), or when
+    /// the next owner takes over (whatever the previous owner managed to write before it died).
+    async fn close_epoch(&self, name: &str, item: &Item) -> Result<(), StoreError> {
+        let Some(epoch) = epoch_of_lease(item)? else {
+            return Ok(());
+        };
+        let mut set = vec![
+            "#owner = :owner",
+            "acquired_at_ms = :acq",
+            "from_position = :from",
+            "last_position = :pos",
+            "checkpoints = :cps",
+        ];
+        let mut req = self
             .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(history_pk(name)))
+            .key("sk", s(history_sk(&epoch.shard_id, epoch.counter)))
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":owner", s(&epoch.owner))
+            .expression_attribute_values(":acq", n(epoch.acquired_at_ms))
+            .expression_attribute_values(":from", s(epoch.from.to_stored()))
+            .expression_attribute_values(":pos", s(epoch.last.to_stored()))
+            .expression_attribute_values(":cps", n(epoch.checkpoints));
+        if let Some(ms) = epoch.last_checkpoint_ms {
+            set.push("last_checkpoint_ms = :lc");
+            req = req.expression_attribute_values(":lc", n(ms));
+        }
+        if let Some(ms) = epoch.released_at_ms {
+            set.push("released_at_ms = :rel");
+            req = req.expression_attribute_values(":rel", n(ms));
+        }
+        // Positions only move forward within a tenure (and "" < digits < "SHARD_END" as
+        // text), so an older snapshot arriving late never overwrites a newer one.
+        match req
+            .update_expression(format!("SET {}", set.join(", ")))
+            .condition_expression("attribute_not_exists(last_position) OR last_position <= :pos")
             .send()
             .await
         {
-            Ok(_) => Ok(true),
-            Err(e) if condition_failed(&e) => Ok(false),
+            Ok(_) => Ok(()),
+            Err(e) if is_condition_failure(&e) => Ok(()),
             Err(e) => Err(store_error(&e)),
         }
+    }
+
+    fn heartbeat_values(
+        heartbeat: Heartbeat,
+        ttl_ms: i64,
+        now_ms: i64,
+    ) -> (String, Vec<(&'static str, AttributeValue)>) {
+        let mut set =
+            "expires_at_ms = :exp, heartbeat_ms = :now, caught_up = :cu, updated_at = :at"
+                .to_owned();
+        let mut values = vec![
+            (":exp", n(now_ms + ttl_ms)),
+            (":now", n(now_ms)),
+            (":cu", AttributeValue::Bool(heartbeat.caught_up)),
+            (":at", s(rfc3339(now_ms))),
+        ];
+        if let Some(b) = heartbeat.millis_behind {
+            set.push_str(", millis_behind = :mb");
+            values.push((":mb", n(b)));
+        }
+        (set, values)
     }
 }
 
@@ -232,7 +318,8 @@ impl LeaseStore for DynamoLeases {
             .send()
             .await
             .map_err(|e| store_error(&e))?;
-        let (seen, position) = match current.item() {
+        let previous = current.item().cloned();
+        let (seen, position) = match &previous {
             Some(item) => {
                 let r = record_from(item)?;
                 if !r.claimable(now_ms) {
@@ -243,13 +330,22 @@ impl LeaseStore for DynamoLeases {
             None => (None, Position::Start),
         };
         let counter = seen.unwrap_or(0) + 1;
-        let mut update = Update::builder()
+        // Close the previous tenure's history first, from a snapshot the condition below
+        // proves current: whoever wins, no crash after this point can lose that tenure's end.
+        if let Some(item) = &previous {
+            self.close_epoch(name, item).await?;
+        }
+        let mut req = self
+            .client
+            .update_item()
             .table_name(&self.table)
             .key("pk", s(lease_pk(name)))
             .key("sk", s(shard_id))
             .update_expression(
-                "SET #owner = :me, #counter = :next, expires_at_ms = :exp, heartbeat_ms = :now, \
-                 #position = :pos, caught_up = :f, updated_at = :at",
+                "SET #owner = :me, epoch_owner = :me, #counter = :next, expires_at_ms = :exp, \
+                 heartbeat_ms = :now, acquired_at_ms = :now, #position = :pos, \
+                 from_position = :pos, caught_up = :f, checkpoints = :zero, updated_at = :at \
+                 REMOVE last_checkpoint_ms, released_at_ms",
             )
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#counter", "counter")
@@ -260,16 +356,25 @@ impl LeaseStore for DynamoLeases {
             .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":pos", s(position.to_stored()))
             .expression_attribute_values(":f", AttributeValue::Bool(false))
+            .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":at", s(rfc3339(now_ms)));
-        update = match seen {
-            None => update.condition_expression("attribute_not_exists(pk)"),
-            Some(c) => update
+        req = match seen {
+            None => req.condition_expression("attribute_not_exists(pk)"),
+            Some(c) => req
                 .condition_expression(
-                    "#counter = :seen AND (attribute_not_exists(#owner) OR expires_at_ms < :now)",
+                    "#counter = :seen AND #position = :pos AND \
+                     (attribute_not_exists(#owner) OR expires_at_ms < :now)",
                 )
                 .expression_attribute_values(":seen", n(c)),
         };
-        let history = Put::builder()
+        match req.send().await {
+            Ok(_) => {}
+            Err(e) if is_condition_failure(&e) => return Ok(None),
+            Err(e) => return Err(store_error(&e)),
+        }
+        // The lease is ours: open our tenure's history (the lease item carries it too).
+        self.client
+            .put_item()
             .table_name(&self.table)
             .item("pk", s(history_pk(name)))
             .item("sk", s(history_sk(shard_id, counter)))
@@ -277,28 +382,18 @@ impl LeaseStore for DynamoLeases {
             .item("acquired_at_ms", n(now_ms))
             .item("acquired_at", s(rfc3339(now_ms)))
             .item("from_position", s(position.to_stored()))
-            .item("last_position", s(position.to_stored()))
-            .item("checkpoints", n(0))
-            .condition_expression("attribute_not_exists(pk)");
-        let items = vec![
-            TransactWriteItem::builder()
-                .update(update.build().map_err(built)?)
-                .build(),
-            TransactWriteItem::builder()
-                .put(history.build().map_err(built)?)
-                .build(),
-        ];
-        Ok(self.transact(items).await?.then(|| {
-            (
-                Lease {
-                    name: name.to_owned(),
-                    shard_id: shard_id.to_owned(),
-                    owner: owner.to_owned(),
-                    counter,
-                },
-                position,
-            )
-        }))
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(Some((
+            Lease {
+                name: name.to_owned(),
+                shard_id: shard_id.to_owned(),
+                owner: owner.to_owned(),
+                counter,
+            },
+            position,
+        )))
     }
 
     async fn renew(
@@ -308,37 +403,11 @@ impl LeaseStore for DynamoLeases {
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(lease_pk(&lease.name)))
-            .key("sk", s(&lease.shard_id))
-            .condition_expression("#owner = :me AND #counter = :c")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_names("#counter", "counter")
-            .expression_attribute_values(":me", s(&lease.owner))
-            .expression_attribute_values(":c", n(lease.counter))
-            .expression_attribute_values(":exp", n(now_ms + ttl_ms))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":cu", AttributeValue::Bool(heartbeat.caught_up))
-            .expression_attribute_values(":at", s(rfc3339(now_ms)));
-        let mut set =
-            "SET expires_at_ms = :exp, heartbeat_ms = :now, caught_up = :cu, updated_at = :at"
-                .to_owned();
-        if let Some(b) = heartbeat.millis_behind {
-            set.push_str(", millis_behind = :mb");
-            req = req.expression_attribute_values(":mb", n(b));
-        }
-        match req.update_expression(set).send().await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(store_error(&e)),
-        }
+        let (set, values) = Self::heartbeat_values(heartbeat, ttl_ms, now_ms);
+        Ok(self
+            .fenced(lease, &format!("SET {set}"), values, false)
+            .await?
+            .is_some())
     }
 
     async fn checkpoint(
@@ -349,73 +418,64 @@ impl LeaseStore for DynamoLeases {
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        let mut set = "SET #position = :pos, expires_at_ms = :exp, heartbeat_ms = :now, \
-                       caught_up = :cu, updated_at = :at"
-            .to_owned();
-        if heartbeat.millis_behind.is_some() {
-            set.push_str(", millis_behind = :mb");
-        }
-        let mut update = self
-            .lease_update(lease)
-            .update_expression(set)
-            .expression_attribute_names("#position", "position")
-            .expression_attribute_values(":pos", s(position.to_stored()))
-            .expression_attribute_values(":exp", n(now_ms + ttl_ms))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":cu", AttributeValue::Bool(heartbeat.caught_up))
-            .expression_attribute_values(":at", s(rfc3339(now_ms)));
-        if let Some(b) = heartbeat.millis_behind {
-            update = update.expression_attribute_values(":mb", n(b));
-        }
-        let history = self
-            .history_update(lease)
-            .update_expression(
-                "SET last_position = :pos, last_checkpoint_ms = :now ADD checkpoints :one",
+        let (set, mut values) = Self::heartbeat_values(heartbeat, ttl_ms, now_ms);
+        values.push((":pos", s(position.to_stored())));
+        values.push((":one", n(1)));
+        Ok(self
+            .fenced(
+                lease,
+                &format!(
+                    "SET #position = :pos, last_checkpoint_ms = :now, {set} ADD checkpoints :one"
+                ),
+                values,
+                false,
             )
-            .expression_attribute_values(":pos", s(position.to_stored()))
-            .expression_attribute_values(":now", n(now_ms))
-            .expression_attribute_values(":one", n(1));
-        self.transact(vec![
-            TransactWriteItem::builder()
-                .update(update.build().map_err(built)?)
-                .build(),
-            TransactWriteItem::builder()
-                .update(history.build().map_err(built)?)
-                .build(),
-        ])
-        .await
+            .await?
+            .is_some())
     }
 
     async fn release(&self, lease: &Lease, now_ms: i64) -> Result<bool, StoreError> {
-        let update = self
-            .lease_update(lease)
-            .update_expression(
-                "REMOVE #owner SET expires_at_ms = :zero, caught_up = :f, updated_at = :at",
+        let item = self
+            .fenced(
+                lease,
+                "REMOVE #owner SET expires_at_ms = :zero, caught_up = :f, released_at_ms = :now, \
+                 updated_at = :at",
+                vec![
+                    (":zero", n(0)),
+                    (":f", AttributeValue::Bool(false)),
+                    (":now", n(now_ms)),
+                    (":at", s(rfc3339(now_ms))),
+                ],
+                true,
             )
-            .expression_attribute_values(":zero", n(0))
-            .expression_attribute_values(":f", AttributeValue::Bool(false))
-            .expression_attribute_values(":at", s(rfc3339(now_ms)));
-        let history = self
-            .history_update(lease)
-            .update_expression("SET released_at_ms = :now")
-            .expression_attribute_values(":now", n(now_ms));
-        self.transact(vec![
-            TransactWriteItem::builder()
-                .update(update.build().map_err(built)?)
-                .build(),
-            TransactWriteItem::builder()
-                .update(history.build().map_err(built)?)
-                .build(),
-        ])
-        .await
+            .await?;
+        match item {
+            Some(item) => {
+                self.close_epoch(&lease.name, &item).await?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
     }
 
     async fn history(&self, name: &str) -> Result<Vec<Epoch>, StoreError> {
-        self.query_all(history_pk(name))
+        let mut epochs: Vec<Epoch> = self
+            .query_all(history_pk(name))
             .await?
             .iter()
             .map(epoch_from)
-            .collect()
+            .collect::<Result<_, _>>()?;
+        // The tenure under way (or one whose owner died before its history was written):
+        // its figures live in the lease item, which wins.
+        for item in self.query_all(lease_pk(name)).await? {
+            if let Some(current) = epoch_of_lease(&item)? {
+                epochs
+                    .retain(|e| !(e.shard_id == current.shard_id && e.counter == current.counter));
+                epochs.push(current);
+            }
+        }
+        epochs.sort_by(|a, b| (&a.shard_id, a.counter).cmp(&(&b.shard_id, b.counter)));
+        Ok(epochs)
     }
 }
 

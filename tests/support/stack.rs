@@ -146,7 +146,40 @@ impl World {
 
     /// The replicator configuration for this world, with fast backoff for tests.
     pub fn config(&self) -> ReplicatorConfig {
-        let vars: HashMap<&str, String> = HashMap::from([
+        let vars = self.vars();
+        let config =
+            ReplicatorConfig::from_lookup(|k| vars.get(k).cloned()).expect("test configuration");
+        assert_eq!(
+            config.limits.max_request_entries,
+            Limits::default().max_request_entries
+        );
+        config
+    }
+
+    /// The environment a `fanoutctl` process needs to act on this world: the `FANOUT_*`
+    /// configuration, and the endpoints and credentials of the new account.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .vars()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL", self.stack.moto.as_str()),
+            ("AWS_ENDPOINT_URL_KINESIS", self.kinesis_endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", NEW_ACCOUNT),
+            ("AWS_SECRET_ACCESS_KEY", "local"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ] {
+            env.push((k.to_owned(), v.to_owned()));
+        }
+        env
+    }
+
+    /// The `FANOUT_*` variables of this world.
+    pub fn vars(&self) -> HashMap<&'static str, String> {
+        HashMap::from([
             (
                 "FANOUT_ROUTES",
                 format!(
@@ -162,14 +195,7 @@ impl World {
             ("FANOUT_BACKOFF_MAX_MS", "200".to_owned()),
             ("FANOUT_DEADLINE_MARGIN_MS", "1000".to_owned()),
             ("FANOUT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
-        ]);
-        let config =
-            ReplicatorConfig::from_lookup(|k| vars.get(k).cloned()).expect("test configuration");
-        assert_eq!(
-            config.limits.max_request_entries,
-            Limits::default().max_request_entries
-        );
-        config
+        ])
     }
 }
 
