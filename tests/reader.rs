@@ -506,3 +506,113 @@ async fn backfill_replicates_exactly_its_window_and_resumes_as_a_no_op() {
     assert_eq!(again["records_delivered"], 0, "{again:#}");
     assert_eq!(compare(&world, &window).await.target_records, 40);
 }
+
+#[tokio::test]
+async fn expired_iterators_and_throttled_reads_are_retried_and_reads_keep_to_the_shard_limit() {
+    let Some(world) = World::create(Backend::KinesisLocal, 1, 1).await else {
+        return;
+    };
+    let proxy = support::fault_proxy::FaultProxy::start(&world.kinesis_endpoint);
+    let through_proxy = KinesisSource::new(&world.sdk_via(&proxy.endpoint()).await);
+    let direct = KinesisSource::new(&world.new_account);
+    let data = records(300, 9, 30);
+    direct.put_all(&world.source, &data).await.unwrap();
+    proxy.fail_next_reads(2, 400, "ExpiredIteratorException");
+    proxy.fail_next_reads(4, 400, "ProvisionedThroughputExceededException");
+    proxy.fail_next_reads(1, 500, "InternalFailure");
+    let handler =
+        Arc::new(build_handler(&world.config(), &world.new_account, MetricsOutput::None).await);
+    let options = RunnerOptions {
+        batch_size: 50,
+        until_caught_up: true,
+        idle_poll: Duration::from_millis(50),
+        discover_every: Duration::from_millis(100),
+        lease_name: lease_name(&world),
+        ..RunnerOptions::default() // 200 ms between reads: 5 reads/s
+    };
+    let started = Instant::now();
+    let summary = runner::run(
+        &through_proxy,
+        &world.source,
+        Arc::new(InProcess(handler)),
+        Arc::new(DynamoLeases::new(&world.new_account, &world.table)),
+        &options,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    let elapsed = started.elapsed().as_secs_f64();
+    assert_eq!(proxy.read_faults_left(), 0, "every injected fault was met");
+    assert!(
+        summary.shards.values().all(|s| s.stopped.is_none()),
+        "{summary:?}"
+    );
+    assert_eq!(summary.records_delivered(), 300);
+    let source = direct.read_all(&world.source).await.unwrap();
+    let c = compare(&world, &source).await;
+    assert!(c.is_clean() && c.duplicates == 0, "{c:?}");
+    let reads = proxy.get_records_requests();
+    assert!(
+        reads as f64 <= elapsed * 5.0 + 1.0,
+        "{reads} GetRecords in {elapsed:.2}s on one shard: over 5 reads/s"
+    );
+}
+
+#[tokio::test]
+async fn a_systemic_read_error_stops_only_that_shard_with_one_clear_message() {
+    let Some(world) = World::create(Backend::KinesisLocal, 2, 1).await else {
+        return;
+    };
+    let proxy = support::fault_proxy::FaultProxy::start(&world.kinesis_endpoint);
+    let through_proxy = KinesisSource::new(&world.sdk_via(&proxy.endpoint()).await);
+    let direct = KinesisSource::new(&world.new_account);
+    let data = records(200, 20, 30);
+    let placed = direct.put_all(&world.source, &data).await.unwrap();
+    proxy.fail_next_reads(1, 400, "AccessDeniedException");
+    let handler =
+        Arc::new(build_handler(&world.config(), &world.new_account, MetricsOutput::None).await);
+    let options = RunnerOptions {
+        batch_size: 50,
+        until_caught_up: true,
+        idle_poll: Duration::from_millis(50),
+        discover_every: Duration::from_millis(100),
+        min_read_interval: Duration::from_millis(20),
+        lease_name: lease_name(&world),
+        ..RunnerOptions::default()
+    };
+    let summary = runner::run(
+        &through_proxy,
+        &world.source,
+        Arc::new(InProcess(handler)),
+        Arc::new(DynamoLeases::new(&world.new_account, &world.table)),
+        &options,
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+    .unwrap();
+    let stopped: Vec<(&String, &str)> = summary
+        .shards
+        .iter()
+        .filter_map(|(id, s)| s.stopped.as_deref().map(|w| (id, w)))
+        .collect();
+    assert_eq!(stopped.len(), 1, "exactly one shard stopped: {summary:?}");
+    let (bad, why) = stopped[0];
+    assert!(why.contains("AccessDenied"), "{why}");
+    let (good, progress) = summary
+        .shards
+        .iter()
+        .find(|(id, _)| *id != bad)
+        .expect("the other shard");
+    let expected = placed.iter().filter(|(shard, _)| shard == good).count() as u64;
+    assert_eq!(
+        progress.records_delivered, expected,
+        "the other shard carried on"
+    );
+    assert_eq!(summary.shards[bad].records_delivered, 0);
+    // Nothing was skipped: the stopped shard's lease keeps no position, so a rerun starts there.
+    let leases = DynamoLeases::new(&world.new_account, &world.table);
+    let stored = leases.list(&lease_name(&world)).await.unwrap();
+    let bad_lease = stored.iter().find(|r| &r.shard_id == bad).unwrap();
+    assert_eq!(bad_lease.position, Position::Start);
+    assert!(bad_lease.owner.is_none(), "released for a rerun");
+}

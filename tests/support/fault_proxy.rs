@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 
 const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
+const GET_RECORDS_TARGET: &str = "Kinesis_20131202.GetRecords";
 const AMZ_JSON: &str = "application/x-amz-json-1.1";
 const THROTTLED: &str = "ProvisionedThroughputExceededException";
 const INTERNAL_FAILURE: &str = "InternalFailure";
@@ -162,6 +163,8 @@ impl FaultProxy {
             entries_forwarded: AtomicU64::new(0),
             hangs: AtomicU64::new(0),
             request_ids: AtomicU64::new(0),
+            read_faults: Mutex::new(Default::default()),
+            get_records_requests: AtomicU64::new(0),
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         FaultProxy {
@@ -211,6 +214,28 @@ impl FaultProxy {
     pub fn hangs(&self) -> u64 {
         self.shared.hangs.load(Ordering::SeqCst)
     }
+
+    /// Answers the next `n` GetRecords requests (any shard) with `status` and `error_type`
+    /// (e.g. 400 `ExpiredIteratorException`, 400 `ProvisionedThroughputExceededException`,
+    /// 400 `AccessDeniedException`) instead of forwarding them.
+    pub fn fail_next_reads(&self, n: usize, status: u16, error_type: &str) {
+        let mut q = self.shared.read_faults.lock().expect("read faults lock");
+        q.extend(std::iter::repeat_n((status, error_type.to_owned()), n));
+    }
+
+    /// Read faults not yet used.
+    pub fn read_faults_left(&self) -> usize {
+        self.shared
+            .read_faults
+            .lock()
+            .expect("read faults lock")
+            .len()
+    }
+
+    /// GetRecords requests received (failed or forwarded).
+    pub fn get_records_requests(&self) -> u64 {
+        self.shared.get_records_requests.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for FaultProxy {
@@ -231,6 +256,9 @@ struct Shared {
     entries_forwarded: AtomicU64,
     hangs: AtomicU64,
     request_ids: AtomicU64,
+    /// Errors to answer the next GetRecords requests with, first first: (status, error type).
+    read_faults: Mutex<std::collections::VecDeque<(u16, String)>>,
+    get_records_requests: AtomicU64,
 }
 
 struct PlanState {
@@ -363,6 +391,28 @@ async fn handle(
         .headers
         .get("x-amz-target")
         .is_some_and(|v| v.as_bytes() == PUT_RECORDS_TARGET.as_bytes());
+    let is_get_records = parts
+        .headers
+        .get("x-amz-target")
+        .is_some_and(|v| v.as_bytes() == GET_RECORDS_TARGET.as_bytes());
+    if is_get_records {
+        shared.get_records_requests.fetch_add(1, Ordering::SeqCst);
+        let fault = shared
+            .read_faults
+            .lock()
+            .expect("read faults lock")
+            .pop_front();
+        if let Some((status, error_type)) = fault {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            let body = json!({ "__type": error_type, "message": "injected by the fault proxy" });
+            let mut response = json_response(status, &body, HeaderMap::new());
+            if let Ok(v) = HeaderValue::from_str(&error_type) {
+                response.headers_mut().insert("x-amzn-errortype", v);
+            }
+            shared.add_request_id(response.headers_mut());
+            return Ok(response);
+        }
+    }
     let response = if is_put_records {
         put_records(&shared, &parts, body).await
     } else {
