@@ -343,6 +343,7 @@ mod tests {
     fn handles_count_in_every_mode() {
         for mode in [
             Mode::Off,
+            Mode::Bars,
             Mode::Lines {
                 interval: Duration::from_secs(3600),
             },

@@ -29,6 +29,7 @@ use base64::Engine;
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 use tokio::time::Instant;
+use tracing::instrument::WithSubscriber;
 use tracing::Instrument;
 
 use crate::aws::dead_letters::Envelope;
@@ -822,8 +823,7 @@ impl<W: TargetWriter, A: DeadLetterArchive> Ctx<'_, W, A> {
                 shard = %shard_id,
                 target = %self.route.target,
                 left_in_place = out.not_attempted,
-                "Redrive of shard {shard_id} to {} stopped: {why}",
-                self.route.target
+                "Redrive of shard {shard_id} stopped: {why}"
             );
         }
         out
@@ -855,9 +855,12 @@ impl<W: TargetWriter, A: DeadLetterArchive> Ctx<'_, W, A> {
                 shard_id: shard_id.to_owned(),
                 records: std::mem::take(&mut records),
             };
+            // The write path's own log lines speak of Lambda retries and of storing dead
+            // letters, which would mislead here: redrive logs what happened itself.
             let report = self
                 .replicator
                 .replicate(&batch, Instant::now() + self.options.attempt_timeout)
+                .with_subscriber(tracing::subscriber::NoSubscriber::default())
                 .await;
             let Some(report) = report.routes.into_iter().next() else {
                 out.stopped = Some(format!(
@@ -884,8 +887,14 @@ impl<W: TargetWriter, A: DeadLetterArchive> Ctx<'_, W, A> {
                     .as_ref()
                     .and_then(|k| landed.get(&(k.as_ptr() as usize)).cloned());
                 if let Some((code, reason)) = refused.get(&record.seq) {
-                    out.still_failing
-                        .push(self.left(letter, record.seq.as_str(), code, reason));
+                    let left = self.left(letter, record.seq.as_str(), code, reason);
+                    tracing::warn!(
+                        sequence_number = %record.seq,
+                        error_code = %code,
+                        dead_letter = %left.location,
+                        "Dead letter still cannot be written: {reason}. It is left in place."
+                    );
+                    out.still_failing.push(left);
                     settled += 1;
                 } else if i < handled_prefix || at.is_some() {
                     confirmed.push(Confirmed {

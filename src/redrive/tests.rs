@@ -29,9 +29,12 @@ fn limits() -> Limits {
     }
 }
 
+/// Everything written, in arrival order: (partition key, data).
+type Written = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 #[derive(Clone)]
 struct FakeWriter {
-    written: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    written: Written,
     /// Entries whose data contains this fail with AccessDeniedException (systemic).
     deny_containing: Option<&'static str>,
     missing_target: bool,
