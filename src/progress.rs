@@ -21,7 +21,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How often the plain-line mode prints.
 pub const LINE_INTERVAL: Duration = Duration::from_secs(5);
@@ -204,16 +204,30 @@ impl ShardProgress {
 }
 
 fn bar_style() -> ProgressStyle {
-    ProgressStyle::with_template(
-        "{prefix:>24} [{bar:30}] {pos}/{len} {per_sec:>10} ETA {eta:>4} {msg}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar())
-    .progress_chars("=> ")
+    ProgressStyle::with_template("{prefix:>24} [{bar:30}] {pos}/{len} {rate} ETA {eta_or} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("rate", rate_key)
+        .with_key(
+            "eta_or",
+            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = if state.pos() == 0 {
+                    write!(w, "{:>6}", "?")
+                } else {
+                    write!(w, "{:>6}", human_secs(state.eta().as_secs_f64()))
+                };
+            },
+        )
+        .progress_chars("=> ")
 }
 
 fn spinner_style() -> ProgressStyle {
-    ProgressStyle::with_template("{prefix:>24} {spinner} {pos} {per_sec:>10} {msg}")
+    ProgressStyle::with_template("{prefix:>24} {spinner} {pos} {rate} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
+        .with_key("rate", rate_key)
+}
+
+fn rate_key(state: &ProgressState, w: &mut dyn std::fmt::Write) {
+    let _ = write!(w, "{:>9}", format!("{:.1}/s", state.per_sec()));
 }
 
 /// Prints the plain progress line every `interval` until the display is dropped.

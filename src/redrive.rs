@@ -50,6 +50,9 @@ pub const DEFAULT_BATCH_SIZE: usize = 500;
 pub const MARKER_SUFFIX: &str = ".redriven";
 /// Objects read or removed at once.
 const CONCURRENCY: usize = 16;
+/// Most stored bytes read into one batch: dead letters are often the largest records (up to
+/// 10 MiB each), so a count alone would not bound memory.
+pub const MAX_CHUNK_BYTES: u64 = 32 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Ports
@@ -62,6 +65,8 @@ pub struct LetterRef {
     pub shard_id: String,
     /// The 64-digit padded sequence number from the key (sorts like the number).
     pub padded_seq: String,
+    /// Size of the stored envelope in bytes (0 if unknown), to bound what is read at once.
+    pub size: u64,
     /// A marker says an earlier `keep` run already replayed it.
     pub marked: bool,
 }
@@ -259,14 +264,17 @@ impl Summary {
 // ---------------------------------------------------------------------------------------------
 // Pure parts
 
-/// Splits a route's listing (keys relative to `<prefix>/<route>/`) into dead letters, each
+/// Splits a route's listing ((key, size) under `<prefix>/<route>/`) into dead letters, each
 /// with its marker state, in shard then sequence order. Returns the keys that are neither a
 /// dead letter nor a marker as the second value.
-pub fn parse_listing(route_prefix: &str, keys: &[String]) -> (Vec<LetterRef>, Vec<String>) {
+pub fn parse_listing(
+    route_prefix: &str,
+    objects: &[(String, u64)],
+) -> (Vec<LetterRef>, Vec<String>) {
     let mut letters: Vec<LetterRef> = Vec::new();
     let mut markers: BTreeSet<(String, String)> = BTreeSet::new();
     let mut unknown = Vec::new();
-    for key in keys {
+    for (key, size) in objects {
         let parsed = key.strip_prefix(route_prefix).and_then(|rel| {
             let (shard, file) = rel.split_once('/')?;
             if shard.is_empty() || file.contains('/') {
@@ -287,6 +295,7 @@ pub fn parse_listing(route_prefix: &str, keys: &[String]) -> (Vec<LetterRef>, Ve
                 key: key.clone(),
                 shard_id,
                 padded_seq,
+                size: *size,
                 marked: false,
             }),
             None => unknown.push(key.clone()),
@@ -351,6 +360,30 @@ pub fn lineage_order(shards: &[String], listing: &[ShardInfo]) -> Vec<String> {
         .filter(|s| wanted.contains(s))
         .map(str::to_owned)
         .collect()
+}
+
+/// Cuts letters into consecutive batches of at most `max_count` letters and, unless a single
+/// letter is larger, at most `max_bytes` stored bytes.
+pub fn chunk_letters<'l>(
+    letters: &[&'l LetterRef],
+    max_count: usize,
+    max_bytes: u64,
+) -> Vec<Vec<&'l LetterRef>> {
+    let mut chunks: Vec<Vec<&LetterRef>> = Vec::new();
+    let mut bytes = 0u64;
+    for &l in letters {
+        match chunks.last_mut() {
+            Some(c) if c.len() < max_count.max(1) && bytes + l.size <= max_bytes => {
+                bytes += l.size;
+                c.push(l);
+            }
+            _ => {
+                bytes = l.size;
+                chunks.push(vec![l]);
+            }
+        }
+    }
+    chunks
 }
 
 /// Why a dead letter cannot be replayed as stored: (error code, reason).
@@ -721,8 +754,8 @@ impl<W: TargetWriter, A: DeadLetterArchive> Ctx<'_, W, A> {
     async fn list_shard(&self, shard_id: &str, letters: &[LetterRef]) -> ShardOutcome {
         let mut out = self.start_outcome(shard_id, letters);
         let pending: Vec<&LetterRef> = letters.iter().filter(|l| !l.marked).collect();
-        for chunk in pending.chunks(self.options.batch_size.max(1)) {
-            for (letter, read) in chunk.iter().zip(self.read_all(chunk).await) {
+        for chunk in chunk_letters(&pending, self.options.batch_size, MAX_CHUNK_BYTES) {
+            for (letter, read) in chunk.iter().zip(self.read_all(&chunk).await) {
                 let seq = letter.padded_seq.trim_start_matches('0').to_owned();
                 match read {
                     Ok(envelope) => {
@@ -757,10 +790,10 @@ impl<W: TargetWriter, A: DeadLetterArchive> Ctx<'_, W, A> {
         let mut out = self.start_outcome(shard_id, letters);
         let pending: Vec<&LetterRef> = letters.iter().filter(|l| !l.marked).collect();
         let mut settled = 0usize;
-        for chunk in pending.chunks(self.options.batch_size.max(1)) {
+        for chunk in chunk_letters(&pending, self.options.batch_size, MAX_CHUNK_BYTES) {
             let mut refs: Vec<&LetterRef> = Vec::with_capacity(chunk.len());
             let mut records: Vec<SourceRecord> = Vec::with_capacity(chunk.len());
-            for (letter, read) in chunk.iter().zip(self.read_all(chunk).await) {
+            for (letter, read) in chunk.iter().zip(self.read_all(&chunk).await) {
                 let seq = letter.padded_seq.trim_start_matches('0').to_owned();
                 match read {
                     Ok(envelope) => {

@@ -230,7 +230,14 @@ async fn redrive_restores_dead_letters_in_order_on_moto() {
 /// Runs `fanoutctl` with the environment `scripts/lib.sh use_local_stack` sets, and the
 /// world's FANOUT_* configuration with `routes` as FANOUT_ROUTES.
 fn fanoutctl(world: &World, routes: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fanoutctl"));
+    // Nothing from the caller's AWS or fanout settings leaks in (profiles, other endpoints).
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AWS_") || name.starts_with("FANOUT_") {
+            command.env_remove(name);
+        }
+    }
+    command
         .args(args)
         .env("AWS_ENDPOINT_URL", &world.stack.moto)
         .env("AWS_ENDPOINT_URL_KINESIS", &world.kinesis_endpoint)
@@ -238,11 +245,6 @@ fn fanoutctl(world: &World, routes: &str, args: &[&str]) -> Output {
         .env("AWS_SECRET_ACCESS_KEY", "local")
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env_remove("AWS_PROFILE")
-        .env_remove("AWS_DEFAULT_PROFILE")
-        .env_remove("AWS_SESSION_TOKEN")
-        .env_remove("FANOUT_DEAD_LETTER_PREFIX")
-        .env_remove("FANOUT_MAX_RECORD_BYTES")
         .env("FANOUT_LOG", "warn")
         .env("FANOUT_ROUTES", routes)
         .env("FANOUT_TABLE", &world.table)

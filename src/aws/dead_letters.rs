@@ -75,7 +75,20 @@ impl S3DeadLetters {
     /// Every object key under a route's prefix (all routes if `None`), in key order:
     /// envelopes and redrive markers alike.
     pub async fn list_keys(&self, route: Option<&str>) -> Result<Vec<String>, StoreError> {
-        let mut keys = Vec::new();
+        Ok(self
+            .list_objects(route)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Like [`Self::list_keys`], with each object's size in bytes.
+    pub async fn list_objects(
+        &self,
+        route: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
@@ -85,13 +98,12 @@ impl S3DeadLetters {
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| store_error(&e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
+            objects.extend(page.contents().iter().filter_map(|o| {
+                o.key()
+                    .map(|k| (k.to_owned(), o.size().unwrap_or(0).max(0) as u64))
+            }));
         }
-        Ok(keys)
+        Ok(objects)
     }
 
     /// Reads and parses one envelope.
@@ -201,9 +213,9 @@ impl DeadLetterStore for S3DeadLetters {
 
 impl crate::redrive::DeadLetterArchive for S3DeadLetters {
     async fn letters(&self, route: &str) -> Result<Vec<crate::redrive::LetterRef>, StoreError> {
-        let keys = self.list_keys(Some(route)).await?;
+        let objects = self.list_objects(Some(route)).await?;
         let (letters, unknown) =
-            crate::redrive::parse_listing(&self.route_prefix(Some(route)), &keys);
+            crate::redrive::parse_listing(&self.route_prefix(Some(route)), &objects);
         for key in unknown {
             tracing::warn!(
                 object = %self.location(&key),

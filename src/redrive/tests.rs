@@ -135,11 +135,18 @@ impl FakeArchive {
     fn keys(&self) -> Vec<String> {
         self.objects.lock().unwrap().keys().cloned().collect()
     }
+    fn listing(&self) -> Vec<(String, u64)> {
+        let objects = self.objects.lock().unwrap();
+        objects
+            .iter()
+            .map(|(k, v)| (k.clone(), v.len() as u64))
+            .collect()
+    }
 }
 
 impl DeadLetterArchive for FakeArchive {
     async fn letters(&self, _route: &str) -> Result<Vec<LetterRef>, StoreError> {
-        Ok(parse_listing(&Self::prefix(), &self.keys()).0)
+        Ok(parse_listing(&Self::prefix(), &self.listing()).0)
     }
     async fn read(&self, key: &str) -> Result<Envelope, StoreError> {
         let body = self.objects.lock().unwrap().get(key).cloned();
@@ -247,7 +254,7 @@ fn two_shards() -> (FakeArchive, FakeLister) {
 #[test]
 fn listing_pairs_letters_with_markers_and_sets_aside_strangers() {
     let p = "dl/r/";
-    let keys: Vec<String> = [
+    let keys: Vec<(String, u64)> = [
         "dl/r/shardId-1/0002.json",
         "dl/r/shardId-1/0001.json",
         "dl/r/shardId-1/0001.json.redriven",
@@ -257,7 +264,7 @@ fn listing_pairs_letters_with_markers_and_sets_aside_strangers() {
         "dl/r/shardId-3/0004.json.redriven",
     ]
     .iter()
-    .map(|s| s.to_string())
+    .map(|s| (s.to_string(), 10))
     .collect();
     let (letters, unknown) = parse_listing(p, &keys);
     let got: Vec<(&str, &str, bool)> = letters
@@ -276,6 +283,33 @@ fn listing_pairs_letters_with_markers_and_sets_aside_strangers() {
         unknown,
         ["dl/r/shardId-0/notes.txt", "dl/r/shardId-0/x/0001.json"]
     );
+}
+
+#[test]
+fn batches_are_bounded_by_count_and_by_bytes() {
+    let letter = |size: u64| LetterRef {
+        key: String::new(),
+        shard_id: String::new(),
+        padded_seq: size.to_string(),
+        size,
+        marked: false,
+    };
+    let cases: Vec<(Vec<u64>, usize, u64, Vec<usize>)> = vec![
+        (vec![1, 1, 1, 1, 1], 2, 100, vec![2, 2, 1]),
+        (vec![40, 40, 40, 10], 10, 100, vec![2, 2]),
+        // A letter larger than the byte bound goes alone.
+        (vec![10, 500, 10], 10, 100, vec![1, 1, 1]),
+        (vec![], 10, 100, vec![]),
+    ];
+    for (sizes, count, bytes, want) in cases {
+        let letters: Vec<LetterRef> = sizes.iter().map(|&s| letter(s)).collect();
+        let refs: Vec<&LetterRef> = letters.iter().collect();
+        let chunks = chunk_letters(&refs, count, bytes);
+        let got: Vec<usize> = chunks.iter().map(Vec::len).collect();
+        assert_eq!(got, want, "{sizes:?}");
+        let flat: Vec<&LetterRef> = chunks.into_iter().flatten().collect();
+        assert_eq!(flat, refs, "order kept");
+    }
 }
 
 #[test]
@@ -310,7 +344,7 @@ fn envelopes_become_records_or_say_why_not() {
     archive.put("s", 42, Some("k"), b"data", "RecordTooLarge");
     archive.put("s", 43, None, b"data", "MissingPartitionKey");
     archive.put("s", 44, Some("k"), b"{}", "MalformedRecord");
-    let letters = parse_listing(&FakeArchive::prefix(), &archive.keys()).0;
+    let letters = parse_listing(&FakeArchive::prefix(), &archive.listing()).0;
     let objects = archive.objects.lock().unwrap().clone();
     let env = |l: &LetterRef| serde_json::from_slice::<Envelope>(&objects[&l.key]).unwrap();
 
