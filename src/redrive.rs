@@ -33,11 +33,11 @@ use tracing::instrument::WithSubscriber;
 use tracing::Instrument;
 
 use crate::aws::dead_letters::Envelope;
-use crate::aws::source::{KinesisSource, ShardInfo};
+use crate::aws::source::KinesisSource;
 use crate::config::Limits;
 use crate::model::{
     AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, RequestError, Route,
-    SourceBatch, SourceRecord, StoreError, StreamArn, TargetInfo,
+    ShardInfo, SourceBatch, SourceRecord, StoreError, StreamArn, TargetInfo,
 };
 use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, TargetWriter};
 use crate::progress::{Progress, ShardProgress};
@@ -308,8 +308,14 @@ pub fn parse_listing(
     (letters, unknown)
 }
 
-/// Orders `shards` parents before children, using the stream's lineage; ties (and shards the
-/// listing does not know, e.g. expired ones) go in shard-id order, which is creation order.
+/// Orders `shards` parents before children, using the stream's lineage; ties go in shard-id
+/// order, which is creation order.
+///
+/// Unlike [`crate::lineage::parents_first`] (which orders a listing), this also places shards
+/// the listing does not show: a parent trimmed away by retention whose dead letters are still
+/// in the bucket, or a child ListShards does not show yet. Such a shard is taken when it is
+/// the smallest ready id, so it lands where its creation order puts it: before the children
+/// that name it as a parent, and after the shards created before it.
 pub fn lineage_order(shards: &[String], listing: &[ShardInfo]) -> Vec<String> {
     let mut nodes: BTreeSet<&str> = shards.iter().map(String::as_str).collect();
     nodes.extend(listing.iter().map(|s| s.shard_id.as_str()));
