@@ -15,6 +15,8 @@
 //! - [`aws`]: the SDK adapters (the only place SDK types appear).
 //! - [`lineage`]: resharding: which shards may be read now (parents before children).
 //! - [`lease`]: shard leases with a fencing counter, and the reader's position.
+//! - [`redrive`]: replaying dead letters into their target, in order, removing each once written.
+//! - [`progress`]: per-shard progress on stderr (bars on a terminal, plain lines otherwise).
 //! - [`runner`]: a local event-source runner with the event source mapping's rules.
 //! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
 
@@ -29,6 +31,8 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod ports;
+pub mod progress;
+pub mod redrive;
 pub mod replicate;
 pub mod runner;
 pub mod seq;

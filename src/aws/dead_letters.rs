@@ -50,52 +50,111 @@ impl S3DeadLetters {
     }
 
     /// Every dead letter of a route (all routes if `None`), in key order (= sequence order
-    /// within each shard), with its location.
+    /// within each shard), with its location. Only envelopes (`.json`) are read: the
+    /// `.json.redriven` markers `fanoutctl redrive --keep` leaves beside them are not letters.
     pub async fn list(&self, route: Option<&str>) -> Result<Vec<(String, Envelope)>, StoreError> {
-        let prefix = match route {
+        let keys = self.list_keys(route).await?;
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys.into_iter().filter(|k| k.ends_with(".json")) {
+            let envelope = self.read(&key).await?;
+            out.push((self.location(&key), envelope));
+        }
+        Ok(out)
+    }
+
+    /// The key prefix of a route's dead letters (all routes if `None`), ending in `/`.
+    pub fn route_prefix(&self, route: Option<&str>) -> String {
+        match route {
             Some(r) if self.prefix.is_empty() => format!("{r}/"),
             Some(r) => format!("{}/{r}/", self.prefix),
             None if self.prefix.is_empty() => String::new(),
             None => format!("{}/", self.prefix),
-        };
-        let mut keys = Vec::new();
+        }
+    }
+
+    /// Every object key under a route's prefix (all routes if `None`), in key order:
+    /// envelopes and redrive markers alike.
+    pub async fn list_keys(&self, route: Option<&str>) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_objects(route)
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Like [`Self::list_keys`], with each object's size in bytes.
+    pub async fn list_objects(
+        &self,
+        route: Option<&str>,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(prefix)
+            .prefix(self.route_prefix(route))
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| store_error(&e))?;
-            keys.extend(
-                page.contents()
-                    .iter()
-                    .filter_map(|o| o.key().map(str::to_owned)),
-            );
+            objects.extend(page.contents().iter().filter_map(|o| {
+                o.key()
+                    .map(|k| (k.to_owned(), o.size().unwrap_or(0).max(0) as u64))
+            }));
         }
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let obj = self
-                .client
-                .get_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .send()
-                .await
-                .map_err(|e| store_error(&e))?;
-            let body = obj.body.collect().await.map_err(|e| StoreError {
-                code: "ReadBody".into(),
-                message: e.to_string(),
-            })?;
-            let envelope: Envelope =
-                serde_json::from_slice(&body.into_bytes()).map_err(|e| StoreError {
-                    code: "CorruptDeadLetter".into(),
-                    message: format!("s3://{}/{key}: {e}", self.bucket),
-                })?;
-            out.push((format!("s3://{}/{key}", self.bucket), envelope));
-        }
-        Ok(out)
+        Ok(objects)
+    }
+
+    /// Reads and parses one envelope.
+    pub async fn read(&self, key: &str) -> Result<Envelope, StoreError> {
+        let obj = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        let body = obj.body.collect().await.map_err(|e| StoreError {
+            code: "ReadBody".into(),
+            message: e.to_string(),
+        })?;
+        serde_json::from_slice(&body.into_bytes()).map_err(|e| StoreError {
+            code: "CorruptDeadLetter".into(),
+            message: format!("{}: {e}", self.location(key)),
+        })
+    }
+
+    /// Deletes one object (a redriven dead letter, or its marker).
+    pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    /// Writes a small JSON object at `key` (a redrive marker).
+    pub async fn put_json(&self, key: &str, body: Vec<u8>) -> Result<(), StoreError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    /// `s3://<bucket>/<key>`.
+    pub fn location(&self, key: &str) -> String {
+        format!("s3://{}/{key}", self.bucket)
     }
 
     /// The object key of a dead letter.
@@ -149,5 +208,41 @@ impl DeadLetterStore for S3DeadLetters {
             .await
             .map_err(|e| store_error(&e))?;
         Ok(format!("s3://{}/{key}", self.bucket))
+    }
+}
+
+impl crate::redrive::DeadLetterArchive for S3DeadLetters {
+    async fn letters(&self, route: &str) -> Result<Vec<crate::redrive::LetterRef>, StoreError> {
+        let objects = self.list_objects(Some(route)).await?;
+        let (letters, unknown) =
+            crate::redrive::parse_listing(&self.route_prefix(Some(route)), &objects);
+        for key in unknown {
+            tracing::warn!(
+                object = %self.location(&key),
+                "Object under the dead-letter prefix is neither a dead letter nor a redrive marker; ignored."
+            );
+        }
+        Ok(letters)
+    }
+
+    async fn read(&self, key: &str) -> Result<Envelope, StoreError> {
+        S3DeadLetters::read(self, key).await
+    }
+
+    async fn remove(&self, key: &str) -> Result<(), StoreError> {
+        self.delete(key).await
+    }
+
+    async fn mark(&self, key: &str, marker: &crate::redrive::Marker) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(marker).map_err(|e| StoreError {
+            code: "Serialize".into(),
+            message: e.to_string(),
+        })?;
+        self.put_json(&format!("{key}{}", crate::redrive::MARKER_SUFFIX), body)
+            .await
+    }
+
+    fn location(&self, key: &str) -> String {
+        S3DeadLetters::location(self, key)
     }
 }

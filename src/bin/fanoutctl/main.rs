@@ -10,9 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fanout::aws::source::StartPosition;
 
 mod backfill;
+mod redrive;
 mod replicate;
 
 use backfill::BackfillArgs;
+use redrive::RedriveArgs;
 use replicate::ReplicateArgs;
 
 /// Replicate Kinesis streams between AWS accounts, losslessly and in per-key order.
@@ -39,6 +41,20 @@ enum Command {
     /// Example:
     ///   fanoutctl backfill --from 2026-11-22T03:00:00Z --until 2026-11-22T04:00:00Z
     Backfill(BackfillArgs),
+    /// Replay dead letters into their target, in order, removing each once written.
+    ///
+    /// Dead letters are replayed in sequence order per shard (parent shards first) through
+    /// the replicator's write path, so per-key order is kept. Each dead letter is removed
+    /// (or, with --keep, marked) only after its record is confirmed written; what cannot be
+    /// written stays in place and is listed with what to do.
+    /// Exit code 0: all replayed; 1: some left in place for a person;
+    /// 2: an error stopped a route or shard (what it had not replayed is left in place).
+    ///
+    /// Example:
+    ///   fanoutctl redrive --dry-run
+    ///   fanoutctl redrive --route orders--222222222222--orders
+    #[command(verbatim_doc_comment)]
+    Redrive(RedriveArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -54,6 +70,7 @@ async fn main() -> ExitCode {
     match cli.command {
         Command::Replicate(args) => report("replicate", replicate::replicate(args).await),
         Command::Backfill(args) => report("backfill", backfill::backfill(args).await),
+        Command::Redrive(args) => report("redrive", redrive::redrive(args).await),
     }
 }
 
