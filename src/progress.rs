@@ -72,6 +72,7 @@ struct LineShard {
     position: u64,
     started: Instant,
     finished: bool,
+    message: String,
 }
 
 struct LineState {
@@ -128,6 +129,7 @@ impl Progress {
                     position: 0,
                     started: Instant::now(),
                     finished: false,
+                    message: String::new(),
                 });
                 ShardInner::Line {
                     state: state.clone(),
@@ -152,6 +154,19 @@ impl Progress {
 }
 
 impl ShardProgress {
+    /// Replaces the free text shown after the figures (e.g. a time-based ETA).
+    pub fn set_message(&self, message: &str) {
+        match &self.inner {
+            ShardInner::Bar(bar) => bar.set_message(message.to_owned()),
+            ShardInner::Line { state, index } => {
+                if let Some(s) = lock(state).shards.get_mut(*index) {
+                    s.message = message.to_owned();
+                }
+            }
+            ShardInner::Off => {}
+        }
+    }
+
     /// Adds `n` units of work done.
     pub fn inc(&self, n: u64) {
         match &self.inner {
@@ -273,7 +288,16 @@ fn progress_line(state: &LineState, now: Instant) -> Option<String> {
                 Some(_) => ", ETA unknown".to_owned(),
                 None => String::new(),
             };
-            format!("{} {} ({rate:.1}/s{eta})", s.id, count(s.position, s.total))
+            let message = if s.message.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", s.message)
+            };
+            format!(
+                "{} {} ({rate:.1}/s{eta}){message}",
+                s.id,
+                count(s.position, s.total)
+            )
         })
         .collect();
     (!parts.is_empty()).then(|| format!("progress: {}", parts.join("; ")))
@@ -311,6 +335,7 @@ mod tests {
             position,
             started: Instant::now() - Duration::from_secs(secs_ago),
             finished: false,
+            message: String::new(),
         }
     }
 

@@ -1,8 +1,13 @@
 //! `fanoutctl backfill`: replicate one time window of the source into the target, then stop.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fanout::aws::source::StartPosition;
+use fanout::progress::{Progress, ShardProgress as Bar};
+use fanout::runner::Shared;
 
 use crate::parse_start;
 use crate::replicate::{exit_code, print_summary, read, ReadPlan, ReaderArgs};
@@ -63,14 +68,78 @@ pub async fn backfill(args: BackfillArgs) -> Result<ExitCode, String> {
              (to resume after an interruption, run: fanoutctl backfill --from {from_label} --until {until_label})"
         );
     }
+    let shared = Arc::new(Shared::default());
+    let from_ms = match start {
+        StartPosition::AtTimestamp(ms) => Some(ms),
+        _ => None,
+    };
+    let render = tokio::spawn(render(
+        shared.clone(),
+        Progress::new(!args.reader.quiet),
+        from_ms,
+        until_ms,
+    ));
     let plan = ReadPlan {
         start,
         until_ms: Some(until_ms),
         until_caught_up: true,
         namespace,
         invoke: None,
+        shared: Some(shared),
     };
-    let summary = read(&args.reader, plan).await?;
+    let summary = read(&args.reader, plan).await;
+    render.abort();
+    let summary = summary?;
     print_summary(&summary, args.reader.output);
     Ok(exit_code(&summary))
+}
+
+/// One bar (or plain line) per shard: records delivered, their rate, how much of the window
+/// the shard has covered (by arrival time) and the ETA that coverage implies.
+async fn render(shared: Arc<Shared>, progress: Progress, from_ms: Option<i64>, until_ms: i64) {
+    let mut bars: HashMap<String, (Bar, Instant, Option<i64>, bool)> = HashMap::new();
+    loop {
+        for (id, s) in shared.snapshot() {
+            let (bar, started, first, done) = bars
+                .entry(id.clone())
+                .or_insert_with(|| (progress.shard(&id, None), Instant::now(), None, false));
+            if *done {
+                continue;
+            }
+            bar.set_position(s.records_delivered);
+            if first.is_none() {
+                *first = from_ms.or(s.last_arrival_ms);
+            }
+            if let Some(why) = &s.stopped {
+                bar.finish(&format!("STOPPED: {why}"));
+                *done = true;
+            } else if s.lease_lost {
+                bar.finish("taken over by another runner");
+                *done = true;
+            } else if s.finished {
+                bar.finish("window done");
+                *done = true;
+            } else if let (Some(start), Some(at)) = (*first, s.last_arrival_ms) {
+                let span = (until_ms - start).max(1) as f64;
+                let covered = ((at - start) as f64 / span).clamp(0.0, 1.0);
+                let eta = if covered > 0.0 {
+                    let secs = started.elapsed().as_secs_f64() * (1.0 - covered) / covered;
+                    format!(", ETA {}", human(secs))
+                } else {
+                    String::new()
+                };
+                bar.set_message(&format!("window {:.0}%{eta}", covered * 100.0));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn human(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }

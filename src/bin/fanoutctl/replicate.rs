@@ -13,7 +13,7 @@ use fanout::config::ReplicatorConfig;
 use fanout::handler::MetricsOutput;
 use fanout::lease::MemoryLeases;
 use fanout::model::StreamArn;
-use fanout::runner::{self, HttpInvoker, InProcess, RunSummary, RunnerOptions};
+use fanout::runner::{self, HttpInvoker, InProcess, RunSummary, RunnerOptions, Shared};
 
 use crate::{parse_start, Output};
 
@@ -80,6 +80,8 @@ pub struct ReadPlan {
     pub namespace: String,
     /// Invoke over HTTP: (url, function name).
     pub invoke: Option<(String, String)>,
+    /// Live figures for a caller that renders progress itself (the runner's own line is off).
+    pub shared: Option<Arc<Shared>>,
 }
 
 pub async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
@@ -89,6 +91,7 @@ pub async fn replicate(args: ReplicateArgs) -> Result<ExitCode, String> {
         until_caught_up: args.until_caught_up,
         namespace: String::new(),
         invoke: args.invoke.map(|u| (u, args.function_name)),
+        shared: None,
     };
     let summary = read(&args.reader, plan).await?;
     print_summary(&summary, args.reader.output);
@@ -195,7 +198,7 @@ pub async fn read(args: &ReaderArgs, plan: ReadPlan) -> Result<RunSummary, Strin
         batch_size: args.batch_size,
         function_timeout: Duration::from_secs(args.function_timeout),
         until_caught_up: plan.until_caught_up,
-        progress: !args.quiet,
+        progress: !args.quiet && plan.shared.is_none(),
         region: source.region().to_owned(),
         max_attempts: args.max_attempts,
         lease_name,
@@ -205,17 +208,18 @@ pub async fn read(args: &ReaderArgs, plan: ReadPlan) -> Result<RunSummary, Strin
     };
     let stop = stop_on_signals();
     let reader = KinesisSource::new(&sdk);
+    let shared = plan.shared.clone().unwrap_or_default();
     match (&plan.invoke, config) {
         (Some((url, function)), _) => {
             let invoker = Arc::new(HttpInvoker::new(url, function));
-            runner::run(&reader, &source, invoker, leases, &options, stop).await
+            runner::run_with(&reader, &source, invoker, leases, &options, stop, shared).await
         }
         (None, Some(config)) => {
             let handler = Arc::new(
                 build_handler_in(&config, &sdk, MetricsOutput::None, &plan.namespace).await,
             );
             let invoker = Arc::new(InProcess(handler));
-            runner::run(&reader, &source, invoker, leases, &options, stop).await
+            runner::run_with(&reader, &source, invoker, leases, &options, stop, shared).await
         }
         (None, None) => unreachable!("config is read when not invoking over HTTP"),
     }
