@@ -161,6 +161,13 @@ pub struct RunnerOptions {
     /// A bounded window: records that arrived after this time (ms since the epoch) are not
     /// delivered, and a shard that reaches one is finished.
     pub until_ms: Option<i64>,
+    /// Read with enhanced fan-out through this consumer (registered if absent) instead of
+    /// GetRecords: SubscribeToShard, re-subscribing from the continuation sequence number
+    /// whenever a subscription ends (Kinesis ends each after 5 minutes).
+    pub fan_out_consumer: Option<String>,
+    /// End each subscription after this long and re-subscribe (tests; Kinesis's own limit
+    /// is 5 minutes).
+    pub subscription_max: Option<Duration>,
 }
 
 impl Default for RunnerOptions {
@@ -181,6 +188,8 @@ impl Default for RunnerOptions {
             min_read_interval: Duration::from_millis(200),
             read_bytes_per_second: 2_000_000,
             until_ms: None,
+            fan_out_consumer: None,
+            subscription_max: None,
         }
     }
 }
@@ -339,6 +348,10 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
         let stop = stop.clone();
         tokio::spawn(async move { print_progress(shared, stop, started).await })
     });
+    let consumer_arn = match &options.fan_out_consumer {
+        Some(name) => Some(source.ensure_consumer(stream, name).await?),
+        None => None,
+    };
     let mut failed_lists = 0u32;
     // Shards that stopped on an error: not read again by this run (they wait for a person).
     let mut failed: HashSet<String> = HashSet::new();
@@ -462,6 +475,7 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
                         lease: lease.clone(),
                         position,
                         has_parent,
+                        consumer_arn: consumer_arn.clone(),
                         invoker: invoker.clone(),
                         leases: leases.clone(),
                         options: options.clone(),
@@ -636,6 +650,8 @@ struct ShardTask<I, L> {
     position: Position,
     /// A listed parent was read before this shard: start at its beginning.
     has_parent: bool,
+    /// Read with enhanced fan-out through this consumer.
+    consumer_arn: Option<String>,
     invoker: Arc<I>,
     leases: Arc<L>,
     options: RunnerOptions,
@@ -720,7 +736,153 @@ impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
         Err(TaskEnd::Failed)
     }
 
+    /// Cuts a page at the end of a bounded window; `true` when the window is done.
+    fn window(&self, mut records: Vec<SourceRecord>, at_tip: bool) -> (Vec<SourceRecord>, bool) {
+        let Some(until) = self.options.until_ms else {
+            return (records, false);
+        };
+        if let Some(i) = records
+            .iter()
+            .position(|r| r.arrival_ms.is_some_and(|a| a > until))
+        {
+            records.truncate(i);
+            return (records, true);
+        }
+        // At the tip after the window's end: nothing more can arrive inside it.
+        (records, at_tip && now_ms() > until)
+    }
+
+    /// Completes once the task is asked to stop.
+    async fn until_halted(&self) {
+        while !self.halted() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Delivers records in batches and saves the position after each. `Err(end)`: stop.
+    async fn deliver_all(&mut self, mut records: Vec<SourceRecord>) -> Result<(), TaskEnd> {
+        while !records.is_empty() {
+            let take = records.len().min(self.options.batch_size.max(1) as usize);
+            let rest = records.split_off(take);
+            let (handled, complete) = self.deliver(records).await;
+            if let Some((seq, arrival)) = handled {
+                self.update(|s| s.last_arrival_ms = arrival.or(s.last_arrival_ms));
+                self.save(Position::After(seq)).await?;
+            }
+            if !complete {
+                return Err(if self.shared.get(&self.shard_id).stopped.is_some() {
+                    TaskEnd::Failed
+                } else {
+                    TaskEnd::Stopped
+                });
+            }
+            records = rest;
+        }
+        Ok(())
+    }
+
+    /// The shard is read to its end (or past the window): save SHARD_END and say so.
+    async fn finish(&mut self, children: &[ShardInfo]) -> TaskEnd {
+        if !children.is_empty() {
+            if let Ok(mut h) = self.shared.hints.lock() {
+                h.extend(children.iter().cloned());
+            }
+        }
+        if let Err(end) = self.save(Position::End).await {
+            return end;
+        }
+        self.update(|s| {
+            s.finished = true;
+            s.caught_up = true;
+            s.at_tip = true;
+        });
+        self.shared.wake.notify_one();
+        TaskEnd::Finished
+    }
+
+    /// Enhanced fan-out: one subscription at a time, re-subscribing from the continuation
+    /// sequence number (or the saved position) whenever one ends.
+    async fn run_fan_out(mut self, consumer_arn: String) -> TaskEnd {
+        let mut failures = 0u32;
+        // The continuation of the last event fully handled: a new subscription starts after it.
+        let mut resume: Option<SequenceNumber> = None;
+        loop {
+            if self.halted() {
+                return TaskEnd::Stopped;
+            }
+            let start = match (&self.position, &resume) {
+                (Position::After(s), Some(r)) if r > s => StartPosition::AfterSequence(r.clone()),
+                (Position::After(s), _) => StartPosition::AfterSequence(s.clone()),
+                (_, Some(r)) => StartPosition::AfterSequence(r.clone()),
+                _ => self.start_position(),
+            };
+            let mut sub = match self
+                .source
+                .subscribe(&self.stream, &consumer_arn, &self.shard_id, &start)
+                .await
+            {
+                Ok(sub) => sub,
+                // ResourceInUse: the previous subscription of this consumer is still closing.
+                Err(e)
+                    if e.class == FailureClass::Transient || e.code == "ResourceInUseException" =>
+                {
+                    failures += 1;
+                    self.backoff(failures, &e).await;
+                    continue;
+                }
+                Err(e) => return self.fail(&e),
+            };
+            let opened = Instant::now();
+            loop {
+                if self
+                    .options
+                    .subscription_max
+                    .is_some_and(|max| opened.elapsed() >= max)
+                {
+                    break;
+                }
+                let next = tokio::select! {
+                    ev = sub.next() => ev,
+                    _ = self.until_halted() => return TaskEnd::Stopped,
+                };
+                let event = match next {
+                    Ok(Some(ev)) => {
+                        failures = 0;
+                        ev
+                    }
+                    Ok(None) => break, // the subscription ended: subscribe again
+                    Err(e) if e.class == FailureClass::Systemic => return self.fail(&e),
+                    Err(e) => {
+                        failures += 1;
+                        self.backoff(failures, &e).await;
+                        break;
+                    }
+                };
+                let at_tip = event.records.is_empty() && event.millis_behind_latest == 0;
+                let (records, window_done) = self.window(event.records, at_tip);
+                if let Err(end) = self.deliver_all(records).await {
+                    return end;
+                }
+                self.update(|s| {
+                    s.millis_behind = event.millis_behind_latest;
+                    s.at_tip = at_tip;
+                    s.caught_up |= at_tip;
+                });
+                if window_done {
+                    return self.finish(&[]).await;
+                }
+                match event.continuation {
+                    None => return self.finish(&event.child_shards).await,
+                    Some(c) => resume = Some(c),
+                }
+            }
+        }
+    }
+
     async fn run(mut self) -> TaskEnd {
+        if let Some(arn) = self.consumer_arn.clone() {
+            return self.run_fan_out(arn).await;
+        }
         let mut iterator: Option<String> = None;
         let mut failures = 0u32;
         let mut next_read = Instant::now();
@@ -777,57 +939,20 @@ impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
             // MillisBehindLatest is time-based: records written a moment ago read as 0 behind
             // although more follow. Only an empty page at the tip means caught up.
             let at_tip = page.records.is_empty() && behind == 0;
-            let mut records = page.records;
-            let mut window_done = false;
-            if let Some(until) = self.options.until_ms {
-                if let Some(i) = records
-                    .iter()
-                    .position(|r| r.arrival_ms.is_some_and(|a| a > until))
-                {
-                    records.truncate(i);
-                    window_done = true;
-                } else if at_tip && now_ms() > until {
-                    window_done = true; // nothing more can arrive inside the window
-                }
-            }
-            if !records.is_empty() {
-                let (handled, complete) = self.deliver(records).await;
-                if let Some((seq, arrival)) = handled {
-                    self.update(|s| s.last_arrival_ms = arrival.or(s.last_arrival_ms));
-                    if let Err(end) = self.save(Position::After(seq)).await {
-                        return end;
-                    }
-                }
-                if !complete {
-                    return if self.shared.get(&self.shard_id).stopped.is_some() {
-                        TaskEnd::Failed
-                    } else {
-                        TaskEnd::Stopped
-                    };
-                }
+            let (records, window_done) = self.window(page.records, at_tip);
+            if let Err(end) = self.deliver_all(records).await {
+                return end;
             }
             self.update(|s| {
                 s.millis_behind = behind;
                 s.at_tip = at_tip;
                 s.caught_up |= at_tip;
             });
-            let ended = page.next_iterator.is_none();
-            if ended && !page.child_shards.is_empty() {
-                if let Ok(mut h) = self.shared.hints.lock() {
-                    h.extend(page.child_shards.iter().cloned());
-                }
+            if page.next_iterator.is_none() {
+                return self.finish(&page.child_shards).await;
             }
-            if ended || window_done {
-                if let Err(end) = self.save(Position::End).await {
-                    return end;
-                }
-                self.update(|s| {
-                    s.finished = true;
-                    s.caught_up = true;
-                    s.at_tip = true;
-                });
-                self.shared.wake.notify_one();
-                return TaskEnd::Finished;
+            if window_done {
+                return self.finish(&[]).await;
             }
             iterator = page.next_iterator;
             if at_tip {

@@ -128,7 +128,7 @@ pub fn endpoint_overridden(sdk: &SdkConfig, service_id: &str) -> bool {
 }
 
 /// Error codes that mean nothing will succeed until someone acts.
-fn is_systemic_code(code: &str) -> bool {
+pub(crate) fn is_systemic_code(code: &str) -> bool {
     matches!(
         code,
         "AccessDeniedException"

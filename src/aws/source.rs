@@ -4,7 +4,10 @@
 
 use aws_config::SdkConfig;
 use aws_sdk_kinesis::primitives::{Blob, DateTime};
-use aws_sdk_kinesis::types::{PutRecordsRequestEntry, ShardIteratorType};
+use aws_sdk_kinesis::types::{
+    ChildShard, ConsumerStatus, PutRecordsRequestEntry, Record, ShardIteratorType,
+    StartingPosition, SubscribeToShardEventStream,
+};
 use aws_sdk_kinesis::Client;
 
 use super::classify_sdk_error;
@@ -127,44 +130,16 @@ impl KinesisSource {
             .send()
             .await
             .map_err(|e| classify_sdk_error(&e))?;
-        let mut records = Vec::with_capacity(out.records().len());
-        for r in out.records() {
-            let seq = SequenceNumber::parse(r.sequence_number()).map_err(|e| RequestError {
-                class: crate::model::FailureClass::Systemic,
-                ambiguous: false,
-                code: "BadSequenceNumber".to_owned(),
-                message: format!("{stream}: {e}"),
-            })?;
-            records.push(SourceRecord {
-                seq,
-                partition_key: r
-                    .partition_key()
-                    .filter(|k| !k.is_empty())
-                    .map(str::to_owned),
-                data: r.data().as_ref().to_vec(),
-                arrival_ms: r
-                    .approximate_arrival_timestamp()
-                    .and_then(|t| t.to_millis().ok()),
-                defect: None,
-            });
-        }
+        let records = out
+            .records()
+            .iter()
+            .map(|r| to_source_record(stream, r))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Page {
             records,
             next_iterator: out.next_shard_iterator().map(str::to_owned),
             millis_behind_latest: out.millis_behind_latest(),
-            child_shards: out
-                .child_shards()
-                .iter()
-                .map(|c| {
-                    let parents = c.parent_shards();
-                    ShardInfo {
-                        shard_id: c.shard_id().to_owned(),
-                        parent: parents.first().cloned(),
-                        adjacent_parent: parents.get(1).cloned(),
-                        closed: false,
-                    }
-                })
-                .collect(),
+            child_shards: out.child_shards().iter().map(to_shard_info).collect(),
         })
     }
 
@@ -267,5 +242,222 @@ impl KinesisSource {
             }
         }
         Ok(all)
+    }
+}
+
+/// A record as the write path sees it. Records with unreadable sequence numbers are an error:
+/// they cannot be positioned, so nothing after them could be checkpointed safely.
+fn to_source_record(stream: &StreamArn, r: &Record) -> Result<SourceRecord, RequestError> {
+    let seq = SequenceNumber::parse(r.sequence_number()).map_err(|e| RequestError {
+        class: crate::model::FailureClass::Systemic,
+        ambiguous: false,
+        code: "BadSequenceNumber".to_owned(),
+        message: format!("{stream}: {e}"),
+    })?;
+    Ok(SourceRecord {
+        seq,
+        partition_key: r
+            .partition_key()
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned),
+        data: r.data().as_ref().to_vec(),
+        arrival_ms: r
+            .approximate_arrival_timestamp()
+            .and_then(|t| t.to_millis().ok()),
+        defect: None,
+    })
+}
+
+fn to_shard_info(c: &ChildShard) -> ShardInfo {
+    let parents = c.parent_shards();
+    ShardInfo {
+        shard_id: c.shard_id().to_owned(),
+        parent: parents.first().cloned(),
+        adjacent_parent: parents.get(1).cloned(),
+        closed: false,
+    }
+}
+
+/// One event of an enhanced fan-out subscription.
+#[derive(Clone, Debug, Default)]
+pub struct FanOutEvent {
+    pub records: Vec<SourceRecord>,
+    /// Where a new subscription resumes (`AFTER_SEQUENCE_NUMBER`). `None`: the shard has
+    /// ended (`child_shards` then names its children).
+    pub continuation: Option<SequenceNumber>,
+    pub millis_behind_latest: i64,
+    pub child_shards: Vec<ShardInfo>,
+}
+
+/// An open SubscribeToShard stream (Kinesis ends each one after 5 minutes).
+pub struct Subscription {
+    stream: StreamArn,
+    output: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
+}
+
+impl Subscription {
+    /// The next event; `Ok(None)` when the subscription has ended (subscribe again).
+    pub async fn next(&mut self) -> Result<Option<FanOutEvent>, RequestError> {
+        loop {
+            let event = self.output.event_stream.recv().await.map_err(|e| {
+                use aws_sdk_kinesis::error::ProvideErrorMetadata;
+                let (code, message) = match &e {
+                    aws_sdk_kinesis::error::SdkError::ServiceError(se) => (
+                        se.err().code().unwrap_or("Unknown").to_owned(),
+                        se.err().message().unwrap_or_default().to_owned(),
+                    ),
+                    other => ("SubscriptionBroken".to_owned(), other.to_string()),
+                };
+                RequestError {
+                    class: if super::is_systemic_code(&code) {
+                        crate::model::FailureClass::Systemic
+                    } else {
+                        crate::model::FailureClass::Transient
+                    },
+                    ambiguous: false,
+                    code,
+                    message,
+                }
+            })?;
+            match event {
+                None => return Ok(None),
+                Some(SubscribeToShardEventStream::SubscribeToShardEvent(ev)) => {
+                    let records = ev
+                        .records()
+                        .iter()
+                        .map(|r| to_source_record(&self.stream, r))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let continuation = match ev.continuation_sequence_number() {
+                        "" => None,
+                        c => Some(SequenceNumber::parse(c).map_err(|e| RequestError {
+                            class: crate::model::FailureClass::Systemic,
+                            ambiguous: false,
+                            code: "BadSequenceNumber".to_owned(),
+                            message: format!("{}: continuation {e}", self.stream),
+                        })?),
+                    };
+                    return Ok(Some(FanOutEvent {
+                        records,
+                        continuation,
+                        millis_behind_latest: ev.millis_behind_latest(),
+                        child_shards: ev.child_shards().iter().map(to_shard_info).collect(),
+                    }));
+                }
+                Some(_) => continue, // an event type this SDK does not know: skip it
+            }
+        }
+    }
+}
+
+impl KinesisSource {
+    /// The ARN of the stream's enhanced fan-out consumer `name`, registering it if needed and
+    /// waiting until it is ACTIVE.
+    pub async fn ensure_consumer(
+        &self,
+        stream: &StreamArn,
+        name: &str,
+    ) -> Result<String, RequestError> {
+        let described = self
+            .client
+            .describe_stream_consumer()
+            .stream_arn(stream.as_str())
+            .consumer_name(name)
+            .send()
+            .await;
+        let mut arn = match described {
+            Ok(out) => out
+                .consumer_description()
+                .map(|d| d.consumer_arn().to_owned()),
+            Err(e) => {
+                let err = classify_sdk_error(&e);
+                if err.code != "ResourceNotFoundException" {
+                    return Err(err);
+                }
+                None
+            }
+        };
+        if arn.is_none() {
+            let out = self
+                .client
+                .register_stream_consumer()
+                .stream_arn(stream.as_str())
+                .consumer_name(name)
+                .send()
+                .await
+                .map_err(|e| classify_sdk_error(&e))?;
+            arn = out.consumer().map(|c| c.consumer_arn().to_owned());
+        }
+        let arn = arn.ok_or_else(|| RequestError {
+            class: crate::model::FailureClass::Systemic,
+            ambiguous: false,
+            code: "NoConsumer".to_owned(),
+            message: format!("consumer {name} of {stream} has no ARN"),
+        })?;
+        for _ in 0..600 {
+            let out = self
+                .client
+                .describe_stream_consumer()
+                .consumer_arn(&arn)
+                .send()
+                .await
+                .map_err(|e| classify_sdk_error(&e))?;
+            if out
+                .consumer_description()
+                .is_some_and(|d| *d.consumer_status() == ConsumerStatus::Active)
+            {
+                return Ok(arn);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        Err(RequestError {
+            class: crate::model::FailureClass::Transient,
+            ambiguous: false,
+            code: "ConsumerNotActive".to_owned(),
+            message: format!("consumer {name} of {stream} did not become ACTIVE within a minute"),
+        })
+    }
+
+    /// Opens a SubscribeToShard stream for `shard_id` from `start`.
+    pub async fn subscribe(
+        &self,
+        stream: &StreamArn,
+        consumer_arn: &str,
+        shard_id: &str,
+        start: &StartPosition,
+    ) -> Result<Subscription, RequestError> {
+        let position = StartingPosition::builder();
+        let position = match start {
+            StartPosition::TrimHorizon => position.r#type(ShardIteratorType::TrimHorizon),
+            StartPosition::Latest => position.r#type(ShardIteratorType::Latest),
+            StartPosition::AtTimestamp(ms) => position
+                .r#type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(*ms)),
+            StartPosition::AtSequence(s) => position
+                .r#type(ShardIteratorType::AtSequenceNumber)
+                .sequence_number(s.as_str()),
+            StartPosition::AfterSequence(s) => position
+                .r#type(ShardIteratorType::AfterSequenceNumber)
+                .sequence_number(s.as_str()),
+        }
+        .build()
+        .map_err(|e| RequestError {
+            class: crate::model::FailureClass::Systemic,
+            ambiguous: false,
+            code: "RequestNotBuilt".to_owned(),
+            message: e.to_string(),
+        })?;
+        let out = self
+            .client
+            .subscribe_to_shard()
+            .consumer_arn(consumer_arn)
+            .shard_id(shard_id)
+            .starting_position(position)
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error(&e))?;
+        Ok(Subscription {
+            stream: stream.clone(),
+            output: out,
+        })
     }
 }
