@@ -1379,7 +1379,8 @@ impl Report {
         );
         let _ = writeln!(o);
         let row = |o: &mut String, label: &str, n: u64, note: &str| {
-            let _ = writeln!(o, "  {label:<28}{n:>10}  {note}");
+            let line = format!("  {label:<28}{n:>10}  {note}");
+            let _ = writeln!(o, "{}", line.trim_end());
         };
         row(&mut o, "source records in window", t.source_in_window, "");
         row(
@@ -1473,7 +1474,7 @@ impl Report {
         let mut next = Vec::new();
         if t.missing > 0 {
             next.push(format!(
-                "{} source records have no copy in the target and no dead letter. Check that the \
+                "{} in-window source record(s) have no copy in the target and no dead letter. Check that the \
                  replicator is running and caught up (MillisBehindNewest; ERROR lines naming a \
                  stopped shard). If replication lag can exceed the grace ({} s), re-run with a \
                  larger --grace or an earlier --until. Do not flip producers until this passes.",
@@ -1511,7 +1512,7 @@ impl Report {
             let _ = writeln!(o);
             let _ = writeln!(o, "What to do next:");
             for n in self.warnings.iter().chain(&next) {
-                let _ = writeln!(o, "  - {n}");
+                o.push_str(&wrap(n, "  - ", "    ", 96));
             }
         }
         let _ = writeln!(o);
@@ -1549,6 +1550,29 @@ impl Report {
             keys_with_findings: self.keys_with_findings as u64,
         }
     }
+}
+
+/// Word-wraps `text` to `width` columns, the first line after `first`, the others after `rest`.
+fn wrap(text: &str, first: &str, rest: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = first.to_owned();
+    let mut empty = true;
+    for word in text.split_whitespace() {
+        if !empty && line.chars().count() + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = rest.to_owned();
+            empty = true;
+        }
+        if !empty {
+            line.push(' ');
+        }
+        line.push_str(word);
+        empty = false;
+    }
+    out.push_str(&line);
+    out.push('\n');
+    out
 }
 
 /// One stored verification (what the controller reads before a flip).
@@ -1997,11 +2021,16 @@ mod tests {
             "\"b\": 1 missing [shardId-000000000000 3]",
             "\"z\": 1 extra (target) [shardId-000000000009 102]",
             "Do not flip",
-            "a producer still writes to the target",
             "2023-11-14T22:13:20.000Z .. 2023-11-14T23:13:20.000Z",
         ] {
             assert!(text.contains(words), "{words:?} not in:\n{text}");
         }
+        let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("a producer still writes to the target directly"));
+        assert!(text
+            .lines()
+            .filter(|l| l.starts_with("  - "))
+            .all(|l| l.chars().count() <= 96));
         let one_key = r.render_text(1);
         assert!(
             one_key.contains("(1 of 3; --output json lists them all)"),

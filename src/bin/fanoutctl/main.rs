@@ -10,8 +10,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 use fanout::aws::source::StartPosition;
 
 mod replicate;
+mod verify;
 
 use replicate::ReplicateArgs;
+use verify::VerifyArgs;
 
 /// Replicate Kinesis streams between AWS accounts, losslessly and in per-key order.
 #[derive(Parser, Debug)]
@@ -30,6 +32,13 @@ enum Command {
     /// Example:
     ///   fanoutctl replicate --from trim-horizon --until-caught-up
     Replicate(ReplicateArgs),
+    /// Compare a source stream with its replica over a time window: records missing from
+    /// the target, duplicated, out of per-key order, or foreign. Exit code 0 only when clean
+    /// (duplicates allowed), 1 when not, 2 on error. Stores the result in the state table.
+    ///
+    /// Example:
+    ///   fanoutctl verify --from 2026-11-22T03:00:00Z --until 2026-11-22T04:00:00Z
+    Verify(VerifyArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -47,6 +56,13 @@ async fn main() -> ExitCode {
             Ok(code) => code,
             Err(e) => {
                 eprintln!("fanoutctl replicate: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Verify(args) => match verify::verify(args).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("fanoutctl verify: {e}");
                 ExitCode::from(2)
             }
         },
