@@ -371,14 +371,30 @@ async fn the_binary_exits_0_when_clean_1_when_not_and_2_on_errors() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let until = rfc3339(now_ms() - 1000);
 
-    // Clean: exit 0, the text summary, stored.
+    // Clean: exit 0, the text summary, stored. The target is read with the old account's
+    // role (moto's STS), as on AWS without a resource policy.
     let (code, out, err) = fanoutctl(
         &world,
-        &["--from", &from, "--until", &until, "--grace", "1s"],
+        &[
+            "--from",
+            &from,
+            "--until",
+            &until,
+            "--grace",
+            "1s",
+            "--target-role-arn",
+            support::stack::WRITER_ROLE,
+            "--target-external-id",
+            support::stack::EXTERNAL_ID,
+        ],
     );
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(out.starts_with("PASS: "), "{out}");
     assert!(out.contains("Stored in "), "{out}");
+    assert!(
+        out.contains("matched                            200"),
+        "{out}"
+    );
 
     // A foreign record in the target: exit 1, the full JSON report, stored as FAIL.
     put(
