@@ -5,12 +5,14 @@
 //! - [`checkpoints`]: DynamoDB checkpoints, advanced with a forward-only condition.
 //! - [`dead_letters`]: S3 dead letters, one JSON envelope per record.
 //! - [`source`]: reading shards (for local runs and read-back checks) and writing test data.
+//! - [`verifications`]: `fanoutctl verify` results in the state table (store, latest).
 
 pub mod checkpoints;
 pub mod dead_letters;
 pub mod leases;
 pub mod source;
 pub mod target;
+pub mod verifications;
 
 use std::time::Duration;
 

@@ -12,10 +12,12 @@ use fanout::aws::source::StartPosition;
 mod backfill;
 mod redrive;
 mod replicate;
+mod verify;
 
 use backfill::BackfillArgs;
 use redrive::RedriveArgs;
 use replicate::ReplicateArgs;
+use verify::VerifyArgs;
 
 /// Replicate Kinesis streams between AWS accounts, losslessly and in per-key order.
 #[derive(Parser, Debug)]
@@ -55,6 +57,13 @@ enum Command {
     ///   fanoutctl redrive --route orders--222222222222--orders
     #[command(verbatim_doc_comment)]
     Redrive(RedriveArgs),
+    /// Compare a source stream with its replica over a time window: records missing from
+    /// the target, duplicated, out of per-key order, or foreign. Exit code 0 only when clean
+    /// (duplicates allowed), 1 when not, 2 on error. Stores the result in the state table.
+    ///
+    /// Example:
+    ///   fanoutctl verify --from 2026-11-22T03:00:00Z --until 2026-11-22T04:00:00Z
+    Verify(VerifyArgs),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -71,6 +80,7 @@ async fn main() -> ExitCode {
         Command::Replicate(args) => report("replicate", replicate::replicate(args).await),
         Command::Backfill(args) => report("backfill", backfill::backfill(args).await),
         Command::Redrive(args) => report("redrive", redrive::redrive(args).await),
+        Command::Verify(args) => report("verify", verify::verify(args).await),
     }
 }
 
