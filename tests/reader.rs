@@ -616,3 +616,68 @@ async fn a_systemic_read_error_stops_only_that_shard_with_one_clear_message() {
     assert_eq!(bad_lease.position, Position::Start);
     assert!(bad_lease.owner.is_none(), "released for a rerun");
 }
+
+#[tokio::test]
+async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing() {
+    let Some(world) = World::create(Backend::KinesisLocal, 2, 1).await else {
+        return;
+    };
+    let reader = KinesisSource::new(&world.new_account);
+    let handler =
+        Arc::new(build_handler(&world.config(), &world.new_account, MetricsOutput::None).await);
+    let options = RunnerOptions {
+        batch_size: 40,
+        idle_poll: Duration::from_millis(50),
+        discover_every: Duration::from_millis(200),
+        lease_name: lease_name(&world),
+        fan_out_consumer: Some("fanout-test".to_owned()),
+        // Subscriptions end every 700 ms (Kinesis: 5 minutes), so records keep arriving
+        // across re-subscriptions.
+        subscription_max: Some(Duration::from_millis(700)),
+        ..RunnerOptions::default()
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let run = {
+        let (reader, source, stop, options, table, sdk) = (
+            reader.clone(),
+            world.source.clone(),
+            stop.clone(),
+            options.clone(),
+            world.table.clone(),
+            world.new_account.clone(),
+        );
+        tokio::spawn(async move {
+            runner::run(
+                &reader,
+                &source,
+                Arc::new(InProcess(handler)),
+                Arc::new(DynamoLeases::new(&sdk, &table)),
+                &options,
+                stop,
+            )
+            .await
+        })
+    };
+    let data = records(600, 30, 30);
+    for chunk in data.chunks(100) {
+        reader.put_all(&world.source, chunk).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let have = wait_for_target(&world, data.len(), Duration::from_secs(120)).await;
+    stop.store(true, Ordering::Relaxed);
+    let summary = run.await.unwrap().expect("runner");
+    assert!(
+        have >= data.len(),
+        "target holds {have} of {}: {summary:?}",
+        data.len()
+    );
+    assert!(
+        summary.shards.values().all(|s| s.stopped.is_none()),
+        "{summary:?}"
+    );
+    let source = reader.read_all(&world.source).await.unwrap();
+    let c = compare(&world, &source).await;
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!(c.duplicates, 0, "re-subscribing repeats nothing: {c:?}");
+    assert_eq!(summary.records_delivered(), 600);
+}

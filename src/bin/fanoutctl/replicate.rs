@@ -43,6 +43,10 @@ pub struct ReaderArgs {
     /// Seconds a lease lasts without renewal; a stopped runner's shards are taken over after it.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
     pub lease_ttl: u64,
+    /// Read with enhanced fan-out (SubscribeToShard) through this consumer, registered on the
+    /// source stream if it does not exist. Default: GetRecords polling.
+    #[arg(long, value_name = "CONSUMER_NAME")]
+    pub fan_out_consumer: Option<String>,
     /// Output format of the final summary.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -204,6 +208,7 @@ pub async fn read(args: &ReaderArgs, plan: ReadPlan) -> Result<RunSummary, Strin
         lease_name,
         lease_ttl: Duration::from_secs(args.lease_ttl),
         until_ms: plan.until_ms,
+        fan_out_consumer: args.fan_out_consumer.clone(),
         ..RunnerOptions::default()
     };
     let stop = stop_on_signals();
