@@ -28,6 +28,14 @@ fn lease_name(world: &World) -> String {
     world.route().name
 }
 
+/// The lease history of the world's route, after checking no tenure overlapped another.
+async fn clean_history(leases: &DynamoLeases, world: &World) -> Vec<fanout::lease::Epoch> {
+    let history = leases.history(&lease_name(world)).await.unwrap();
+    let problems = check_history(&history);
+    assert!(problems.is_empty(), "{problems:?}");
+    history
+}
+
 async fn compare(world: &World, source: &[(String, SourceRecord)]) -> verify::Comparison {
     let reader = KinesisSource::new(&world.new_account);
     let target = reader.read_all(&world.target).await.expect("read target");
@@ -276,12 +284,7 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
     assert_eq!(listing.len(), 6);
     assert_eq!(summary.shards.len(), 6, "{summary:?}");
     // Every child was first taken only after each of its parents had been read to its end.
-    let history = leases.history(&lease_name(&world)).await.unwrap();
-    assert!(
-        check_history(&history).is_empty(),
-        "{:?}",
-        check_history(&history)
-    );
+    let history = clean_history(&leases, &world).await;
     let ended_at: HashMap<&str, i64> = history
         .iter()
         .filter(|e| e.last == Position::End)
@@ -374,12 +377,7 @@ async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
         c.duplicates
     );
     let leases = DynamoLeases::new(&world.new_account, &world.table);
-    let history = leases.history(&lease_name(&world)).await.unwrap();
-    assert!(
-        check_history(&history).is_empty(),
-        "{:?}",
-        check_history(&history)
-    );
+    clean_history(&leases, &world).await;
 }
 
 #[tokio::test]
@@ -419,12 +417,7 @@ async fn two_runners_never_read_one_shard_at_once_and_hand_over_on_sigterm() {
     assert!(have >= 1400, "target holds {have} of 1400");
 
     let leases = DynamoLeases::new(&world.new_account, &world.table);
-    let history = leases.history(&lease_name(&world)).await.unwrap();
-    assert!(
-        check_history(&history).is_empty(),
-        "{:?}",
-        check_history(&history)
-    );
+    let history = clean_history(&leases, &world).await;
     let owners: HashSet<&str> = history.iter().map(|e| e.owner.as_str()).collect();
     assert_eq!(owners.len(), 2, "both runners held leases: {history:?}");
     // Every tenure ended with a release (SIGTERM is a clean stop), and A's shards went to B.

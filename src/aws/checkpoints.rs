@@ -11,6 +11,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
+use super::ddb::s;
 use super::store_error;
 use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, StoreError};
 use crate::ports::CheckpointStore;
@@ -82,10 +83,6 @@ impl DynamoCheckpoints {
     fn pk(&self, route: &str) -> String {
         checkpoint_pk(&format!("{route}{}", self.namespace))
     }
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
 }
 
 impl CheckpointStore for DynamoCheckpoints {

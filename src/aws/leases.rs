@@ -24,6 +24,7 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
+use super::ddb::{n, s};
 use super::store_error;
 use crate::lease::{Epoch, Heartbeat, Lease, LeaseRecord, LeaseStore, Position};
 use crate::model::StoreError;
@@ -44,14 +45,6 @@ fn history_sk(shard_id: &str, counter: u64) -> String {
 pub struct DynamoLeases {
     client: Client,
     table: String,
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -7,6 +7,19 @@
 //! - [`source`]: reading shards (for local runs and read-back checks) and writing test data.
 //! - [`verifications`]: `fanoutctl verify` results in the state table (store, latest).
 
+/// DynamoDB attribute values, written the same way everywhere.
+pub(crate) mod ddb {
+    use aws_sdk_dynamodb::types::AttributeValue;
+
+    pub fn s(v: impl Into<String>) -> AttributeValue {
+        AttributeValue::S(v.into())
+    }
+
+    pub fn n(v: impl ToString) -> AttributeValue {
+        AttributeValue::N(v.to_string())
+    }
+}
+
 pub mod checkpoints;
 pub mod dead_letters;
 pub mod leases;

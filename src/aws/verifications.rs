@@ -16,6 +16,7 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
+use super::ddb::{n, s};
 use super::store_error;
 use crate::model::StoreError;
 use crate::verify::{Totals, Verdict};
@@ -30,14 +31,6 @@ pub fn verification_pk(route: &str) -> String {
 /// The sort key: finished-at milliseconds, zero-padded so text order is time order.
 pub fn verification_sk(finished_at_ms: i64) -> String {
     format!("{:020}", finished_at_ms.max(0))
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 fn rfc3339(ms: i64) -> String {
