@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -73,11 +74,13 @@ pub async fn backfill(args: BackfillArgs) -> Result<ExitCode, String> {
         StartPosition::AtTimestamp(ms) => Some(ms),
         _ => None,
     };
+    let done = Arc::new(AtomicBool::new(false));
     let render = tokio::spawn(render(
         shared.clone(),
         Progress::new(!args.reader.quiet),
         from_ms,
         until_ms,
+        done.clone(),
     ));
     let plan = ReadPlan {
         start,
@@ -88,7 +91,8 @@ pub async fn backfill(args: BackfillArgs) -> Result<ExitCode, String> {
         shared: Some(shared),
     };
     let summary = read(&args.reader, plan).await;
-    render.abort();
+    done.store(true, Ordering::Relaxed);
+    let _ = render.await; // one last refresh, so every shard's final state is shown
     let summary = summary?;
     print_summary(&summary, args.reader.output);
     Ok(exit_code(&summary))
@@ -96,9 +100,16 @@ pub async fn backfill(args: BackfillArgs) -> Result<ExitCode, String> {
 
 /// One bar (or plain line) per shard: records delivered, their rate, how much of the window
 /// the shard has covered (by arrival time) and the ETA that coverage implies.
-async fn render(shared: Arc<Shared>, progress: Progress, from_ms: Option<i64>, until_ms: i64) {
+async fn render(
+    shared: Arc<Shared>,
+    progress: Progress,
+    from_ms: Option<i64>,
+    until_ms: i64,
+    done: Arc<AtomicBool>,
+) {
     let mut bars: HashMap<String, (Bar, Instant, Option<i64>, bool)> = HashMap::new();
     loop {
+        let last = done.load(Ordering::Relaxed);
         for (id, s) in shared.snapshot() {
             let (bar, started, first, done) = bars
                 .entry(id.clone())
@@ -130,6 +141,9 @@ async fn render(shared: Arc<Shared>, progress: Progress, from_ms: Option<i64>, u
                 };
                 bar.set_message(&format!("window {:.0}%{eta}", covered * 100.0));
             }
+        }
+        if last {
+            return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

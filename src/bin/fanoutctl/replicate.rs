@@ -274,7 +274,9 @@ pub fn print_summary(summary: &RunSummary, output: Output) {
                 let state = match (&s.stopped, s.finished, s.lease_lost) {
                     (Some(why), _, _) => format!("STOPPED: {why}"),
                     (None, _, true) => "taken over by another runner".to_owned(),
-                    (None, true, _) => "finished (read to its end)".to_owned(),
+                    (None, true, _) => {
+                        "finished (closed and read to its end, or past the window)".to_owned()
+                    }
                     (None, false, _) => format!("{} ms behind", s.millis_behind),
                 };
                 println!(
