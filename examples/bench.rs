@@ -30,6 +30,7 @@ use clap::{Args, Parser, Subcommand};
 use fanout::aws::checkpoints::DynamoCheckpoints;
 use fanout::aws::target::writer_config;
 use fanout::aws::{build_handler, LocalEndpoints};
+use fanout::cli::status_kb;
 use fanout::config::{Limits, ReplicatorConfig};
 use fanout::event::{build_event, parse_event};
 use fanout::handler::MetricsOutput;
@@ -204,18 +205,6 @@ fn cpu_ticks() -> u64 {
             .unwrap_or(0)
     };
     get(11) + get(12)
-}
-
-/// A `/proc/self/status` field in kB (VmRSS, VmHWM).
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let v = l.strip_prefix(field)?.strip_prefix(':')?;
-            v.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0), so the next reading is the peak since now.

@@ -10,13 +10,13 @@
 //! - `engine`: the comparison engine alone on N synthetic records (no streams): time to index
 //!   the source and match the target, and the RSS the index adds, per record held.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use aws_config::SdkConfig;
-use aws_sdk_kinesis::types::StreamStatus;
 use clap::{Parser, Subcommand};
 use fanout::aws::source::KinesisSource;
 use fanout::aws::{local_sdk_config, LocalEndpoints};
+use fanout::cli::status_kb;
 use fanout::model::{Route, StreamArn};
 use fanout::seq::SequenceNumber;
 use fanout::verify::{self, DeadLetterIndex, Verifier, VerifyOptions, Window};
@@ -81,18 +81,6 @@ enum Mode {
     },
 }
 
-/// A `/proc/self/status` field in kB (VmRSS, VmHWM).
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let v = l.strip_prefix(field)?.strip_prefix(':')?;
-            v.split_whitespace().next()?.parse().ok()
-        })
-        .unwrap_or(0)
-}
-
 /// Resets VmHWM to the current RSS (Linux ≥ 4.0), so the next reading is the peak since now.
 fn reset_peak_rss() {
     if let Err(e) = std::fs::write("/proc/self/clear_refs", "5") {
@@ -114,29 +102,10 @@ fn record(i: usize, keys: usize, size: usize, data: &mut Vec<u8>) -> String {
 }
 
 async fn create_stream(sdk: &SdkConfig, name: &str, shards: i32) -> Result<StreamArn, String> {
-    let client = aws_sdk_kinesis::Client::new(sdk);
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
+    KinesisSource::new(sdk)
+        .create_stream(name, shards)
         .await
-        .map_err(|e| format!("CreateStream {name}: {e:?}"))?;
-    for _ in 0..400 {
-        let out = client
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .map_err(|e| format!("DescribeStreamSummary {name}: {e:?}"))?;
-        if let Some(s) = out.stream_description_summary() {
-            if *s.stream_status() == StreamStatus::Active {
-                return StreamArn::parse(s.stream_arn());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    Err(format!("stream {name} did not become ACTIVE"))
+        .map_err(|e| format!("create stream {name}: {e}"))
 }
 
 async fn write(

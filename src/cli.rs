@@ -10,3 +10,16 @@ pub fn init_tracing() {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// A `/proc/self/status` field in kB (`VmRSS`, `VmHWM`), 0 where there is none: how the
+/// benchmarks report memory.
+pub fn status_kb(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let v = l.strip_prefix(field)?.strip_prefix(':')?;
+            v.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}

@@ -8,7 +8,7 @@
 //! - shards that appear while running (splits, merges, UpdateShardCount) join the listing and
 //!   follow the same rule.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::model::ShardInfo;
 
@@ -44,36 +44,51 @@ pub fn merge(listing: Vec<ShardInfo>, hints: &[ShardInfo]) -> Vec<ShardInfo> {
     by_id.into_values().collect()
 }
 
-/// Orders shards parents first (a topological order; ties by shard id): the order in which
-/// per-key history is replayed, e.g. by redrive.
-pub fn parents_first(listing: &[ShardInfo]) -> Vec<String> {
-    let mut done: HashSet<String> = HashSet::new();
-    let mut order = Vec::with_capacity(listing.len());
-    let mut sorted: Vec<&ShardInfo> = listing.iter().collect();
-    sorted.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    while order.len() < sorted.len() {
-        let before = order.len();
-        for s in ready(
-            &sorted.iter().map(|s| (*s).clone()).collect::<Vec<_>>(),
-            &done,
-            &HashSet::new(),
-        ) {
-            order.push(s.shard_id.clone());
+/// Groups shards by lineage depth, each group in shard-id order: every shard comes after its
+/// listed parents, and the shards of one group can be read at once (verification does).
+pub fn levels(shards: &[ShardInfo]) -> Vec<Vec<ShardInfo>> {
+    let by_id: HashMap<&str, usize> = shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.shard_id.as_str(), i))
+        .collect();
+    let mut level: Vec<Option<usize>> = vec![None; shards.len()];
+    fn level_of(
+        i: usize,
+        shards: &[ShardInfo],
+        by_id: &HashMap<&str, usize>,
+        level: &mut Vec<Option<usize>>,
+        depth: usize,
+    ) -> usize {
+        if let Some(l) = level[i] {
+            return l;
         }
-        for id in &order[before..] {
-            done.insert(id.clone());
+        if depth > shards.len() {
+            return 0; // a cycle cannot happen in Kinesis; do not loop if a listing says so
         }
-        if order.len() == before {
-            // A cycle cannot happen in Kinesis; keep the rest in id order rather than loop.
-            for s in &sorted {
-                if !done.contains(&s.shard_id) {
-                    order.push(s.shard_id.clone());
-                    done.insert(s.shard_id.clone());
-                }
-            }
-        }
+        let s = &shards[i];
+        let l = [&s.parent, &s.adjacent_parent]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| by_id.get(p.as_str()))
+            .map(|&p| level_of(p, shards, by_id, level, depth + 1) + 1)
+            .max()
+            .unwrap_or(0);
+        level[i] = Some(l);
+        l
     }
-    order
+    let mut levels: Vec<Vec<ShardInfo>> = Vec::new();
+    for i in 0..shards.len() {
+        let l = level_of(i, shards, &by_id, &mut level, 0);
+        if levels.len() <= l {
+            levels.resize(l + 1, Vec::new());
+        }
+        levels[l].push(shards[i].clone());
+    }
+    for l in &mut levels {
+        l.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
+    }
+    levels
 }
 
 #[cfg(test)]
@@ -149,6 +164,11 @@ mod tests {
             shard("1", None, None),
             shard("0", None, None),
         ];
-        assert_eq!(parents_first(&listing), vec!["0", "1", "2", "3", "4"]);
+        let order: Vec<String> = levels(&listing)
+            .into_iter()
+            .flatten()
+            .map(|s| s.shard_id)
+            .collect();
+        assert_eq!(order, vec!["0", "1", "2", "3", "4"]);
     }
 }

@@ -310,7 +310,8 @@ fn count(position: u64, total: Option<u64>) -> String {
     }
 }
 
-fn human_secs(secs: f64) -> String {
+/// Seconds as `42s`, `3m05s` or `2h10m`.
+pub fn human_secs(secs: f64) -> String {
     let s = secs.round() as u64;
     match s {
         0..60 => format!("{s}s"),

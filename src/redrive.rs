@@ -311,7 +311,7 @@ pub fn parse_listing(
 /// Orders `shards` parents before children, using the stream's lineage; ties go in shard-id
 /// order, which is creation order.
 ///
-/// Unlike [`crate::lineage::parents_first`] (which orders a listing), this also places shards
+/// Unlike [`crate::lineage::levels`] (which orders a listing), this also places shards
 /// the listing does not show: a parent trimmed away by retention whose dead letters are still
 /// in the bucket, or a child ListShards does not show yet. Such a shard is taken when it is
 /// the smallest ready id, so it lands where its creation order puts it: before the children

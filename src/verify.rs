@@ -26,7 +26,7 @@ use foldhash::quality::SeedableRandomState;
 use foldhash::SharedSeed;
 use serde::{Deserialize, Serialize};
 
-use crate::aws::source::{KinesisSource, ShardInfo, StartPosition};
+use crate::aws::source::{KinesisSource, StartPosition};
 use crate::model::{RequestError, SourceRecord, StreamArn};
 use crate::seq::SequenceNumber;
 
@@ -831,52 +831,6 @@ pub fn fix_hint(code: &str, side: Side) -> &'static str {
     }
 }
 
-/// Orders shards so that every shard comes after its parents: groups that can be read at once.
-pub fn lineage_levels(shards: &[ShardInfo]) -> Vec<Vec<ShardInfo>> {
-    let by_id: HashMap<&str, usize> = shards
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.shard_id.as_str(), i))
-        .collect();
-    let mut level: Vec<Option<usize>> = vec![None; shards.len()];
-    fn level_of(
-        i: usize,
-        shards: &[ShardInfo],
-        by_id: &HashMap<&str, usize>,
-        level: &mut Vec<Option<usize>>,
-        depth: usize,
-    ) -> usize {
-        if let Some(l) = level[i] {
-            return l;
-        }
-        if depth > shards.len() {
-            return 0; // a cycle cannot happen in Kinesis; do not loop if a listing says so
-        }
-        let s = &shards[i];
-        let l = [&s.parent, &s.adjacent_parent]
-            .into_iter()
-            .flatten()
-            .filter_map(|p| by_id.get(p.as_str()))
-            .map(|&p| level_of(p, shards, by_id, level, depth + 1) + 1)
-            .max()
-            .unwrap_or(0);
-        level[i] = Some(l);
-        l
-    }
-    let mut levels: Vec<Vec<ShardInfo>> = Vec::new();
-    for i in 0..shards.len() {
-        let l = level_of(i, shards, &by_id, &mut level, 0);
-        if levels.len() <= l {
-            levels.resize(l + 1, Vec::new());
-        }
-        levels[l].push(shards[i].clone());
-    }
-    for l in &mut levels {
-        l.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
-    }
-    levels
-}
-
 /// What to do after one GetRecords page.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PageStep {
@@ -1054,7 +1008,7 @@ async fn read_stream(
         error,
     };
     let shards = reader.list_shards(stream).await.map_err(fail)?;
-    let levels = lineage_levels(&shards);
+    let levels = crate::lineage::levels(&shards);
     let start = window.start_position();
     let until = window.read_until_ms();
     let mut stats = ReadStats {
@@ -1944,7 +1898,7 @@ mod tests {
 
     #[test]
     fn shards_are_read_parents_first() {
-        let s = |id: &str, p: Option<&str>, a: Option<&str>| ShardInfo {
+        let s = |id: &str, p: Option<&str>, a: Option<&str>| crate::model::ShardInfo {
             shard_id: id.into(),
             parent: p.map(Into::into),
             adjacent_parent: a.map(Into::into),
@@ -1956,7 +1910,7 @@ mod tests {
             s("a", None, None),
             s("b", Some("gone"), None),
         ];
-        let levels: Vec<Vec<String>> = lineage_levels(&shards)
+        let levels: Vec<Vec<String>> = crate::lineage::levels(&shards)
             .into_iter()
             .map(|l| l.into_iter().map(|s| s.shard_id).collect())
             .collect();

@@ -10,13 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_kinesis::types::StreamStatus;
 use fanout::aws::build_handler;
 use fanout::aws::leases::DynamoLeases;
 use fanout::aws::source::KinesisSource;
 use fanout::handler::MetricsOutput;
 use fanout::lease::{check_history, Heartbeat, LeaseStore, Position};
-use fanout::model::{SourceRecord, StreamArn};
+use fanout::model::SourceRecord;
 use fanout::runner::{self, InProcess, RunnerOptions};
 use fanout::seq::SequenceNumber;
 use fanout::verify;
@@ -26,6 +25,38 @@ const BIN: &str = env!("CARGO_BIN_EXE_fanoutctl");
 
 fn lease_name(world: &World) -> String {
     world.route().name
+}
+
+/// Runs the real replicator handler in this process over `reader`, with leases in the
+/// world's table, until caught up (if the options say so) or until `stop` is set.
+fn spawn_in_process(
+    world: &World,
+    reader: &KinesisSource,
+    options: &RunnerOptions,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<runner::RunSummary> {
+    let (config, sdk, table, source, reader, options) = (
+        world.config(),
+        world.new_account.clone(),
+        world.table.clone(),
+        world.source.clone(),
+        reader.clone(),
+        options.clone(),
+    );
+    tokio::spawn(async move {
+        let handler = Arc::new(build_handler(&config, &sdk, MetricsOutput::None).await);
+        let leases = Arc::new(DynamoLeases::new(&sdk, &table));
+        runner::run(
+            &reader,
+            &source,
+            Arc::new(InProcess(handler)),
+            leases,
+            &options,
+            stop,
+        )
+        .await
+        .expect("runner")
+    })
 }
 
 /// The lease history of the world's route, after checking no tenure overlapped another.
@@ -57,22 +88,6 @@ async fn wait_for_target(world: &World, n: usize, timeout: Duration) -> usize {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-}
-
-async fn wait_active(client: &aws_sdk_kinesis::Client, stream: &StreamArn) {
-    for _ in 0..400 {
-        let out = client
-            .describe_stream_summary()
-            .stream_arn(stream.as_str())
-            .send()
-            .await
-            .expect("describe stream");
-        if *out.stream_description_summary().unwrap().stream_status() == StreamStatus::Active {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{stream} did not become ACTIVE again");
 }
 
 fn spawn_fanoutctl(world: &World, args: &[&str]) -> Child {
@@ -194,9 +209,6 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
     let Some(world) = World::create(Backend::KinesisLocal, 3, 2).await else {
         return;
     };
-    let config = world.config();
-    let handler = Arc::new(build_handler(&config, &world.new_account, MetricsOutput::None).await);
-    let leases = Arc::new(DynamoLeases::new(&world.new_account, &world.table));
     let reader = KinesisSource::new(&world.new_account);
     let options = RunnerOptions {
         batch_size: 100,
@@ -208,26 +220,7 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
         ..RunnerOptions::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let run = {
-        let (reader, source, stop, leases, options) = (
-            reader.clone(),
-            world.source.clone(),
-            stop.clone(),
-            leases.clone(),
-            options.clone(),
-        );
-        tokio::spawn(async move {
-            runner::run(
-                &reader,
-                &source,
-                Arc::new(InProcess(handler)),
-                leases,
-                &options,
-                stop,
-            )
-            .await
-        })
-    };
+    let run = spawn_in_process(&world, &reader, &options, stop.clone());
     let client = aws_sdk_kinesis::Client::new(&world.new_account);
     let data = records(1500, 60, 40);
     for (round, chunk) in data.chunks(50).enumerate() {
@@ -252,7 +245,7 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
                 .send()
                 .await
                 .expect("split shard 0");
-            wait_active(&client, &world.source).await;
+            reader.wait_active(&world.source).await.unwrap();
         }
         if round == 20 {
             client
@@ -263,13 +256,13 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
                 .send()
                 .await
                 .expect("merge shards 1 and 2");
-            wait_active(&client, &world.source).await;
+            reader.wait_active(&world.source).await.unwrap();
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
     let have = wait_for_target(&world, data.len(), Duration::from_secs(120)).await;
     stop.store(true, Ordering::Relaxed);
-    let summary = run.await.unwrap().expect("runner");
+    let summary = run.await.unwrap();
     assert!(have >= data.len(), "target holds {have} of {}", data.len());
 
     let source = reader.read_all(&world.source).await.unwrap();
@@ -284,6 +277,7 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
     assert_eq!(listing.len(), 6);
     assert_eq!(summary.shards.len(), 6, "{summary:?}");
     // Every child was first taken only after each of its parents had been read to its end.
+    let leases = DynamoLeases::new(&world.new_account, &world.table);
     let history = clean_history(&leases, &world).await;
     let ended_at: HashMap<&str, i64> = history
         .iter()
@@ -513,8 +507,6 @@ async fn expired_iterators_and_throttled_reads_are_retried_and_reads_keep_to_the
     proxy.fail_next_reads(2, 400, "ExpiredIteratorException");
     proxy.fail_next_reads(4, 400, "ProvisionedThroughputExceededException");
     proxy.fail_next_reads(1, 500, "InternalFailure");
-    let handler =
-        Arc::new(build_handler(&world.config(), &world.new_account, MetricsOutput::None).await);
     let options = RunnerOptions {
         batch_size: 50,
         until_caught_up: true,
@@ -524,16 +516,9 @@ async fn expired_iterators_and_throttled_reads_are_retried_and_reads_keep_to_the
         ..RunnerOptions::default() // 200 ms between reads: 5 reads/s
     };
     let started = Instant::now();
-    let summary = runner::run(
-        &through_proxy,
-        &world.source,
-        Arc::new(InProcess(handler)),
-        Arc::new(DynamoLeases::new(&world.new_account, &world.table)),
-        &options,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .await
-    .unwrap();
+    let summary = spawn_in_process(&world, &through_proxy, &options, Default::default())
+        .await
+        .unwrap();
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(proxy.read_faults_left(), 0, "every injected fault was met");
     assert!(
@@ -562,8 +547,6 @@ async fn a_systemic_read_error_stops_only_that_shard_with_one_clear_message() {
     let data = records(200, 20, 30);
     let placed = direct.put_all(&world.source, &data).await.unwrap();
     proxy.fail_next_reads(1, 400, "AccessDeniedException");
-    let handler =
-        Arc::new(build_handler(&world.config(), &world.new_account, MetricsOutput::None).await);
     let options = RunnerOptions {
         batch_size: 50,
         until_caught_up: true,
@@ -573,16 +556,9 @@ async fn a_systemic_read_error_stops_only_that_shard_with_one_clear_message() {
         lease_name: lease_name(&world),
         ..RunnerOptions::default()
     };
-    let summary = runner::run(
-        &through_proxy,
-        &world.source,
-        Arc::new(InProcess(handler)),
-        Arc::new(DynamoLeases::new(&world.new_account, &world.table)),
-        &options,
-        Arc::new(AtomicBool::new(false)),
-    )
-    .await
-    .unwrap();
+    let summary = spawn_in_process(&world, &through_proxy, &options, Default::default())
+        .await
+        .unwrap();
     let stopped: Vec<(&String, &str)> = summary
         .shards
         .iter()
@@ -616,8 +592,6 @@ async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing()
         return;
     };
     let reader = KinesisSource::new(&world.new_account);
-    let handler =
-        Arc::new(build_handler(&world.config(), &world.new_account, MetricsOutput::None).await);
     let options = RunnerOptions {
         batch_size: 40,
         idle_poll: Duration::from_millis(50),
@@ -630,27 +604,7 @@ async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing()
         ..RunnerOptions::default()
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let run = {
-        let (reader, source, stop, options, table, sdk) = (
-            reader.clone(),
-            world.source.clone(),
-            stop.clone(),
-            options.clone(),
-            world.table.clone(),
-            world.new_account.clone(),
-        );
-        tokio::spawn(async move {
-            runner::run(
-                &reader,
-                &source,
-                Arc::new(InProcess(handler)),
-                Arc::new(DynamoLeases::new(&sdk, &table)),
-                &options,
-                stop,
-            )
-            .await
-        })
-    };
+    let run = spawn_in_process(&world, &reader, &options, stop.clone());
     let data = records(600, 30, 30);
     for chunk in data.chunks(100) {
         reader.put_all(&world.source, chunk).await.unwrap();
@@ -658,7 +612,7 @@ async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing()
     }
     let have = wait_for_target(&world, data.len(), Duration::from_secs(120)).await;
     stop.store(true, Ordering::Relaxed);
-    let summary = run.await.unwrap().expect("runner");
+    let summary = run.await.unwrap();
     assert!(
         have >= data.len(),
         "target holds {have} of {}: {summary:?}",

@@ -350,6 +350,63 @@ impl Subscription {
 }
 
 impl KinesisSource {
+    /// Creates a provisioned stream and waits until it is ACTIVE: for local stacks, tests and
+    /// benchmarks (Terraform creates streams in AWS).
+    pub async fn create_stream(&self, name: &str, shards: i32) -> Result<StreamArn, RequestError> {
+        self.client
+            .create_stream()
+            .stream_name(name)
+            .shard_count(shards)
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error(&e))?;
+        let summary = self
+            .client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error(&e))?;
+        let arn = summary
+            .stream_description_summary()
+            .map(|s| s.stream_arn().to_owned())
+            .unwrap_or_default();
+        let stream = StreamArn::parse(&arn).map_err(|message| RequestError {
+            class: crate::model::FailureClass::Systemic,
+            ambiguous: false,
+            code: "BadStreamArn".to_owned(),
+            message,
+        })?;
+        self.wait_active(&stream).await?;
+        Ok(stream)
+    }
+
+    /// Waits (up to 20 s) until the stream is ACTIVE, e.g. after creating or resharding it.
+    pub async fn wait_active(&self, stream: &StreamArn) -> Result<(), RequestError> {
+        for _ in 0..400 {
+            let out = self
+                .client
+                .describe_stream_summary()
+                .stream_arn(stream.as_str())
+                .send()
+                .await
+                .map_err(|e| classify_sdk_error(&e))?;
+            if out
+                .stream_description_summary()
+                .is_some_and(|s| *s.stream_status() == aws_sdk_kinesis::types::StreamStatus::Active)
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(RequestError {
+            class: crate::model::FailureClass::Transient,
+            ambiguous: false,
+            code: "StreamNotActive".to_owned(),
+            message: format!("{stream} did not become ACTIVE within 20 s"),
+        })
+    }
+
     /// The ARN of the stream's enhanced fan-out consumer `name`, registering it if needed and
     /// waiting until it is ACTIVE.
     pub async fn ensure_consumer(

@@ -3,10 +3,8 @@
 //! a source stream in the new account, a target stream in the old account, a table and a bucket.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use aws_config::SdkConfig;
-use aws_sdk_kinesis::types::StreamStatus;
 use fanout::aws::LocalEndpoints;
 use fanout::config::{Limits, ReplicatorConfig};
 use fanout::model::{Route, StreamArn, WriterRole};
@@ -200,28 +198,10 @@ impl World {
 }
 
 pub async fn create_stream(sdk: &SdkConfig, name: &str, shards: i32) -> StreamArn {
-    let client = aws_sdk_kinesis::Client::new(sdk);
-    client
-        .create_stream()
-        .stream_name(name)
-        .shard_count(shards)
-        .send()
+    fanout::aws::source::KinesisSource::new(sdk)
+        .create_stream(name, shards)
         .await
-        .expect("create stream");
-    for _ in 0..200 {
-        let out = client
-            .describe_stream_summary()
-            .stream_name(name)
-            .send()
-            .await
-            .expect("describe stream");
-        let summary = out.stream_description_summary().expect("summary");
-        if *summary.stream_status() == StreamStatus::Active {
-            return StreamArn::parse(summary.stream_arn()).expect("stream arn");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("stream {name} did not become ACTIVE");
+        .unwrap_or_else(|e| panic!("create stream {name}: {e}"))
 }
 
 pub async fn create_table(sdk: &SdkConfig, table: &str) {

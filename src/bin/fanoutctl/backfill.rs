@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fanout::aws::source::StartPosition;
-use fanout::progress::{Progress, ShardProgress as Bar};
+use fanout::progress::{human_secs, Progress, ShardProgress as Bar};
 use fanout::runner::Shared;
 
 use crate::parse_start;
@@ -135,7 +135,7 @@ async fn render(
                 let covered = ((at - start) as f64 / span).clamp(0.0, 1.0);
                 let eta = if covered > 0.0 {
                     let secs = started.elapsed().as_secs_f64() * (1.0 - covered) / covered;
-                    format!(", ETA {}", human(secs))
+                    format!(", ETA {}", human_secs(secs))
                 } else {
                     String::new()
                 };
@@ -146,14 +146,5 @@ async fn render(
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-fn human(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
