@@ -183,6 +183,14 @@ impl MemoryLeases {
     }
 }
 
+/// A renewal: the lease runs `ttl_ms` from now, with what the heartbeat reports.
+fn beat(r: &mut LeaseRecord, heartbeat: Heartbeat, ttl_ms: i64, now_ms: i64) {
+    r.expires_at_ms = now_ms + ttl_ms;
+    r.heartbeat_ms = now_ms;
+    r.millis_behind = heartbeat.millis_behind;
+    r.caught_up = heartbeat.caught_up;
+}
+
 fn holds(r: &LeaseRecord, lease: &Lease) -> bool {
     r.owner.as_deref() == Some(lease.owner.as_str()) && r.counter == lease.counter
 }
@@ -266,10 +274,7 @@ impl LeaseStore for MemoryLeases {
         self.with(
             |m| match m.get_mut(&(lease.name.clone(), lease.shard_id.clone())) {
                 Some((r, _)) if holds(r, lease) => {
-                    r.expires_at_ms = now_ms + ttl_ms;
-                    r.heartbeat_ms = now_ms;
-                    r.millis_behind = heartbeat.millis_behind;
-                    r.caught_up = heartbeat.caught_up;
+                    beat(r, heartbeat, ttl_ms, now_ms);
                     true
                 }
                 _ => false,
@@ -289,10 +294,7 @@ impl LeaseStore for MemoryLeases {
             |m| match m.get_mut(&(lease.name.clone(), lease.shard_id.clone())) {
                 Some((r, epochs)) if holds(r, lease) => {
                     r.position = position.clone();
-                    r.expires_at_ms = now_ms + ttl_ms;
-                    r.heartbeat_ms = now_ms;
-                    r.millis_behind = heartbeat.millis_behind;
-                    r.caught_up = heartbeat.caught_up;
+                    beat(r, heartbeat, ttl_ms, now_ms);
                     if let Some(e) = epochs.iter_mut().find(|e| e.counter == lease.counter) {
                         e.last = position.clone();
                         e.checkpoints += 1;
