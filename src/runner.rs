@@ -151,8 +151,8 @@ pub struct RunnerOptions {
     pub owner: String,
     /// A lease not renewed for this long may be taken over.
     pub lease_ttl: Duration,
-    /// How often the shard list is re-read (new shards) and leases renewed (at most every
-    /// third of the lease time).
+    /// How often the shard list is re-read (new shards). Leases are renewed every third of
+    /// the lease time by a task of their own.
     pub discover_every: Duration,
     /// Per-shard read limits: at most one GetRecords per interval, and this many bytes a
     /// second (Kinesis: 5 reads/s, 2 MB/s per shard, shared by all classic consumers).
@@ -297,9 +297,55 @@ enum TaskEnd {
     Lost,
 }
 
+#[derive(Clone)]
 struct Running {
     lease: Lease,
     cancel: Arc<AtomicBool>,
+}
+
+/// The leases this runner holds, renewed by their own task.
+type Held = Arc<Mutex<HashMap<String, Running>>>;
+
+/// Renews every held lease each third of the lease time, all at once, apart from the
+/// coordinator's listing and taking of shards (which a slow store can hold up for longer than
+/// a lease lasts). A lease found taken over cancels its shard task.
+async fn keep_leases<L: LeaseStore>(
+    leases: Arc<L>,
+    held: Held,
+    shared: Arc<Shared>,
+    ttl: Duration,
+    lease_name: String,
+) {
+    let ttl_ms = ttl.as_millis() as i64;
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        let now: Vec<(String, Running)> = held
+            .lock()
+            .map(|h| h.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        let renewals = now.iter().map(|(shard, r)| {
+            let p = shared.get(shard);
+            let hb = Heartbeat {
+                millis_behind: Some(p.millis_behind),
+                caught_up: p.at_tip,
+            };
+            let leases = leases.clone();
+            async move { (shard, r, leases.renew(&r.lease, hb, ttl_ms, now_ms()).await) }
+        });
+        for (shard, r, outcome) in futures::future::join_all(renewals).await {
+            match outcome {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(shard = %shard, lease_name = %lease_name, "Lease of {shard} was taken by another runner; stopping this shard here.");
+                    r.cancel.store(true, Ordering::Relaxed);
+                    shared.update(shard, |s| s.lease_lost = true);
+                }
+                Err(e) => {
+                    tracing::warn!(shard = %shard, error = %e, "Lease renewal failed; retrying.")
+                }
+            }
+        }
+    }
 }
 
 /// Runs until caught up (if asked), until `stop` is set, or until every shard stops.
@@ -338,11 +384,17 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
     let started = Instant::now();
     let started_ms = now_ms();
     let ttl_ms = options.lease_ttl.as_millis() as i64;
-    let renew_every = (options.lease_ttl / 3).min(options.discover_every);
     let mut running: HashMap<String, Running> = HashMap::new();
+    let held: Held = Arc::default();
+    let keeper = tokio::spawn(keep_leases(
+        leases.clone(),
+        held.clone(),
+        shared.clone(),
+        options.lease_ttl,
+        options.lease_name.clone(),
+    ));
     let mut tasks: tokio::task::JoinSet<(String, TaskEnd)> = tokio::task::JoinSet::new();
     let mut first_round = true;
-    let mut last_renew = Instant::now();
     let printer = options.progress.then(|| {
         let shared = shared.clone();
         let stop = stop.clone();
@@ -361,6 +413,9 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
             if let Ok((shard, end)) = done {
                 if end == TaskEnd::Failed {
                     failed.insert(shard.clone());
+                }
+                if let Ok(mut h) = held.lock() {
+                    h.remove(&shard);
                 }
                 if let Some(r) = running.remove(&shard) {
                     if end != TaskEnd::Lost {
@@ -398,27 +453,6 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
             }
         };
         let now = now_ms();
-        if last_renew.elapsed() >= renew_every {
-            last_renew = Instant::now();
-            for (shard, r) in &running {
-                let p = shared.get(shard);
-                let hb = Heartbeat {
-                    millis_behind: Some(p.millis_behind),
-                    caught_up: p.at_tip,
-                };
-                match leases.renew(&r.lease, hb, ttl_ms, now_ms()).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::warn!(shard = %shard, lease_name = %options.lease_name, "Lease of {shard} was taken by another runner; stopping this shard here.");
-                        r.cancel.store(true, Ordering::Relaxed);
-                        shared.update(shard, |s| s.lease_lost = true);
-                    }
-                    Err(e) => {
-                        tracing::warn!(shard = %shard, error = %e, "Lease renewal failed; retrying.")
-                    }
-                }
-            }
-        }
         let finished: HashSet<String> = records
             .values()
             .filter(|r| r.position == Position::End)
@@ -488,7 +522,11 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
                         let end = task.run().await;
                         (id, end)
                     });
-                    running.insert(shard.shard_id.clone(), Running { lease, cancel });
+                    let r = Running { lease, cancel };
+                    if let Ok(mut h) = held.lock() {
+                        h.insert(shard.shard_id.clone(), r.clone());
+                    }
+                    running.insert(shard.shard_id.clone(), r);
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -522,6 +560,9 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
     }
     while let Some(done) = tasks.join_next().await {
         if let Ok((shard, end)) = done {
+            if let Ok(mut h) = held.lock() {
+                h.remove(&shard);
+            }
             if let Some(r) = running.remove(&shard) {
                 if end != TaskEnd::Lost {
                     release(&*leases, &r.lease).await;
@@ -529,6 +570,7 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
             }
         }
     }
+    keeper.abort();
     if let Some(p) = printer {
         p.abort();
         if std::io::stderr().is_terminal() {

@@ -139,7 +139,7 @@ fn sigterm(child: &Child) {
 
 #[tokio::test]
 async fn a_lost_lease_cannot_move_the_position_and_history_records_each_owner() {
-    let Some(world) = World::create(Backend::KinesisLocal, 1, 1).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
         return;
     };
     let leases = DynamoLeases::new(&world.new_account, &world.table);
@@ -206,7 +206,7 @@ async fn a_lost_lease_cannot_move_the_position_and_history_records_each_owner() 
 
 #[tokio::test]
 async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
-    let Some(world) = World::create(Backend::KinesisLocal, 3, 2).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 3, 2).await else {
         return;
     };
     let reader = KinesisSource::new(&world.new_account);
@@ -308,7 +308,7 @@ async fn split_and_merge_while_records_flow_lose_and_reorder_nothing() {
 
 #[tokio::test]
 async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
-    let Some(world) = World::create(Backend::KinesisLocal, 2, 2).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 2).await else {
         return;
     };
     const BATCH: usize = 25;
@@ -376,7 +376,7 @@ async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
 
 #[tokio::test]
 async fn two_runners_never_read_one_shard_at_once_and_hand_over_on_sigterm() {
-    let Some(world) = World::create(Backend::KinesisLocal, 4, 2).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 4, 2).await else {
         return;
     };
     let reader = KinesisSource::new(&world.new_account);
@@ -436,7 +436,7 @@ async fn two_runners_never_read_one_shard_at_once_and_hand_over_on_sigterm() {
 
 #[tokio::test]
 async fn backfill_replicates_exactly_its_window_and_resumes_as_a_no_op() {
-    let Some(world) = World::create(Backend::KinesisLocal, 2, 1).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 1).await else {
         return;
     };
     let reader = KinesisSource::new(&world.new_account);
@@ -496,7 +496,7 @@ async fn backfill_replicates_exactly_its_window_and_resumes_as_a_no_op() {
 
 #[tokio::test]
 async fn expired_iterators_and_throttled_reads_are_retried_and_reads_keep_to_the_shard_limit() {
-    let Some(world) = World::create(Backend::KinesisLocal, 1, 1).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
         return;
     };
     let proxy = support::fault_proxy::FaultProxy::start(&world.kinesis_endpoint);
@@ -538,7 +538,7 @@ async fn expired_iterators_and_throttled_reads_are_retried_and_reads_keep_to_the
 
 #[tokio::test]
 async fn a_systemic_read_error_stops_only_that_shard_with_one_clear_message() {
-    let Some(world) = World::create(Backend::KinesisLocal, 2, 1).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 1).await else {
         return;
     };
     let proxy = support::fault_proxy::FaultProxy::start(&world.kinesis_endpoint);
@@ -588,7 +588,7 @@ async fn a_systemic_read_error_stops_only_that_shard_with_one_clear_message() {
 
 #[tokio::test]
 async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing() {
-    let Some(world) = World::create(Backend::KinesisLocal, 2, 1).await else {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 1).await else {
         return;
     };
     let reader = KinesisSource::new(&world.new_account);

@@ -77,6 +77,8 @@ pub struct World {
     pub backend: Backend,
     /// Where Kinesis calls go (an emulator, or a fault proxy in front of it).
     pub kinesis_endpoint: String,
+    /// Where DynamoDB, S3 and STS calls go.
+    pub state_endpoint: String,
     pub new_account: SdkConfig,
     pub source: StreamArn,
     pub target: StreamArn,
@@ -89,15 +91,46 @@ impl World {
     /// Returns `None` when `backend` is not running.
     pub async fn create(backend: Backend, source_shards: i32, target_shards: i32) -> Option<World> {
         let stack = Stack::from_env();
+        let state = stack.moto.clone();
+        World::create_in(stack, state, backend, source_shards, target_shards).await
+    }
+
+    /// Like [`World::create`], with DynamoDB, S3 and STS on the single-threaded moto: for
+    /// tests where processes race conditional writes on one item. Threaded moto checks a
+    /// condition and applies the write without a lock, so two concurrent conditional writes
+    /// can both succeed (seen: two runners both taking counter 1 of one lease); DynamoDB
+    /// makes them atomic.
+    pub async fn create_serialized(
+        backend: Backend,
+        source_shards: i32,
+        target_shards: i32,
+    ) -> Option<World> {
+        let stack = Stack::from_env();
+        let Some(state) = stack.moto_kinesis.clone() else {
+            eprintln!(
+                "skipped: needs the single-threaded moto (infra/local/start.sh moto-kinesis)"
+            );
+            return None;
+        };
+        World::create_in(stack, state, backend, source_shards, target_shards).await
+    }
+
+    async fn create_in(
+        stack: Stack,
+        state: String,
+        backend: Backend,
+        source_shards: i32,
+        target_shards: i32,
+    ) -> Option<World> {
         let kinesis = stack.kinesis(backend)?;
-        let new_account = sdk_config(&kinesis, &stack.moto, NEW_ACCOUNT).await;
+        let new_account = sdk_config(&kinesis, &state, NEW_ACCOUNT).await;
         // moto's Kinesis keeps all streams in its default account: the target then lives there.
         let old_account_id = if backend == Backend::Moto {
             NEW_ACCOUNT
         } else {
             OLD_ACCOUNT
         };
-        let old_account = sdk_config(&kinesis, &stack.moto, old_account_id).await;
+        let old_account = sdk_config(&kinesis, &state, old_account_id).await;
         let source = create_stream(&new_account, &unique("src"), source_shards).await;
         let target = create_stream(&old_account, &unique("dst"), target_shards).await;
         let table = unique("fanout-state");
@@ -117,6 +150,7 @@ impl World {
             stack,
             backend,
             kinesis_endpoint: kinesis,
+            state_endpoint: state,
             new_account,
             source,
             target,
@@ -127,7 +161,7 @@ impl World {
 
     /// The SDK configuration of the new account with Kinesis calls sent to `kinesis`.
     pub async fn sdk_via(&self, kinesis: &str) -> SdkConfig {
-        sdk_config(kinesis, &self.stack.moto, NEW_ACCOUNT).await
+        sdk_config(kinesis, &self.state_endpoint, NEW_ACCOUNT).await
     }
 
     pub fn route(&self) -> Route {
@@ -163,7 +197,7 @@ impl World {
             .map(|(k, v)| (k.to_owned(), v))
             .collect();
         for (k, v) in [
-            ("AWS_ENDPOINT_URL", self.stack.moto.as_str()),
+            ("AWS_ENDPOINT_URL", self.state_endpoint.as_str()),
             ("AWS_ENDPOINT_URL_KINESIS", self.kinesis_endpoint.as_str()),
             ("AWS_ACCESS_KEY_ID", NEW_ACCOUNT),
             ("AWS_SECRET_ACCESS_KEY", "local"),
