@@ -59,6 +59,9 @@ pub struct ReplicatorConfig {
     pub limits: Limits,
     /// CloudWatch namespace of the embedded-metric-format lines.
     pub metrics_namespace: String,
+    /// How long the replicator keeps a route's replication mode (forward, hold, stopped, set
+    /// by the controller) before reading it again. `FANOUT_MODE_CACHE_MS`, default 5000.
+    pub mode_cache: Duration,
 }
 
 /// A configuration value is missing or wrong.
@@ -186,6 +189,14 @@ impl ReplicatorConfig {
         if limits.request_timeout.is_zero() {
             return Err(err("FANOUT_REQUEST_TIMEOUT_MS", "must be above 0"));
         }
+        let mut mode_cache = Duration::from_secs(5);
+        ms("FANOUT_MODE_CACHE_MS", &mut mode_cache)?;
+        if mode_cache > Duration::from_secs(60) {
+            return Err(err(
+                "FANOUT_MODE_CACHE_MS",
+                "above 60000: a flip would wait that long for the replicator to notice; use 5000",
+            ));
+        }
 
         Ok(ReplicatorConfig {
             routes,
@@ -201,6 +212,7 @@ impl ReplicatorConfig {
             limits,
             metrics_namespace: get("FANOUT_METRICS_NAMESPACE")
                 .unwrap_or_else(|| "fanout".to_owned()),
+            mode_cache,
         })
     }
 

@@ -1,14 +1,24 @@
 //! The replicator's handler: Kinesis event bytes in, `batchItemFailures` out. The Lambda crate
 //! and local runs (`fanoutctl replicate`, the demo, tests) all call this one function.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use aws_lambda_events::event::streams::KinesisEventResponse;
 
+use crate::control::machine::Mode;
 use crate::event::{self, EventError};
 use crate::metrics;
-use crate::ports::{CheckpointStore, DeadLetterStore, TargetWriter};
+use crate::model::SourceBatch;
+use crate::ports::{CheckpointStore, DeadLetterStore, ShardHeartbeat, TargetWriter};
 use crate::replicate::{BatchReport, Replicator};
+
+/// Longest wait for the replication mode or a heartbeat write: the state table being slow
+/// must not eat the invocation's time.
+const STATE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to do with the metrics of each batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +34,11 @@ pub struct Handler<W, C, D> {
     replicator: Replicator<W, C, D>,
     namespace: String,
     metrics: MetricsOutput,
+    /// How long a route's replication mode is kept before it is read again.
+    mode_ttl: Duration,
+    modes: Mutex<HashMap<String, (Instant, Mode)>>,
+    /// Who the heartbeats say wrote them.
+    heartbeat_by: String,
 }
 
 impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
@@ -36,6 +51,128 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             replicator,
             namespace: namespace.into(),
             metrics,
+            mode_ttl: Duration::from_secs(5),
+            modes: Mutex::new(HashMap::new()),
+            heartbeat_by: "lambda".to_owned(),
+        }
+    }
+
+    /// Keeps each route's replication mode for `ttl` before reading it again.
+    pub fn with_mode_cache(mut self, ttl: Duration) -> Self {
+        self.mode_ttl = ttl;
+        self
+    }
+
+    /// Names the writer of this handler's heartbeats (`runner:<owner>` for local runs).
+    pub fn with_heartbeat_by(mut self, by: impl Into<String>) -> Self {
+        self.heartbeat_by = by.into();
+        self
+    }
+
+    /// The replication mode of `route`, from the cache when it is fresh. When the state table
+    /// cannot be read and nothing is cached, the route is held (nothing is lost: the batch is
+    /// retried).
+    pub async fn mode(&self, route: &str, deadline: Instant) -> Mode {
+        let now = Instant::now();
+        let cached = self.modes.lock().unwrap().get(route).copied();
+        if let Some((at, mode)) = cached {
+            if now.duration_since(at) < self.mode_ttl {
+                return mode;
+            }
+        }
+        let budget = self.state_budget(deadline);
+        let read = tokio::time::timeout(budget, self.replicator.checkpoints().mode(route));
+        let mode = match read.await.unwrap_or_else(|_| {
+            Err(crate::model::StoreError {
+                code: "Timeout".to_owned(),
+                message: format!("no answer within {} ms", budget.as_millis()),
+            })
+        }) {
+            Ok(m) => m,
+            Err(e) => {
+                let fallback = cached.map(|(_, m)| m).unwrap_or(Mode::Hold);
+                tracing::warn!(
+                    route,
+                    error = %e,
+                    "Cannot read the replication mode of {route}; using {fallback} until it can                      be read. Check the function's access to the state table."
+                );
+                fallback
+            }
+        };
+        if cached.map(|(_, m)| m) != Some(mode) && (cached.is_some() || mode != Mode::Forward) {
+            tracing::info!(
+                route,
+                mode = mode.as_str(),
+                "Route {route} is in mode {mode}{}.",
+                match mode {
+                    Mode::Forward => "",
+                    Mode::Hold => ": records wait in the source stream until it is forward again",
+                    Mode::Stopped =>
+                        ": replication is off in this migration state; records stay \
+                                       in the source stream (disable this event source mapping)",
+                }
+            );
+        }
+        self.modes
+            .lock()
+            .unwrap()
+            .insert(route.to_owned(), (now, mode));
+        mode
+    }
+
+    /// How long a state-table read or heartbeat may take: at most [`STATE_READ_TIMEOUT`], and
+    /// never into the time kept free before the deadline.
+    fn state_budget(&self, deadline: Instant) -> Duration {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(self.replicator.limits().deadline_margin)
+            .min(STATE_READ_TIMEOUT)
+    }
+
+    /// Writes a heartbeat for every route of the batch; a failure is a warning, never a
+    /// failed batch.
+    async fn heartbeat(
+        &self,
+        batch: &SourceBatch,
+        report: &BatchReport,
+        mode: Mode,
+        deadline: Instant,
+    ) {
+        let handled = batch
+            .records
+            .iter()
+            .take_while(|r| Some(&r.seq) != report.first_unhandled.as_ref());
+        let last_seq = handled.clone().last().map(|r| r.seq.clone());
+        let newest_arrival_ms = handled.filter_map(|r| r.arrival_ms).max();
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        for route in self
+            .replicator
+            .routes()
+            .iter()
+            .filter(|r| r.source == batch.source)
+        {
+            let hb = ShardHeartbeat {
+                route: route.name.clone(),
+                shard_id: batch.shard_id.clone(),
+                last_seq: last_seq.clone(),
+                millis_behind: None,
+                newest_arrival_ms,
+                records: batch.records.len() as u64,
+                mode,
+                by: self.heartbeat_by.clone(),
+                now_ms,
+            };
+            let budget = self.state_budget(deadline);
+            let write = tokio::time::timeout(budget, self.replicator.checkpoints().heartbeat(&hb));
+            match write.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(route = %route.name, shard = %batch.shard_id, error = %e, "Heartbeat not written.")
+                }
+                Err(_) => {
+                    tracing::debug!(route = %route.name, shard = %batch.shard_id, "Heartbeat not written: no answer within {} ms.", budget.as_millis())
+                }
+            }
         }
     }
 
@@ -83,7 +220,33 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             };
             return Ok((event::response(report.first_unhandled.as_ref()), report));
         }
+        let mut blocked = None;
+        for route in self
+            .replicator
+            .routes()
+            .iter()
+            .filter(|r| r.source == batch.source)
+        {
+            let mode = self.mode(&route.name, deadline).await;
+            if mode != Mode::Forward {
+                blocked = Some(mode);
+                break;
+            }
+        }
+        if let Some(mode) = blocked {
+            let report = BatchReport {
+                source: batch.source.to_string(),
+                shard_id: batch.shard_id.clone(),
+                first_unhandled: Some(batch.records[0].seq.clone()),
+                ..BatchReport::default()
+            };
+            tracing::debug!(shard = %batch.shard_id, mode = mode.as_str(), "Batch not replicated: the route is not forward.");
+            self.heartbeat(&batch, &report, mode, deadline).await;
+            return Ok((event::response(report.first_unhandled.as_ref()), report));
+        }
         let report = self.replicator.replicate(&batch, deadline).await;
+        self.heartbeat(&batch, &report, Mode::Forward, deadline)
+            .await;
         if self.metrics == MetricsOutput::Stdout {
             for line in metrics::emf_lines(
                 &report,

@@ -4,6 +4,7 @@
 //! Map of the crate:
 //! - [`seq`]: sequence numbers (56-digit decimals compared numerically, stored padded).
 //! - [`model`]: plain data: routes, stream ARNs, records, write results, checkpoints.
+//! - [`control`]: the migration state machine, guards and on-call commands.
 //! - [`config`]: every setting, from `FANOUT_*` environment variables, validated.
 //! - [`plan`]: pure planning: per-key heads, request packing, defects, backoff.
 //! - [`ports`]: the traits between the write path and AWS.
@@ -19,10 +20,12 @@
 //! - [`progress`]: per-shard progress on stderr (bars on a terminal, plain lines otherwise).
 //! - [`runner`]: a local event-source runner with the event source mapping's rules.
 //! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
+//! - [`routing`]: the routing document producers follow, and the client a producer embeds.
 
 pub mod aws;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod event;
 pub mod handler;
 pub mod lease;
@@ -34,6 +37,7 @@ pub mod ports;
 pub mod progress;
 pub mod redrive;
 pub mod replicate;
+pub mod routing;
 pub mod runner;
 pub mod seq;
 pub mod verify;

@@ -4,10 +4,12 @@
 
 use std::future::Future;
 
+use crate::control::machine::Mode;
 use crate::model::{
     AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, RequestError, Route,
     StoreError, TargetInfo,
 };
+use crate::seq::SequenceNumber;
 
 /// One entry of a PutRecords request.
 #[derive(Clone, Copy, Debug)]
@@ -32,7 +34,30 @@ pub trait TargetWriter: Send + Sync {
     ) -> impl Future<Output = Result<Vec<EntryResult>, RequestError>> + Send;
 }
 
-/// Stores per-(route, shard) checkpoints.
+/// A shard's sign of life, written by the replicator after each batch (and by the local
+/// runner while a shard is idle), so an idle shard can be told from a stuck one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShardHeartbeat {
+    pub route: String,
+    pub shard_id: String,
+    /// The last record handled (written or dead-lettered), if any in this batch.
+    pub last_seq: Option<SequenceNumber>,
+    /// How far behind the shard's newest record the reader was, when known: the event
+    /// source mapping does not say; the local runner's GetRecords does.
+    pub millis_behind: Option<i64>,
+    /// Arrival time of the batch's newest record (the batch's iterator age is now − this).
+    pub newest_arrival_ms: Option<i64>,
+    /// Records in the batch (0: an idle read).
+    pub records: u64,
+    /// The replication mode the batch met.
+    pub mode: Mode,
+    /// Who wrote it: `lambda`, or `runner:<owner>`.
+    pub by: String,
+    pub now_ms: i64,
+}
+
+/// Stores per-(route, shard) checkpoints, and holds the control items the replicator reads
+/// from the same table: each route's replication mode, and per-shard heartbeats.
 pub trait CheckpointStore: Send + Sync {
     fn load(
         &self,
@@ -45,6 +70,20 @@ pub trait CheckpointStore: Send + Sync {
         &self,
         advance: &CheckpointAdvance,
     ) -> impl Future<Output = Result<AdvanceOutcome, StoreError>> + Send;
+
+    /// The replication mode the controller set for `route`; a route it never set is
+    /// [`Mode::Forward`].
+    fn mode(&self, _route: &str) -> impl Future<Output = Result<Mode, StoreError>> + Send {
+        async { Ok(Mode::Forward) }
+    }
+
+    /// Records a shard heartbeat.
+    fn heartbeat(
+        &self,
+        _heartbeat: &ShardHeartbeat,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// Stores dead letters durably. Returns where the letter was stored.

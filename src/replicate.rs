@@ -134,6 +134,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         &self.routes
     }
 
+    /// The state table (checkpoints, replication modes, heartbeats).
+    pub fn checkpoints(&self) -> &C {
+        &self.checkpoints
+    }
+
     pub fn limits(&self) -> &Limits {
         &self.limits
     }

@@ -13,8 +13,9 @@ use aws_sdk_dynamodb::Client;
 
 use super::ddb::s;
 use super::store_error;
+use crate::control::machine::Mode;
 use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, StoreError};
-use crate::ports::CheckpointStore;
+use crate::ports::{CheckpointStore, ShardHeartbeat};
 use crate::seq::SequenceNumber;
 
 /// The table's partition key of a route's checkpoints.
@@ -177,5 +178,15 @@ impl CheckpointStore for DynamoCheckpoints {
             }
             Err(e) => Err(store_error(&e)),
         }
+    }
+
+    async fn mode(&self, route: &str) -> Result<Mode, StoreError> {
+        super::control::read_mode(&self.client, &self.table, route).await
+    }
+
+    async fn heartbeat(&self, heartbeat: &ShardHeartbeat) -> Result<(), StoreError> {
+        let mut hb = heartbeat.clone();
+        hb.route = format!("{}{}", hb.route, self.namespace);
+        super::control::write_heartbeat(&self.client, &self.table, &hb).await
     }
 }

@@ -180,6 +180,38 @@ impl DynamoLeases {
     }
 
     /// A fenced update of a held lease: `Ok(false)` when the lease is no longer ours.
+    /// The shard heartbeat the controller reads (`heartbeat#<lease name>`, see
+    /// [`super::control`]): the runner proves an idle shard alive with it. Best effort: a
+    /// failure is a warning, the lease is what matters here.
+    async fn shard_heartbeat(&self, lease: &Lease, heartbeat: Heartbeat, now_ms: i64) {
+        let mut values = vec![
+            (":now", n(now_ms)),
+            (":by", s(format!("runner:{}", lease.owner))),
+            (":cu", AttributeValue::Bool(heartbeat.caught_up)),
+        ];
+        let mut set = "SET at_ms = :now, #by = :by, caught_up = :cu".to_owned();
+        if let Some(b) = heartbeat.millis_behind {
+            set.push_str(", millis_behind = :mb");
+            values.push((":mb", n(b)));
+        }
+        let result = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(super::control::heartbeat_pk(&lease.name)))
+            .key("sk", s(&lease.shard_id))
+            .update_expression(set)
+            .expression_attribute_names("#by", "by")
+            .set_expression_attribute_values(Some(
+                values.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            ))
+            .send()
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(lease = %lease.name, shard = %lease.shard_id, error = %super::store_error(&e), "Shard heartbeat not written.");
+        }
+    }
+
     async fn fenced(
         &self,
         lease: &Lease,
@@ -397,10 +429,14 @@ impl LeaseStore for DynamoLeases {
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         let (set, values) = Self::heartbeat_values(heartbeat, ttl_ms, now_ms);
-        Ok(self
+        let held = self
             .fenced(lease, &format!("SET {set}"), values, false)
             .await?
-            .is_some())
+            .is_some();
+        if held {
+            self.shard_heartbeat(lease, heartbeat, now_ms).await;
+        }
+        Ok(held)
     }
 
     async fn checkpoint(
@@ -414,7 +450,7 @@ impl LeaseStore for DynamoLeases {
         let (set, mut values) = Self::heartbeat_values(heartbeat, ttl_ms, now_ms);
         values.push((":pos", s(position.to_stored())));
         values.push((":one", n(1)));
-        Ok(self
+        let held = self
             .fenced(
                 lease,
                 &format!(
@@ -424,7 +460,11 @@ impl LeaseStore for DynamoLeases {
                 false,
             )
             .await?
-            .is_some())
+            .is_some();
+        if held {
+            self.shard_heartbeat(lease, heartbeat, now_ms).await;
+        }
+        Ok(held)
     }
 
     async fn release(&self, lease: &Lease, now_ms: i64) -> Result<bool, StoreError> {

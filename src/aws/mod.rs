@@ -5,7 +5,9 @@
 //! - [`checkpoints`]: DynamoDB checkpoints, advanced with a forward-only condition.
 //! - [`dead_letters`]: S3 dead letters, one JSON envelope per record.
 //! - [`source`]: reading shards (for local runs and read-back checks) and writing test data.
+//! - [`control`]: the controller's items (state, history, modes, heartbeats, acknowledgements).
 //! - [`verifications`]: `fanoutctl verify` results in the state table (store, latest).
+//! - [`routing`]: the routing document in S3 (publish, and read as a routing source).
 
 /// DynamoDB attribute values, written the same way everywhere.
 pub(crate) mod ddb {
@@ -21,8 +23,10 @@ pub(crate) mod ddb {
 }
 
 pub mod checkpoints;
+pub mod control;
 pub mod dead_letters;
 pub mod leases;
+pub mod routing;
 pub mod source;
 pub mod target;
 pub mod verifications;
@@ -84,6 +88,7 @@ pub async fn build_handler_in(
         config.limits.clone(),
     );
     Handler::new(replicator, config.metrics_namespace.clone(), metrics)
+        .with_mode_cache(config.mode_cache)
 }
 
 /// Sends Kinesis calls to one endpoint and every other service (DynamoDB, S3, STS) to

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use fanout::aws::source::StartPosition;
+use fanout::control::commands::CommandName;
 
 mod backfill;
+mod control;
 mod redrive;
 mod replicate;
 mod verify;
@@ -64,6 +66,46 @@ enum Command {
     /// Example:
     ///   fanoutctl verify --from 2026-11-22T03:00:00Z --until 2026-11-22T04:00:00Z
     Verify(VerifyArgs),
+    /// Start a migration: one logical stream per route of FANOUT_ROUTES, producers on the old
+    /// streams, replication forward; publishes the routing document.
+    ///
+    /// Example:
+    ///   fanoutctl start --migration orders-move --two-person
+    #[command(verbatim_doc_comment)]
+    Start(control::StartArgs),
+    /// The migration at a glance: state, routing, per-shard lag and heartbeats, dead letters,
+    /// last flips. `--watch` refreshes it every 2 seconds.
+    Status(control::StatusArgs),
+    /// What a flip would do and what every guard says now; changes nothing.
+    ///
+    /// Example:
+    ///   fanoutctl plan cutover --migration orders-move
+    #[command(verbatim_doc_comment)]
+    Plan(control::PlanArgs),
+    /// Move producers to the new streams: guards, hold producers, let replication catch up,
+    /// switch routing, release. Exit 0 done (or already cut over), 2 failed or the drain timed
+    /// out (producers released unswitched), 3 refused (guard or state), 4 lost a race,
+    /// 5 waiting for a second person's approval.
+    ///
+    /// Example:
+    ///   fanoutctl cutover --migration orders-move --reason "CHG-1234" --dry-run
+    #[command(verbatim_doc_comment)]
+    Cutover(control::FlipArgs),
+    /// Move producers back to the old streams: hold them, let forward replication catch up,
+    /// switch routing, stop forward replication, release. Exit codes as for cutover.
+    Rollback(control::FlipArgs),
+    /// Make the cutover final: forward replication stops; the old side is no longer fed.
+    /// Exit codes as for cutover.
+    Commit(control::FlipArgs),
+    /// Hold replication: nothing is written, records wait in the source streams.
+    Pause(control::PauseArgs),
+    /// Undo `pause`.
+    Resume(control::PauseArgs),
+    /// Every command attempt, oldest first: who, when, why, from/to, outcome, guards.
+    History(control::HistoryArgs),
+    /// Dead letters and the migration: acknowledge them after looking.
+    #[command(subcommand)]
+    Dlq(control::DlqCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -81,6 +123,20 @@ async fn main() -> ExitCode {
         Command::Backfill(args) => report("backfill", backfill::backfill(args).await),
         Command::Redrive(args) => report("redrive", redrive::redrive(args).await),
         Command::Verify(args) => report("verify", verify::verify(args).await),
+        Command::Start(args) => report("start", control::start(args).await),
+        Command::Status(args) => report("status", control::status(args).await),
+        Command::Plan(args) => report("plan", control::plan(args).await),
+        Command::Cutover(args) => {
+            report("cutover", control::flip(args, CommandName::Cutover).await)
+        }
+        Command::Rollback(args) => {
+            report("rollback", control::flip(args, CommandName::Rollback).await)
+        }
+        Command::Commit(args) => report("commit", control::flip(args, CommandName::Commit).await),
+        Command::Pause(args) => report("pause", control::pause(args, CommandName::Pause).await),
+        Command::Resume(args) => report("resume", control::pause(args, CommandName::Resume).await),
+        Command::History(args) => report("history", control::history(args).await),
+        Command::Dlq(cmd) => report("dlq", control::dlq(cmd).await),
     }
 }
 

@@ -1,0 +1,71 @@
+//! The controller Lambda: takes a migration command as JSON (the same [`Request`] `fanoutctl`
+//! builds, e.g. `{"command":"cutover","migration":"orders","reason":"CHG-1234"}`), runs it
+//! with the library's `execute` and answers with the report `fanoutctl --output json` prints.
+//!
+//! Environment: `FANOUT_TABLE` (state table), `FANOUT_MIGRATION` (default migration),
+//! `FANOUT_ROUTES` and `FANOUT_DEAD_LETTER_BUCKET`/`_PREFIX` (for `start`),
+//! `FANOUT_WRITER_ROLE_ARN`/`FANOUT_WRITER_EXTERNAL_ID` (to describe the old streams).
+//! The identity recorded is the function's role; a caller may add `on_behalf_of`.
+
+use std::time::Duration;
+
+use fanout::aws::control::AwsControl;
+use fanout::aws::load_sdk_config;
+use fanout::aws::verifications::{assumed_role_config, caller_identity};
+use fanout::config::ReplicatorConfig;
+use fanout::control::commands::{execute, streams_from_routes, CommandName, Context, Request};
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_current_span(false)
+        .without_time()
+        .init();
+    let table = std::env::var("FANOUT_TABLE")
+        .map_err(|_| "FANOUT_TABLE is not set; set it to the state table's name")?;
+    let sdk = load_sdk_config().await;
+    let old = match std::env::var("FANOUT_WRITER_ROLE_ARN") {
+        Ok(role) if !role.is_empty() => {
+            let external = std::env::var("FANOUT_WRITER_EXTERNAL_ID").ok();
+            assumed_role_config(&sdk, &role, external.as_deref()).await
+        }
+        _ => sdk.clone(),
+    };
+    let actor = caller_identity(&sdk).await.ok_or(
+        "STS GetCallerIdentity failed: the controller records every change with an identity",
+    )?;
+    let ctx: &'static Context = Box::leak(Box::new(Context {
+        control: AwsControl::new(&sdk, &old, &table),
+        actor,
+        poll: Duration::from_millis(500),
+    }));
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<Request>| async move {
+        let mut req = event.payload;
+        if req.migration.is_empty() {
+            req.migration = std::env::var("FANOUT_MIGRATION").unwrap_or_default();
+        }
+        if req.command == CommandName::Start && req.streams.is_empty() {
+            let config = ReplicatorConfig::from_env()?;
+            req.streams = streams_from_routes(&config);
+            req.bucket.get_or_insert(config.dead_letter_bucket.clone());
+            req.dead_letter_prefix
+                .get_or_insert(config.dead_letter_prefix.clone());
+        }
+        let report = execute(ctx, &req).await;
+        tracing::info!(
+            command = %report.command,
+            migration = %report.migration,
+            outcome = report.outcome.as_str(),
+            "{}",
+            report.message
+        );
+        Ok::<_, Error>(serde_json::to_value(&report)?)
+    }))
+    .await
+}

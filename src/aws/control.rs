@@ -1,0 +1,515 @@
+//! The controller's items in the state table, and the facts its guards need from Kinesis.
+//!
+//! | item | pk | sk |
+//! |---|---|---|
+//! | migration state (one per migration; `version` guards every change) | `migration#<name>` | `state` |
+//! | history (append-only, one per command attempt) | `history#<name>` | `<ms, 16 digits>#<id>` |
+//! | replication mode of a route (read by the replicator) | `mode#<route>` | `mode` |
+//! | shard heartbeat (written by the replicator and the local runner) | `heartbeat#<route>` | `<shard id>` |
+//! | dead-letter acknowledgement | `dlq-ack#<migration>` | `<dead-letter key>` |
+
+use std::collections::{BTreeMap, HashSet};
+
+use aws_config::SdkConfig;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::Client;
+
+use super::checkpoints::checkpoint_pk;
+use super::ddb::{n, s};
+use super::source::{KinesisSource, StartPosition};
+use super::store_error;
+use crate::control::guards::{ShardLag, StreamFacts};
+use crate::control::machine::Mode;
+use crate::control::record::{HistoryEntry, StoredState};
+use crate::model::{StoreError, StreamArn};
+use crate::ports::ShardHeartbeat;
+use crate::seq::SequenceNumber;
+
+pub fn state_pk(migration: &str) -> String {
+    format!("migration#{migration}")
+}
+pub fn history_pk(migration: &str) -> String {
+    format!("history#{migration}")
+}
+pub fn mode_pk(route: &str) -> String {
+    format!("mode#{route}")
+}
+pub fn heartbeat_pk(route: &str) -> String {
+    format!("heartbeat#{route}")
+}
+pub fn ack_pk(migration: &str) -> String {
+    format!("dlq-ack#{migration}")
+}
+
+fn corrupt(what: String) -> StoreError {
+    StoreError {
+        code: "CorruptItem".to_owned(),
+        message: what,
+    }
+}
+
+type Item = std::collections::HashMap<String, AttributeValue>;
+
+fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+}
+
+fn num(item: &Item, name: &str) -> Option<i64> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Reads a route's replication mode (the replicator's side). No item: forward.
+pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<Mode, StoreError> {
+    let out = client
+        .get_item()
+        .table_name(table)
+        .key("pk", s(mode_pk(route)))
+        .key("sk", s("mode"))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| store_error(&e))?;
+    match out.item().and_then(|i| text(i, "mode")) {
+        None => Ok(Mode::Forward),
+        Some(m) => m
+            .parse()
+            .map_err(|e| corrupt(format!("mode of route {route} in {table}: {e}"))),
+    }
+}
+
+/// Writes a shard heartbeat (the replicator's and the runner's side).
+pub async fn write_heartbeat(
+    client: &Client,
+    table: &str,
+    hb: &ShardHeartbeat,
+) -> Result<(), StoreError> {
+    let mut req = client
+        .put_item()
+        .table_name(table)
+        .item("pk", s(heartbeat_pk(&hb.route)))
+        .item("sk", s(&hb.shard_id))
+        .item("at_ms", n(hb.now_ms))
+        .item("records", n(hb.records))
+        .item("mode", s(hb.mode.as_str()))
+        .item("by", s(&hb.by));
+    if let Some(seq) = &hb.last_seq {
+        req = req.item("last_seq", s(seq.to_padded()));
+    }
+    if let Some(ms) = hb.millis_behind {
+        req = req.item("millis_behind", n(ms));
+    }
+    if let Some(ms) = hb.newest_arrival_ms {
+        req = req.item("newest_arrival_ms", n(ms));
+    }
+    req.send().await.map_err(|e| store_error(&e))?;
+    Ok(())
+}
+
+/// A stored heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeartbeatItem {
+    pub shard_id: String,
+    pub at_ms: i64,
+    pub mode: String,
+    pub by: String,
+    pub records: u64,
+    pub millis_behind: Option<i64>,
+}
+
+/// The outcome of a conditional write on the state item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Write {
+    Done,
+    /// The condition failed: someone else wrote first (or the item already exists).
+    Lost,
+}
+
+/// The controller's access to the state table and to the streams it guards.
+#[derive(Clone)]
+pub struct AwsControl {
+    ddb: Client,
+    table: String,
+    /// Reads the new account's streams (forward routes' sources).
+    new_kinesis: KinesisSource,
+    sdk: SdkConfig,
+    old_sdk: SdkConfig,
+}
+
+impl AwsControl {
+    /// `old_account` reads the old account's streams; pass the same configuration as
+    /// `sdk` when the caller can describe them directly.
+    pub fn new(sdk: &SdkConfig, old_account: &SdkConfig, table: &str) -> Self {
+        AwsControl {
+            ddb: Client::new(sdk),
+            table: table.to_owned(),
+            new_kinesis: KinesisSource::new(sdk),
+            sdk: sdk.clone(),
+            old_sdk: old_account.clone(),
+        }
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    pub fn sdk(&self) -> &SdkConfig {
+        &self.sdk
+    }
+
+    /// The state item, if the migration was started.
+    pub async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(state_pk(migration)))
+            .key("sk", s("state"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let doc = text(item, "doc")
+            .ok_or_else(|| corrupt(format!("state of {migration} in {} has no doc", self.table)))?;
+        let state: StoredState = serde_json::from_str(doc)
+            .map_err(|e| corrupt(format!("state of {migration} in {}: {e}", self.table)))?;
+        Ok(Some(state))
+    }
+
+    /// Writes `next` if the stored version is still `expected` (`None`: only if there is no
+    /// state item yet). `next.version` must be `expected + 1`.
+    pub async fn write_state(
+        &self,
+        expected: Option<u64>,
+        next: &StoredState,
+    ) -> Result<Write, StoreError> {
+        let doc = serde_json::to_string(next).map_err(|e| corrupt(e.to_string()))?;
+        let req = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(state_pk(&next.migration.name)))
+            .item("sk", s("state"))
+            .item("version", n(next.version))
+            .item("state", s(next.state.as_str()))
+            .item("updated_at_ms", n(next.updated_at_ms))
+            .item("updated_by", s(&next.updated_by))
+            .item("doc", s(doc));
+        let req = match expected {
+            None => req.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => req
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        match req.send().await {
+            Ok(_) => Ok(Write::Done),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(Write::Lost)
+            }
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    /// Appends a history entry (never overwrites one).
+    pub async fn append_history(
+        &self,
+        migration: &str,
+        entry: &HistoryEntry,
+    ) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(entry).map_err(|e| corrupt(e.to_string()))?;
+        self.ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(history_pk(migration)))
+            .item("sk", s(format!("{:016}#{}", entry.at_ms, entry.id)))
+            .item("command", s(&entry.command))
+            .item("outcome", s(entry.outcome.as_str()))
+            .item("actor", s(&entry.actor))
+            .item("doc", s(doc))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    /// The history, oldest first (`last`: only the most recent ones).
+    pub async fn history(
+        &self,
+        migration: &str,
+        last: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let items = self
+            .query(&history_pk(migration), last.is_some(), last)
+            .await?;
+        let mut out = items
+            .iter()
+            .map(|item| {
+                let doc = text(item, "doc").unwrap_or_default();
+                serde_json::from_str::<HistoryEntry>(doc)
+                    .map_err(|e| corrupt(format!("history of {migration}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+        Ok(out)
+    }
+
+    async fn query(
+        &self,
+        pk: &str,
+        newest_first: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut items = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let mut req = self
+                .ddb
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(pk))
+                .scan_index_forward(!newest_first)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take());
+            if let Some(l) = limit {
+                req = req.limit((l - items.len().min(l)).max(1) as i32);
+            }
+            let out = req.send().await.map_err(|e| store_error(&e))?;
+            items.extend(out.items().iter().cloned());
+            if limit.is_some_and(|l| items.len() >= l) {
+                items.truncate(limit.unwrap_or(usize::MAX));
+                return Ok(items);
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => return Ok(items),
+            }
+        }
+    }
+
+    /// Sets a route's replication mode, unless a newer state version already set it.
+    pub async fn set_mode(
+        &self,
+        route: &str,
+        mode: Mode,
+        version: u64,
+        migration: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Write, StoreError> {
+        let result = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(mode_pk(route)))
+            .item("sk", s("mode"))
+            .item("mode", s(mode.as_str()))
+            .item("version", n(version))
+            .item("migration", s(migration))
+            .item("updated_by", s(actor))
+            .item("updated_at_ms", n(now_ms))
+            .condition_expression("attribute_not_exists(pk) OR version <= :v")
+            .expression_attribute_values(":v", n(version))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(Write::Done),
+            Err(SdkError::ServiceError(e))
+                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(Write::Lost)
+            }
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    pub async fn mode(&self, route: &str) -> Result<Mode, StoreError> {
+        read_mode(&self.ddb, &self.table, route).await
+    }
+
+    /// Every heartbeat of a route, by shard.
+    pub async fn heartbeats(
+        &self,
+        route: &str,
+    ) -> Result<BTreeMap<String, HeartbeatItem>, StoreError> {
+        let items = self.query(&heartbeat_pk(route), false, None).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| {
+                Some(HeartbeatItem {
+                    shard_id: text(i, "sk")?.to_owned(),
+                    at_ms: num(i, "at_ms")?,
+                    mode: text(i, "mode").unwrap_or("?").to_owned(),
+                    by: text(i, "by").unwrap_or("?").to_owned(),
+                    records: num(i, "records").unwrap_or(0).max(0) as u64,
+                    millis_behind: num(i, "millis_behind"),
+                })
+            })
+            .map(|h| (h.shard_id.clone(), h))
+            .collect())
+    }
+
+    /// Every checkpoint of a route: shard → last handled sequence number.
+    pub async fn checkpoints(
+        &self,
+        route: &str,
+    ) -> Result<BTreeMap<String, SequenceNumber>, StoreError> {
+        let items = self.query(&checkpoint_pk(route), false, None).await?;
+        let mut out = BTreeMap::new();
+        for i in &items {
+            if let (Some(shard), Some(seq)) = (text(i, "sk"), text(i, "last_seq")) {
+                let seq = SequenceNumber::parse(seq)
+                    .map_err(|e| corrupt(format!("checkpoint of {route} {shard}: {e}")))?;
+                out.insert(shard.to_owned(), seq);
+            }
+        }
+        Ok(out)
+    }
+
+    /// How far each shard of `source` is behind the route's checkpoints: the age of the
+    /// first record after the checkpoint (0 when there is none), read with GetRecords.
+    pub async fn lag(
+        &self,
+        route: &str,
+        source: &StreamArn,
+        now_ms: i64,
+    ) -> Result<Vec<ShardLag>, StoreError> {
+        let kinesis = &self.new_kinesis;
+        let to_store = |e: crate::model::RequestError| StoreError {
+            code: e.code,
+            message: format!("{source}: {}", e.message),
+        };
+        let checkpoints = self.checkpoints(route).await?;
+        let heartbeats = self.heartbeats(route).await?;
+        let shards = kinesis.list_shards(source).await.map_err(to_store)?;
+        let mut out = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let checkpoint = checkpoints.get(&shard.shard_id);
+            let start = match checkpoint {
+                Some(seq) => StartPosition::AfterSequence(seq.clone()),
+                None => StartPosition::TrimHorizon,
+            };
+            let mut iterator = Some(
+                kinesis
+                    .shard_iterator(source, &shard.shard_id, &start)
+                    .await
+                    .map_err(to_store)?,
+            );
+            let mut first_arrival = None;
+            // An empty page does not prove the shard is drained while MillisBehindLatest
+            // says more is there: follow a few pages.
+            for _ in 0..5 {
+                let Some(it) = iterator.take() else { break };
+                let page = kinesis
+                    .get_records(source, &it, 1)
+                    .await
+                    .map_err(to_store)?;
+                if let Some(r) = page.records.first() {
+                    first_arrival = Some(r.arrival_ms.unwrap_or(now_ms));
+                    break;
+                }
+                if page.millis_behind_latest.unwrap_or(0) == 0 {
+                    break;
+                }
+                iterator = page.next_iterator;
+            }
+            let hb = heartbeats.get(&shard.shard_id);
+            out.push(ShardLag {
+                route: route.to_owned(),
+                shard_id: shard.shard_id.clone(),
+                lag_ms: first_arrival.map(|a| (now_ms - a).max(0)).unwrap_or(0),
+                pending: first_arrival.is_some(),
+                first_pending_arrival_ms: first_arrival,
+                heartbeat_age_ms: hb.map(|h| (now_ms - h.at_ms).max(0)),
+                heartbeat_mode: hb.map(|h| h.mode.clone()),
+                checkpoint: checkpoint.map(|c| c.as_str().to_owned()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// DescribeStreamSummary of a stream, as guard facts. A stream that cannot be described
+    /// is reported with the error code as its status.
+    pub async fn stream_facts(&self, stream: &str, old_side: bool) -> StreamFacts {
+        let sdk = if old_side { &self.old_sdk } else { &self.sdk };
+        let client = aws_sdk_kinesis::Client::new(sdk);
+        let missing = |status: String| StreamFacts {
+            arn: stream.to_owned(),
+            status,
+            max_record_kib: None,
+            encryption: "NONE".to_owned(),
+            retention_hours: 0,
+            capacity_mode: "?".to_owned(),
+        };
+        match client
+            .describe_stream_summary()
+            .stream_arn(stream)
+            .send()
+            .await
+        {
+            Ok(out) => match out.stream_description_summary() {
+                Some(d) => StreamFacts {
+                    arn: stream.to_owned(),
+                    status: d.stream_status().as_str().to_owned(),
+                    max_record_kib: d.max_record_size_in_kib().filter(|k| *k > 0),
+                    encryption: d
+                        .encryption_type()
+                        .map(|e| e.as_str().to_owned())
+                        .unwrap_or_else(|| "NONE".to_owned()),
+                    retention_hours: d.retention_period_hours(),
+                    capacity_mode: d
+                        .stream_mode_details()
+                        .map(|m| m.stream_mode().as_str().to_owned())
+                        .unwrap_or_else(|| "PROVISIONED".to_owned()),
+                },
+                None => missing("NoDescription".to_owned()),
+            },
+            Err(e) => missing(super::classify_sdk_error(&e).code),
+        }
+    }
+
+    /// Records that a person looked at dead letters.
+    pub async fn acknowledge(
+        &self,
+        migration: &str,
+        keys: &[String],
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        for key in keys {
+            self.ddb
+                .put_item()
+                .table_name(&self.table)
+                .item("pk", s(ack_pk(migration)))
+                .item("sk", s(key))
+                .item("actor", s(actor))
+                .item("reason", s(reason))
+                .item("at_ms", n(now_ms))
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+        }
+        Ok(())
+    }
+
+    /// The dead-letter keys acknowledged in a migration.
+    pub async fn acknowledged(&self, migration: &str) -> Result<HashSet<String>, StoreError> {
+        let items = self.query(&ack_pk(migration), false, None).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| text(i, "sk").map(str::to_owned))
+            .collect())
+    }
+}

@@ -1,0 +1,270 @@
+//! The migration commands (`start`, `status`, `plan`, `cutover`, `rollback`, `commit`,
+//! `pause`, `resume`, `history`, `dlq`): clap arguments turned into a
+//! [`fanout::control::commands::Request`], run by the same code as the controller Lambda.
+
+use std::io::{IsTerminal, Write as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fanout::aws::control::AwsControl;
+use fanout::aws::load_sdk_config;
+use fanout::aws::verifications::{assumed_role_config, caller_identity};
+use fanout::config::ReplicatorConfig;
+use fanout::control::commands::{execute, streams_from_routes, CommandName, Context, Request};
+use fanout::control::machine::Action;
+use fanout::control::record::Settings;
+use fanout::verify::parse_duration;
+
+use crate::Output;
+
+/// Options every migration command takes.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Common {
+    /// The migration's name.
+    #[arg(long, env = "FANOUT_MIGRATION")]
+    pub migration: String,
+    /// The state table.
+    #[arg(long, env = "FANOUT_TABLE")]
+    pub table: String,
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct FlipArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Why (recorded in the history; required with --force).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Go through even though guards refuse. Needs --reason; recorded.
+    #[arg(long)]
+    pub force: bool,
+    /// Print the plan and every guard's result; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StartArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Largest replication lag allowed on any shard before a flip.
+    #[arg(long, default_value = "60s")]
+    pub max_lag: String,
+    /// How old the latest passing verification of each route may be.
+    #[arg(long, default_value = "1h")]
+    pub verification_max_age: String,
+    /// How long a flip waits, producers held, for replication to catch up.
+    #[arg(long, default_value = "2m")]
+    pub drain_timeout: String,
+    /// How long a flip waits after telling producers to hold: longer than producers'
+    /// routing cache and the replicator's FANOUT_MODE_CACHE_MS.
+    #[arg(long, default_value = "7s")]
+    pub settle: String,
+    /// One identity requests each flip, a different one approves it.
+    #[arg(long)]
+    pub two_person: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Refresh the screen every 2 seconds until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// cutover, rollback or commit.
+    #[arg(value_parser = parse_action)]
+    pub action: Action,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PauseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct HistoryArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Only the most recent N entries.
+    #[arg(long)]
+    pub last: Option<usize>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DlqCommand {
+    /// Record that the listed dead letters (or --all) were looked at, so they no longer
+    /// block flips. Redriven dead letters need no acknowledgement.
+    Ack {
+        #[command(flatten)]
+        common: Common,
+        /// Dead-letter keys, as `fanoutctl status` / `redrive --dry-run` list them.
+        keys: Vec<String>,
+        #[arg(long, conflicts_with = "keys")]
+        all: bool,
+        /// What was looked at and decided (required; recorded).
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    match s {
+        "cutover" => Ok(Action::Cutover),
+        "rollback" => Ok(Action::Rollback),
+        "commit" => Ok(Action::Commit),
+        _ => Err(format!("{s:?}: expected cutover, rollback or commit")),
+    }
+}
+
+fn ms(flag: &str, text: &str) -> Result<i64, String> {
+    parse_duration(text)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|e| format!("{flag}: {e}"))
+}
+
+async fn context(table: &str) -> Result<Context, String> {
+    let sdk = load_sdk_config().await;
+    let old = match std::env::var("FANOUT_WRITER_ROLE_ARN")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        Some(role) => {
+            let external = std::env::var("FANOUT_WRITER_EXTERNAL_ID").ok();
+            assumed_role_config(&sdk, &role, external.as_deref()).await
+        }
+        None => sdk.clone(),
+    };
+    let actor = caller_identity(&sdk).await.ok_or(
+        "cannot tell who you are: STS GetCallerIdentity failed. Check your AWS credentials \
+         (every change is recorded with the caller's identity)",
+    )?;
+    Ok(Context {
+        control: AwsControl::new(&sdk, &old, table),
+        actor,
+        poll: Duration::from_millis(500),
+    })
+}
+
+fn request(common: &Common, command: CommandName) -> Request {
+    Request {
+        command,
+        migration: common.migration.clone(),
+        ..Request::default()
+    }
+}
+
+/// Runs `req` and prints the report; the exit code says how it ended.
+async fn run(common: &Common, req: Request) -> Result<ExitCode, String> {
+    let ctx = context(&common.table).await?;
+    let report = execute(&ctx, &req).await;
+    match common.output {
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        ),
+        Output::Text => print!("{}", report.render_text()),
+    }
+    Ok(ExitCode::from(report.exit_code()))
+}
+
+pub async fn start(args: StartArgs) -> Result<ExitCode, String> {
+    let config = ReplicatorConfig::from_env().map_err(|e| e.to_string())?;
+    let mut req = request(&args.common, CommandName::Start);
+    req.streams = streams_from_routes(&config);
+    req.settings = Some(Settings {
+        max_lag_ms: ms("--max-lag", &args.max_lag)?,
+        verification_max_age_ms: ms("--verification-max-age", &args.verification_max_age)?,
+        drain_timeout_ms: ms("--drain-timeout", &args.drain_timeout)?,
+        settle_ms: ms("--settle", &args.settle)?,
+        two_person: args.two_person,
+    });
+    req.bucket = Some(config.dead_letter_bucket.clone());
+    req.dead_letter_prefix = Some(config.dead_letter_prefix.clone());
+    req.reason = args.reason;
+    run(&args.common, req).await
+}
+
+pub async fn flip(args: FlipArgs, command: CommandName) -> Result<ExitCode, String> {
+    let mut req = request(&args.common, command);
+    req.reason = args.reason;
+    req.force = args.force;
+    req.dry_run = args.dry_run;
+    run(&args.common, req).await
+}
+
+pub async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
+    let mut req = request(&args.common, CommandName::Plan);
+    req.action = Some(args.action);
+    run(&args.common, req).await
+}
+
+pub async fn pause(args: PauseArgs, command: CommandName) -> Result<ExitCode, String> {
+    let mut req = request(&args.common, command);
+    req.reason = args.reason;
+    run(&args.common, req).await
+}
+
+pub async fn history(args: HistoryArgs) -> Result<ExitCode, String> {
+    let mut req = request(&args.common, CommandName::History);
+    req.last = args.last;
+    run(&args.common, req).await
+}
+
+pub async fn dlq(command: DlqCommand) -> Result<ExitCode, String> {
+    match command {
+        DlqCommand::Ack {
+            common,
+            keys,
+            all,
+            reason,
+        } => {
+            let mut req = request(&common, CommandName::DlqAck);
+            req.keys = keys;
+            req.all = all;
+            req.reason = reason;
+            run(&common, req).await
+        }
+    }
+}
+
+pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
+    let req = request(&args.common, CommandName::Status);
+    if !args.watch {
+        return run(&args.common, req).await;
+    }
+    let ctx = context(&args.common.table).await?;
+    let terminal = std::io::stdout().is_terminal();
+    loop {
+        let report = execute(&ctx, &req).await;
+        let text = match args.common.output {
+            Output::Json => serde_json::to_string(&report).map_err(|e| e.to_string())? + "\n",
+            Output::Text => report.render_text(),
+        };
+        let mut out = std::io::stdout().lock();
+        if terminal && args.common.output == Output::Text {
+            // Clear the screen and go home, then draw.
+            let _ = write!(out, "\x1b[2J\x1b[H");
+        }
+        let _ = write!(out, "{text}");
+        let _ = out.flush();
+        drop(out);
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

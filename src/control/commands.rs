@@ -1,0 +1,1390 @@
+//! The controller's commands. `fanoutctl` and the controller Lambda both build a
+//! [`Request`] and call [`execute`]; the [`Report`] it returns is printed as text or JSON
+//! (`fanoutctl`) or returned as the Lambda's answer. Every command is idempotent: asking for
+//! the state the migration is already in does nothing and says so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::guards::{self, GuardResult, ShardLag};
+use super::machine::{decide, Action, Decision, Mode, Side, State, Transition};
+use super::record::{
+    ApprovalRequest, HistoryEntry, LogicalStream, Migration, Outcome, PendingFlip, Settings,
+    StoredState,
+};
+use crate::aws::control::{AwsControl, Write};
+use crate::aws::dead_letters::S3DeadLetters;
+use crate::aws::routing::S3Routing;
+use crate::aws::verifications;
+use crate::model::{StoreError, StreamArn};
+use crate::routing::{RoutingDocument, StreamMode, StreamRouting};
+
+/// What to do. As JSON (the controller Lambda's payload), e.g.
+/// `{"command": "cutover", "migration": "orders", "reason": "planned", "dry_run": true}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Request {
+    pub command: CommandName,
+    pub migration: String,
+    pub reason: Option<String>,
+    /// Go through even if guards refuse; needs `reason`; recorded.
+    pub force: bool,
+    /// Show the plan and the guard results; change nothing.
+    pub dry_run: bool,
+    /// `history`: only the most recent entries.
+    pub last: Option<usize>,
+    /// `dlq_ack`: the dead-letter keys to acknowledge (or `all`).
+    pub keys: Vec<String>,
+    pub all: bool,
+    /// `plan`: the action to plan.
+    pub action: Option<Action>,
+    /// `start`: the migration's streams and settings.
+    pub streams: Vec<LogicalStream>,
+    pub settings: Option<Settings>,
+    /// `start`: where the routing document and dead letters are kept.
+    pub bucket: Option<String>,
+    pub dead_letter_prefix: Option<String>,
+    /// Recorded with the caller's identity when a service calls on someone's behalf (the
+    /// controller Lambda invoked by a chat-ops bot, say). The identity itself always comes
+    /// from STS.
+    pub on_behalf_of: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommandName {
+    #[default]
+    Status,
+    Start,
+    Plan,
+    Cutover,
+    Rollback,
+    Commit,
+    Pause,
+    Resume,
+    History,
+    DlqAck,
+}
+
+impl CommandName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CommandName::Status => "status",
+            CommandName::Start => "start",
+            CommandName::Plan => "plan",
+            CommandName::Cutover => "cutover",
+            CommandName::Rollback => "rollback",
+            CommandName::Commit => "commit",
+            CommandName::Pause => "pause",
+            CommandName::Resume => "resume",
+            CommandName::History => "history",
+            CommandName::DlqAck => "dlq_ack",
+        }
+    }
+}
+
+/// What a command did or found.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub command: String,
+    pub migration: String,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    /// One paragraph for a person: what happened and what to do next.
+    pub message: String,
+    pub state: Option<State>,
+    pub version: Option<u64>,
+    pub plan: Option<Transition>,
+    pub guards: Vec<GuardResult>,
+    pub status: Option<StatusView>,
+    pub history: Vec<HistoryEntry>,
+}
+
+impl Report {
+    fn new(req: &Request, outcome: Outcome, message: impl Into<String>) -> Report {
+        Report {
+            command: req.command.as_str().to_owned(),
+            migration: req.migration.clone(),
+            outcome,
+            dry_run: req.dry_run,
+            message: message.into(),
+            state: None,
+            version: None,
+            plan: None,
+            guards: Vec::new(),
+            status: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// The exit code of `fanoutctl` (see [`Outcome::exit_code`]); a dry run that would be
+    /// refused exits as refused.
+    pub fn exit_code(&self) -> u8 {
+        self.outcome.exit_code()
+    }
+}
+
+/// Everything `status` shows.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusView {
+    pub state: State,
+    pub version: u64,
+    pub paused: bool,
+    pub producers: Side,
+    pub flip: Option<PendingFlip>,
+    pub request: Option<ApprovalRequest>,
+    pub streams: Vec<StreamView>,
+    pub shards: Vec<ShardLag>,
+    pub unacknowledged_dead_letters: usize,
+    pub last_flips: Vec<HistoryEntry>,
+    pub heartbeat_stale_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StreamView {
+    pub name: String,
+    pub active: String,
+    pub routing_mode: String,
+    pub routing_version: u64,
+    pub forward_route: String,
+    pub forward_mode: Mode,
+}
+
+/// One logical stream per route (named after its source stream): what `start` uses when
+/// the caller gives no streams.
+pub fn streams_from_routes(config: &crate::config::ReplicatorConfig) -> Vec<LogicalStream> {
+    config
+        .routes
+        .iter()
+        .map(|r| LogicalStream {
+            name: r.source.name().to_owned(),
+            new: r.source.to_string(),
+            old: r.target.to_string(),
+            forward_route: r.name.clone(),
+        })
+        .collect()
+}
+
+/// The clients a command needs.
+pub struct Context {
+    pub control: AwsControl,
+    /// The caller, from STS GetCallerIdentity.
+    pub actor: String,
+    /// Timings are scaled for tests through the migration's settings; this is how often a
+    /// drain looks at the shards again.
+    pub poll: Duration,
+}
+
+/// Seconds a heartbeat may be old before a shard with records waiting is called stuck.
+const HEARTBEAT_STALE_MS: i64 = 60_000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn attempt_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Runs one command.
+pub async fn execute(ctx: &Context, req: &Request) -> Report {
+    if req.migration.trim().is_empty() {
+        return Report::new(
+            req,
+            Outcome::Failed,
+            "no migration named: pass --migration NAME (or set FANOUT_MIGRATION)",
+        );
+    }
+    let result = match req.command {
+        CommandName::Start => start(ctx, req).await,
+        CommandName::Status => status(ctx, req).await,
+        CommandName::History => history(ctx, req).await,
+        CommandName::Plan => match req.action {
+            Some(a) => {
+                let mut dry = req.clone();
+                dry.dry_run = true;
+                flip(ctx, &dry, a).await
+            }
+            None => Ok(Report::new(
+                req,
+                Outcome::Failed,
+                "plan needs an action: cutover, rollback or commit",
+            )),
+        },
+        CommandName::Cutover => flip(ctx, req, Action::Cutover).await,
+        CommandName::Rollback => flip(ctx, req, Action::Rollback).await,
+        CommandName::Commit => flip(ctx, req, Action::Commit).await,
+        CommandName::Pause => pause(ctx, req, true).await,
+        CommandName::Resume => pause(ctx, req, false).await,
+        CommandName::DlqAck => dlq_ack(ctx, req).await,
+    };
+    result.unwrap_or_else(|e| {
+        Report::new(
+            req,
+            Outcome::Failed,
+            format!(
+                "{}: {e}. Nothing was changed past the last step reported; run the command \
+                 again once the cause is fixed (it is idempotent).",
+                req.command.as_str()
+            ),
+        )
+    })
+}
+
+async fn load(ctx: &Context, req: &Request) -> Result<StoredState, StoreError> {
+    ctx.control
+        .load(&req.migration)
+        .await?
+        .ok_or_else(|| StoreError {
+            code: "NoSuchMigration".to_owned(),
+            message: format!(
+            "migration {:?} has not been started in table {}: run `fanoutctl start --migration {}`",
+            req.migration,
+            ctx.control.table(),
+            req.migration
+        ),
+        })
+}
+
+fn routing(ctx: &Context, m: &Migration) -> S3Routing {
+    S3Routing::new(ctx.control.sdk(), &m.bucket, &m.routing_key)
+}
+
+/// The routing document for `st`, with every stream in `mode`.
+fn document(
+    st: &StoredState,
+    side: Side,
+    mode: StreamMode,
+    actor: &str,
+    reason: &str,
+) -> RoutingDocument {
+    let at = now_ms();
+    RoutingDocument {
+        migration: st.migration.name.clone(),
+        version: st.version,
+        updated_at_ms: at,
+        streams: st
+            .migration
+            .streams
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    StreamRouting {
+                        active: s.stream(side).to_owned(),
+                        mode,
+                        version: st.version,
+                        changed_at_ms: at,
+                        changed_by: actor.to_owned(),
+                        reason: reason.to_owned(),
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+async fn set_modes(ctx: &Context, st: &StoredState) -> Result<(), StoreError> {
+    let modes = st.state.modes(false, st.paused);
+    for s in &st.migration.streams {
+        ctx.control
+            .set_mode(
+                &s.forward_route,
+                modes.forward,
+                st.version,
+                &st.migration.name,
+                &ctx.actor,
+                now_ms(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+fn entry(
+    ctx: &Context,
+    req: &Request,
+    st: &StoredState,
+    to: Option<State>,
+    outcome: Outcome,
+    guards: &[GuardResult],
+    detail: String,
+) -> HistoryEntry {
+    let detail = match &req.on_behalf_of {
+        Some(who) => format!("{detail} (on behalf of {who})"),
+        None => detail,
+    };
+    HistoryEntry {
+        at_ms: now_ms(),
+        id: attempt_id(),
+        actor: ctx.actor.clone(),
+        command: req.command.as_str().to_owned(),
+        from: st.state,
+        to,
+        outcome,
+        reason: req.reason.clone(),
+        forced: req.force,
+        guards: guards.to_vec(),
+        version_before: st.version,
+        version_after: None,
+        detail,
+    }
+}
+
+/// `e`, recorded as having moved the state item to `version`.
+fn after(mut e: HistoryEntry, version: u64) -> HistoryEntry {
+    e.version_after = Some(version);
+    e
+}
+
+/// Records `e` in the history and returns a report of it.
+async fn finish(
+    ctx: &Context,
+    req: &Request,
+    e: HistoryEntry,
+    message: String,
+) -> Result<Report, StoreError> {
+    ctx.control.append_history(&req.migration, &e).await?;
+    let mut r = Report::new(req, e.outcome, message);
+    r.state = Some(
+        e.to.filter(|_| e.outcome == Outcome::Applied)
+            .unwrap_or(e.from),
+    );
+    r.version = Some(e.version_after.unwrap_or(e.version_before));
+    r.guards = e.guards;
+    Ok(r)
+}
+
+async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+    if req.streams.is_empty() {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            "start needs the migration's streams (fanoutctl takes them from FANOUT_ROUTES)",
+        ));
+    }
+    let Some(bucket) = req.bucket.clone() else {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            "start needs the bucket of the routing document (FANOUT_DEAD_LETTER_BUCKET)",
+        ));
+    };
+    let migration = Migration {
+        name: req.migration.clone(),
+        streams: req.streams.clone(),
+        settings: req.settings.clone().unwrap_or_default(),
+        routing_key: S3Routing::key_for("routing/", &req.migration),
+        bucket,
+        dead_letter_prefix: req
+            .dead_letter_prefix
+            .clone()
+            .unwrap_or_else(|| "dead-letters".to_owned()),
+    };
+    if let Some(existing) = ctx.control.load(&req.migration).await? {
+        let same = existing.migration == migration;
+        let mut r = Report::new(
+            req,
+            if same {
+                Outcome::AlreadyThere
+            } else {
+                Outcome::Failed
+            },
+            if same {
+                format!(
+                    "migration {} is already started (state {}): nothing to do",
+                    req.migration, existing.state
+                )
+            } else {
+                format!(
+                    "migration {} exists with other streams or settings; choose another name \
+                     (its state is {})",
+                    req.migration, existing.state
+                )
+            },
+        );
+        r.state = Some(existing.state);
+        r.version = Some(existing.version);
+        return Ok(r);
+    }
+    let st = StoredState {
+        migration,
+        state: State::Replicating,
+        version: 1,
+        paused: false,
+        flip: None,
+        request: None,
+        updated_at_ms: now_ms(),
+        updated_by: ctx.actor.clone(),
+    };
+    let before = StoredState {
+        version: 0,
+        ..st.clone()
+    };
+    if ctx.control.write_state(None, &st).await? == Write::Lost {
+        let e = entry(
+            ctx,
+            req,
+            &before,
+            Some(State::Replicating),
+            Outcome::LostRace,
+            &[],
+            "another start won".into(),
+        );
+        return finish(
+            ctx,
+            req,
+            e,
+            format!(
+                "migration {} was started by someone else at the same moment",
+                req.migration
+            ),
+        )
+        .await;
+    }
+    set_modes(ctx, &st).await?;
+    routing(ctx, &st.migration)
+        .publish(&document(
+            &st,
+            Side::Old,
+            StreamMode::Active,
+            &ctx.actor,
+            req.reason.as_deref().unwrap_or("start"),
+        ))
+        .await?;
+    let e = after(
+        entry(
+            ctx,
+            req,
+            &before,
+            Some(State::Replicating),
+            Outcome::Applied,
+            &[],
+            format!(
+                "{} stream(s); routing document s3://{}/{}",
+                st.migration.streams.len(),
+                st.migration.bucket,
+                st.migration.routing_key
+            ),
+        ),
+        1,
+    );
+    finish(
+        ctx,
+        req,
+        e,
+        format!(
+            "migration {} started: producers on the old streams, replication forward. Routing \
+             document: s3://{}/{}",
+            req.migration, st.migration.bucket, st.migration.routing_key
+        ),
+    )
+    .await
+}
+
+/// The guards an action needs. A rollback is what an engineer reaches for when something
+/// looks wrong, so it is not held back by dead letters or a missing verification; it still
+/// needs replication to be able to catch up and the streams to be usable.
+async fn evaluate_guards(
+    ctx: &Context,
+    st: &StoredState,
+    action: Action,
+) -> Result<(Vec<GuardResult>, Vec<ShardLag>), StoreError> {
+    let now = now_ms();
+    let s = &st.migration.settings;
+    let mut lags = Vec::new();
+    for stream in &st.migration.streams {
+        let source = StreamArn::parse(&stream.new).map_err(|e| StoreError {
+            code: "BadStream".into(),
+            message: e,
+        })?;
+        lags.extend(ctx.control.lag(&stream.forward_route, &source, now).await?);
+    }
+    let mut out = vec![guards::lag(&lags, s.max_lag_ms)];
+    let mut pairs = Vec::new();
+    for stream in &st.migration.streams {
+        pairs.push((
+            ctx.control.stream_facts(&stream.new, false).await,
+            ctx.control.stream_facts(&stream.old, true).await,
+        ));
+    }
+    out.push(guards::streams(&pairs));
+    if action != Action::Rollback {
+        out.push(guards::dead_letters(&unacknowledged(ctx, st).await?));
+        let mut latest = Vec::new();
+        for stream in &st.migration.streams {
+            let v = verifications::latest(
+                ctx.control.sdk(),
+                ctx.control.table(),
+                &stream.forward_route,
+            )
+            .await?;
+            latest.push((stream.forward_route.clone(), v));
+        }
+        out.push(guards::verification(
+            &latest,
+            now,
+            s.verification_max_age_ms,
+        ));
+    }
+    Ok((out, lags))
+}
+
+/// Dead-letter keys of the migration's routes not yet acknowledged (nor redriven).
+async fn unacknowledged(ctx: &Context, st: &StoredState) -> Result<Vec<String>, StoreError> {
+    let acked = ctx.control.acknowledged(&st.migration.name).await?;
+    let letters = S3DeadLetters::new(
+        ctx.control.sdk(),
+        &st.migration.bucket,
+        &st.migration.dead_letter_prefix,
+    );
+    let mut out = Vec::new();
+    for stream in &st.migration.streams {
+        let keys = letters.list_keys(Some(&stream.forward_route)).await?;
+        let redriven: std::collections::HashSet<&str> = keys
+            .iter()
+            .filter_map(|k| k.strip_suffix(".redriven"))
+            .collect();
+        out.extend(
+            keys.iter()
+                .filter(|k| {
+                    k.ends_with(".json") && !redriven.contains(k.as_str()) && !acked.contains(*k)
+                })
+                .cloned(),
+        );
+    }
+    Ok(out)
+}
+
+async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, StoreError> {
+    if req.force && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            "--force needs --reason: say why the guards may be overridden (it is recorded)",
+        ));
+    }
+    let mut st = load(ctx, req).await?;
+    if let Some(f) = st.flip.clone() {
+        if now_ms() <= f.deadline_ms {
+            let e = entry(
+                ctx,
+                req,
+                &st,
+                Some(action.target()),
+                Outcome::LostRace,
+                &[],
+                format!("flip {} ({}) by {} is in progress", f.id, f.action, f.actor),
+            );
+            let msg = format!(
+                "a {} by {} is in progress since {} (flip {}); wait for it (`fanoutctl status --watch`)",
+                f.action, f.actor, rfc3339(f.started_at_ms), f.id
+            );
+            return if req.dry_run {
+                Ok(Report::new(req, Outcome::LostRace, msg))
+            } else {
+                finish(ctx, req, e, msg).await
+            };
+        }
+        st = release_abandoned(ctx, req, st, &f).await?;
+    }
+    let t = match decide(st.state, action, false) {
+        Decision::AlreadyThere(s) => {
+            let msg = format!("the migration is already {s}: nothing to do");
+            if req.dry_run {
+                let mut r = Report::new(req, Outcome::AlreadyThere, msg);
+                r.state = Some(s);
+                return Ok(r);
+            }
+            let e = entry(
+                ctx,
+                req,
+                &st,
+                Some(s),
+                Outcome::AlreadyThere,
+                &[],
+                String::new(),
+            );
+            return finish(ctx, req, e, msg).await;
+        }
+        Decision::NotAllowed(why) => {
+            if req.dry_run {
+                return Ok(Report::new(req, Outcome::NotAllowed, why));
+            }
+            let e = entry(
+                ctx,
+                req,
+                &st,
+                Some(action.target()),
+                Outcome::NotAllowed,
+                &[],
+                why.clone(),
+            );
+            return finish(ctx, req, e, why).await;
+        }
+        Decision::Go(t) => t,
+    };
+    let (guards, _) = evaluate_guards(ctx, &st, action).await?;
+    let refused: Vec<&GuardResult> = guards.iter().filter(|g| !g.passed).collect();
+    let refused_names = refused
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if req.dry_run {
+        let (outcome, msg) = if refused.is_empty() {
+            (
+                Outcome::Applied,
+                format!(
+                    "dry run: {} would go {} → {}; every guard passes",
+                    action, t.from, t.to
+                ),
+            )
+        } else if req.force {
+            (
+                Outcome::Applied,
+                format!(
+                    "dry run: {} would go {} → {} forced past: {refused_names}",
+                    action, t.from, t.to
+                ),
+            )
+        } else {
+            (
+                Outcome::RefusedByGuard,
+                format!("dry run: {} would be refused by: {refused_names}", action),
+            )
+        };
+        let mut r = Report::new(req, outcome, msg);
+        r.plan = Some(t);
+        r.guards = guards;
+        r.state = Some(st.state);
+        r.version = Some(st.version);
+        return Ok(r);
+    }
+    if !refused.is_empty() && !req.force {
+        let msg = format!(
+            "{action} refused by: {refused_names}. Fix what they say, or override with --force \
+             --reason \"...\" (recorded)."
+        );
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(t.to),
+            Outcome::RefusedByGuard,
+            &guards,
+            msg.clone(),
+        );
+        return finish(ctx, req, e, msg).await;
+    }
+    // The two-person rule: a request, then a different identity's approval.
+    if st.migration.settings.two_person {
+        match &st.request {
+            Some(r) if r.action == action && r.requested_by != ctx.actor => {}
+            Some(r) if r.action == action => {
+                let msg = format!("you requested this {action} already; a different identity must approve it by running the same command");
+                let e = entry(
+                    ctx,
+                    req,
+                    &st,
+                    Some(t.to),
+                    Outcome::AwaitingApproval,
+                    &guards,
+                    msg.clone(),
+                );
+                return finish(ctx, req, e, msg).await;
+            }
+            _ => {
+                let mut next = st.clone();
+                next.version += 1;
+                next.request = Some(ApprovalRequest {
+                    action,
+                    requested_by: ctx.actor.clone(),
+                    reason: req.reason.clone().unwrap_or_default(),
+                    forced: req.force,
+                    at_ms: now_ms(),
+                });
+                next.updated_at_ms = now_ms();
+                next.updated_by = ctx.actor.clone();
+                if ctx.control.write_state(Some(st.version), &next).await? == Write::Lost {
+                    return lost(ctx, req, &st, t.to, &guards).await;
+                }
+                let msg = format!("{action} requested; a different identity must approve it by running `fanoutctl {action} --migration {}`", st.migration.name);
+                let e = after(
+                    entry(
+                        ctx,
+                        req,
+                        &st,
+                        Some(t.to),
+                        Outcome::AwaitingApproval,
+                        &guards,
+                        msg.clone(),
+                    ),
+                    next.version,
+                );
+                return finish(ctx, req, e, msg).await;
+            }
+        }
+    }
+    let approval = st
+        .request
+        .as_ref()
+        .map(|r| {
+            format!(
+                "requested by {}, approved by {}; ",
+                r.requested_by, ctx.actor
+            )
+        })
+        .unwrap_or_default();
+    // Begin: take the flip (exactly one caller wins this version).
+    let s = st.migration.settings.clone();
+    let started = now_ms();
+    let id = attempt_id();
+    let mut begun = st.clone();
+    begun.version += 1;
+    begun.request = None;
+    begun.flip = Some(PendingFlip {
+        id: id.clone(),
+        action,
+        actor: ctx.actor.clone(),
+        started_at_ms: started,
+        deadline_ms: started + s.settle_ms + s.drain_timeout_ms + 60_000,
+    });
+    begun.updated_at_ms = started;
+    begun.updated_by = ctx.actor.clone();
+    if ctx.control.write_state(Some(st.version), &begun).await? == Write::Lost {
+        return lost(ctx, req, &st, t.to, &guards).await;
+    }
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| action.as_str().to_owned());
+    let from_side = st.state.producers();
+    let mut detail = approval;
+    if t.switches_routing {
+        routing(ctx, &st.migration)
+            .publish(&document(
+                &begun,
+                from_side,
+                StreamMode::Hold,
+                &ctx.actor,
+                &reason,
+            ))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
+    }
+    if t.drain.is_some() {
+        // The hold point: producers that honour the hold wrote nothing after it.
+        let point = now_ms();
+        let drained = drain(
+            ctx,
+            &begun,
+            point,
+            Duration::from_millis(s.drain_timeout_ms.max(0) as u64),
+        )
+        .await?;
+        match drained {
+            Ok(waited) => detail.push_str(&format!("drained in {} ms; ", waited.as_millis())),
+            Err(behind) => {
+                // Release producers where they were; the state does not change.
+                let mut released = begun.clone();
+                released.version += 1;
+                released.flip = None;
+                released.updated_at_ms = now_ms();
+                if ctx
+                    .control
+                    .write_state(Some(begun.version), &released)
+                    .await?
+                    == Write::Lost
+                {
+                    return lost(ctx, req, &begun, t.to, &guards).await;
+                }
+                routing(ctx, &st.migration)
+                    .publish(&document(
+                        &released,
+                        from_side,
+                        StreamMode::Active,
+                        &ctx.actor,
+                        "drain timed out; released without switching",
+                    ))
+                    .await?;
+                let msg = format!(
+                    "{action} not done: replication did not catch up within {} ms ({}). Producers \
+                     were released on the {} streams; the state is still {}. See `fanoutctl \
+                     status` and the runbook (a shard is stuck), then try again.",
+                    s.drain_timeout_ms,
+                    behind,
+                    from_side.as_str(),
+                    st.state
+                );
+                let e = after(
+                    entry(
+                        ctx,
+                        req,
+                        &st,
+                        Some(t.to),
+                        Outcome::DrainTimedOut,
+                        &guards,
+                        msg.clone(),
+                    ),
+                    released.version,
+                );
+                return finish(ctx, req, e, msg).await;
+            }
+        }
+    }
+    // Finish: replication modes, state, then routing.
+    let mut done = begun.clone();
+    done.version += 1;
+    done.state = t.to;
+    done.flip = None;
+    done.updated_at_ms = now_ms();
+    set_modes(ctx, &done).await?;
+    if ctx.control.write_state(Some(begun.version), &done).await? == Write::Lost {
+        return lost(ctx, req, &begun, t.to, &guards).await;
+    }
+    routing(ctx, &st.migration)
+        .publish(&document(
+            &done,
+            t.to.producers(),
+            StreamMode::Active,
+            &ctx.actor,
+            &reason,
+        ))
+        .await?;
+    if !refused.is_empty() {
+        detail.push_str(&format!("forced past: {refused_names}; "));
+    }
+    detail.push_str(&format!(
+        "producers on {} streams",
+        t.to.producers().as_str()
+    ));
+    let e = after(
+        entry(
+            ctx,
+            req,
+            &st,
+            Some(t.to),
+            Outcome::Applied,
+            &guards,
+            detail.clone(),
+        ),
+        done.version,
+    );
+    let mut r = finish(
+        ctx,
+        req,
+        e,
+        format!(
+            "{action} done: {} → {} (version {}); {detail}",
+            t.from, t.to, done.version
+        ),
+    )
+    .await?;
+    r.plan = Some(t);
+    Ok(r)
+}
+
+/// Someone else changed the state first: record it and say who.
+async fn lost(
+    ctx: &Context,
+    req: &Request,
+    st: &StoredState,
+    to: State,
+    guards: &[GuardResult],
+) -> Result<Report, StoreError> {
+    let now = ctx.control.load(&st.migration.name).await?;
+    let who = now
+        .as_ref()
+        .map(|n| {
+            format!(
+                "{} (version {}, state {})",
+                n.updated_by, n.version, n.state
+            )
+        })
+        .unwrap_or_else(|| "someone".to_owned());
+    let msg = format!(
+        "lost a race: {who} changed the migration first; nothing was done. Look at \
+         `fanoutctl status` before trying again."
+    );
+    let e = entry(
+        ctx,
+        req,
+        st,
+        Some(to),
+        Outcome::LostRace,
+        guards,
+        msg.clone(),
+    );
+    finish(ctx, req, e, msg).await
+}
+
+/// Waits until every record that arrived in the migration's new streams before `point` has
+/// been replicated (no shard's oldest waiting record is older). `Err` says which shards were
+/// still behind when `timeout` passed.
+async fn drain(
+    ctx: &Context,
+    st: &StoredState,
+    point: i64,
+    timeout: Duration,
+) -> Result<Result<Duration, String>, StoreError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let now = now_ms();
+        let mut behind = Vec::new();
+        for stream in &st.migration.streams {
+            let source = StreamArn::parse(&stream.new).map_err(|e| StoreError {
+                code: "BadStream".into(),
+                message: e,
+            })?;
+            for lag in ctx.control.lag(&stream.forward_route, &source, now).await? {
+                if lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
+                    behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
+                }
+            }
+        }
+        if behind.is_empty() {
+            return Ok(Ok(started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            return Ok(Err(format!("still behind: {}", behind.join(", "))));
+        }
+        tokio::time::sleep(ctx.poll).await;
+    }
+}
+
+/// A flip whose process died (past its deadline): put replication modes and routing back as
+/// the state says, clear it, record it.
+async fn release_abandoned(
+    ctx: &Context,
+    req: &Request,
+    st: StoredState,
+    f: &PendingFlip,
+) -> Result<StoredState, StoreError> {
+    let mut next = st.clone();
+    next.version += 1;
+    next.flip = None;
+    next.updated_at_ms = now_ms();
+    next.updated_by = ctx.actor.clone();
+    if ctx.control.write_state(Some(st.version), &next).await? == Write::Done {
+        set_modes(ctx, &next).await?;
+        routing(ctx, &next.migration)
+            .publish(&document(
+                &next,
+                next.state.producers(),
+                StreamMode::Active,
+                &ctx.actor,
+                "abandoned flip released",
+            ))
+            .await?;
+        let mut e = after(
+            entry(
+                ctx,
+                req,
+                &st,
+                Some(st.state),
+                Outcome::Applied,
+                &[],
+                format!(
+                    "released abandoned flip {} ({} by {}, started {})",
+                    f.id,
+                    f.action,
+                    f.actor,
+                    rfc3339(f.started_at_ms)
+                ),
+            ),
+            next.version,
+        );
+        e.command = "release".to_owned();
+        ctx.control.append_history(&req.migration, &e).await?;
+    }
+    load(ctx, req).await
+}
+
+async fn pause(ctx: &Context, req: &Request, paused: bool) -> Result<Report, StoreError> {
+    let st = load(ctx, req).await?;
+    if st.paused == paused {
+        let msg = format!(
+            "replication is already {}: nothing to do",
+            if paused { "paused" } else { "running" }
+        );
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(st.state),
+            Outcome::AlreadyThere,
+            &[],
+            String::new(),
+        );
+        return finish(ctx, req, e, msg).await;
+    }
+    if st.flip.is_some() {
+        let msg = "a flip is in progress; pause or resume after it".to_owned();
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(st.state),
+            Outcome::LostRace,
+            &[],
+            msg.clone(),
+        );
+        return finish(ctx, req, e, msg).await;
+    }
+    let mut next = st.clone();
+    next.version += 1;
+    next.paused = paused;
+    next.updated_at_ms = now_ms();
+    next.updated_by = ctx.actor.clone();
+    if ctx.control.write_state(Some(st.version), &next).await? == Write::Lost {
+        return lost(ctx, req, &st, st.state, &[]).await;
+    }
+    set_modes(ctx, &next).await?;
+    let modes = next.state.modes(false, paused);
+    let msg = format!(
+        "replication {} (forward mode {}); records wait in the source streams while held",
+        if paused { "paused" } else { "resumed" },
+        modes.forward
+    );
+    let e = after(
+        entry(
+            ctx,
+            req,
+            &st,
+            Some(st.state),
+            Outcome::Applied,
+            &[],
+            msg.clone(),
+        ),
+        next.version,
+    );
+    finish(ctx, req, e, msg).await
+}
+
+async fn dlq_ack(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+    let Some(reason) = req.reason.clone().filter(|r| !r.trim().is_empty()) else {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            "dlq ack needs --reason: what was looked at and decided (it is recorded)",
+        ));
+    };
+    let st = load(ctx, req).await?;
+    let pending = unacknowledged(ctx, &st).await?;
+    let keys: Vec<String> = if req.all {
+        pending.clone()
+    } else {
+        let unknown: Vec<&String> = req.keys.iter().filter(|k| !pending.contains(k)).collect();
+        if req.keys.is_empty() || !unknown.is_empty() {
+            return Ok(Report::new(
+                req,
+                Outcome::Failed,
+                format!(
+                    "nothing acknowledged: {} — give dead-letter keys from `fanoutctl dlq list` or --all ({} unacknowledged)",
+                    if req.keys.is_empty() { "no keys given".to_owned() } else { format!("not an unacknowledged dead letter: {}", unknown.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")) },
+                    pending.len()
+                ),
+            ));
+        }
+        req.keys.clone()
+    };
+    ctx.control
+        .acknowledge(&st.migration.name, &keys, &ctx.actor, &reason, now_ms())
+        .await?;
+    let outcome = if keys.is_empty() {
+        Outcome::AlreadyThere
+    } else {
+        Outcome::Applied
+    };
+    let msg = format!(
+        "{} dead letter(s) acknowledged; {} left unacknowledged",
+        keys.len(),
+        pending.len() - keys.len()
+    );
+    let e = entry(
+        ctx,
+        req,
+        &st,
+        Some(st.state),
+        outcome,
+        &[],
+        format!("{}: {}", msg, keys.join(", ")),
+    );
+    finish(ctx, req, e, msg).await
+}
+
+async fn history(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+    let st = load(ctx, req).await?;
+    let entries = ctx.control.history(&req.migration, req.last).await?;
+    let mut r = Report::new(
+        req,
+        Outcome::Applied,
+        format!(
+            "{} entr{}",
+            entries.len(),
+            if entries.len() == 1 { "y" } else { "ies" }
+        ),
+    );
+    r.state = Some(st.state);
+    r.version = Some(st.version);
+    r.history = entries;
+    Ok(r)
+}
+
+async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+    let st = load(ctx, req).await?;
+    let now = now_ms();
+    let mut shards = Vec::new();
+    let mut streams = Vec::new();
+    let doc = {
+        use crate::routing::RoutingSource;
+        routing(ctx, &st.migration).fetch().await?
+    };
+    for s in &st.migration.streams {
+        let source = StreamArn::parse(&s.new).map_err(|e| StoreError {
+            code: "BadStream".into(),
+            message: e,
+        })?;
+        shards.extend(ctx.control.lag(&s.forward_route, &source, now).await?);
+        let routed = doc.as_ref().and_then(|d| d.streams.get(&s.name));
+        streams.push(StreamView {
+            name: s.name.clone(),
+            active: routed
+                .map(|r| r.active.clone())
+                .unwrap_or_else(|| "(no routing document)".to_owned()),
+            routing_mode: routed
+                .map(|r| {
+                    match r.mode {
+                        StreamMode::Active => "active",
+                        StreamMode::Hold => "hold",
+                    }
+                    .to_owned()
+                })
+                .unwrap_or_default(),
+            routing_version: routed.map(|r| r.version).unwrap_or(0),
+            forward_route: s.forward_route.clone(),
+            forward_mode: ctx.control.mode(&s.forward_route).await?,
+        });
+    }
+    let unacked = unacknowledged(ctx, &st).await?.len();
+    let mut last_flips: Vec<HistoryEntry> = ctx
+        .control
+        .history(&req.migration, Some(20))
+        .await?
+        .into_iter()
+        .filter(|e| e.outcome != Outcome::AlreadyThere && e.command != "dlq_ack")
+        .collect();
+    last_flips.drain(..last_flips.len().saturating_sub(5));
+    let mut r = Report::new(req, Outcome::Applied, String::new());
+    r.state = Some(st.state);
+    r.version = Some(st.version);
+    r.status = Some(StatusView {
+        state: st.state,
+        version: st.version,
+        paused: st.paused,
+        producers: st.state.producers(),
+        flip: st.flip.clone(),
+        request: st.request.clone(),
+        streams,
+        shards,
+        unacknowledged_dead_letters: unacked,
+        last_flips,
+        heartbeat_stale_ms: HEARTBEAT_STALE_MS,
+    });
+    Ok(r)
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// `age` as `12 s`, `3 min`, `2 h`.
+fn ago(ms: i64) -> String {
+    match ms / 1000 {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
+}
+
+fn history_line(e: &HistoryEntry) -> String {
+    let from = if e.command == "start" {
+        String::new()
+    } else {
+        format!("{} ", e.from)
+    };
+    let to = e.to.map(|t| format!("→ {t}")).unwrap_or_default();
+    let reason = e
+        .reason
+        .as_deref()
+        .map(|r| format!(" \"{r}\""))
+        .unwrap_or_default();
+    let forced = if e.forced { " FORCED" } else { "" };
+    let failed: Vec<&str> = e
+        .guards
+        .iter()
+        .filter(|g| !g.passed)
+        .map(|g| g.name.as_str())
+        .collect();
+    let guards = if e.guards.is_empty() {
+        String::new()
+    } else if failed.is_empty() {
+        format!(" guards: {} passed", e.guards.len())
+    } else {
+        format!(" guards failed: {}", failed.join(","))
+    };
+    format!(
+        "{}  v{}  {:<9} {}{}  {}{}  by {}{}{}",
+        rfc3339(e.at_ms),
+        e.version_after.unwrap_or(e.version_before),
+        e.command,
+        from,
+        to,
+        e.outcome.as_str(),
+        forced,
+        e.actor,
+        reason,
+        guards
+    )
+}
+
+impl Report {
+    /// The report for a person.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        if let Some(s) = &self.status {
+            let now = now_ms();
+            out.push_str(&format!(
+                "migration {}   state {}   version {}   producers → {} streams{}\n",
+                self.migration,
+                s.state.as_str().to_uppercase(),
+                s.version,
+                s.producers.as_str(),
+                if s.paused {
+                    "   REPLICATION PAUSED"
+                } else {
+                    ""
+                }
+            ));
+            if let Some(f) = &s.flip {
+                out.push_str(&format!(
+                    "FLIP IN PROGRESS: {} by {} since {} (producers held)\n",
+                    f.action,
+                    f.actor,
+                    rfc3339(f.started_at_ms)
+                ));
+            }
+            if let Some(r) = &s.request {
+                out.push_str(&format!(
+                    "AWAITING APPROVAL: {} requested by {} at {}: \"{}\"\n",
+                    r.action,
+                    r.requested_by,
+                    rfc3339(r.at_ms),
+                    r.reason
+                ));
+            }
+            out.push_str("\nstreams\n");
+            for v in &s.streams {
+                out.push_str(&format!(
+                    "  {:<16} routing {} (v{}) → {}\n  {:<16} replication {} on route {}\n",
+                    v.name,
+                    v.routing_mode,
+                    v.routing_version,
+                    v.active,
+                    "",
+                    v.forward_mode,
+                    v.forward_route
+                ));
+            }
+            out.push_str(&format!(
+                "\n{:<24} {:<22} {:>10} {:>11} {:<12} {:<8}\n",
+                "route", "shard", "lag", "heartbeat", "condition", "mode"
+            ));
+            for l in &s.shards {
+                let route = if l.route.len() > 23 {
+                    format!("{}…", &l.route[..22])
+                } else {
+                    l.route.clone()
+                };
+                out.push_str(&format!(
+                    "{:<24} {:<22} {:>10} {:>11} {:<12} {:<8}\n",
+                    route,
+                    l.shard_id,
+                    format!("{} ms", l.lag_ms),
+                    l.heartbeat_age_ms
+                        .map(|a| format!("{} ago", ago(a)))
+                        .unwrap_or_else(|| "never".into()),
+                    l.condition(s.heartbeat_stale_ms),
+                    l.heartbeat_mode.as_deref().unwrap_or("-"),
+                ));
+            }
+            out.push_str(&format!(
+                "\nunacknowledged dead letters: {}\n",
+                s.unacknowledged_dead_letters
+            ));
+            out.push_str("\nlast flips\n");
+            if s.last_flips.is_empty() {
+                out.push_str("  (none)\n");
+            }
+            for e in &s.last_flips {
+                out.push_str(&format!("  {}\n", history_line(e)));
+            }
+            out.push_str(&format!("\nas of {}\n", rfc3339(now)));
+            return out;
+        }
+        if !self.history.is_empty() {
+            for e in &self.history {
+                out.push_str(&history_line(e));
+                out.push('\n');
+                for g in &e.guards {
+                    out.push_str(&format!(
+                        "      {} {:<13} {}\n",
+                        if g.passed { "pass" } else { "FAIL" },
+                        g.name,
+                        g.detail
+                    ));
+                }
+                if !e.detail.is_empty() {
+                    out.push_str(&format!("      {}\n", e.detail));
+                }
+            }
+            return out;
+        }
+        if let Some(t) = &self.plan {
+            out.push_str(&format!(
+                "plan: {} {} → {}; producers {}; drain: {}; replication after: forward {}\n",
+                t.action,
+                t.from,
+                t.to,
+                if t.switches_routing {
+                    format!(
+                        "held, then moved to the {} streams",
+                        t.to.producers().as_str()
+                    )
+                } else {
+                    "stay where they are".to_owned()
+                },
+                t.drain
+                    .map(|d| format!("{} replication catches up while producers hold", d.as_str()))
+                    .unwrap_or_else(|| "none".into()),
+                t.modes_after.forward,
+            ));
+        }
+        for g in &self.guards {
+            out.push_str(&format!(
+                "  {} {:<13} {}\n",
+                if g.passed { "pass" } else { "FAIL" },
+                g.name,
+                g.detail
+            ));
+        }
+        out.push_str(&self.message);
+        out.push('\n');
+        out
+    }
+}

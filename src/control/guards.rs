@@ -1,0 +1,331 @@
+//! The guards checked before every flip, each a verdict from plain facts the controller
+//! gathered (shard lag, dead letters, stream descriptions, the latest verification).
+
+use serde::{Deserialize, Serialize};
+
+use crate::verify::VerificationRecord;
+
+/// One guard's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuardResult {
+    /// `lag`, `dead_letters`, `streams`, `verification`.
+    pub name: String,
+    pub passed: bool,
+    /// What the guard saw, and when it failed, what to do.
+    pub detail: String,
+}
+
+impl GuardResult {
+    fn new(name: &str, passed: bool, detail: String) -> Self {
+        GuardResult {
+            name: name.to_owned(),
+            passed,
+            detail,
+        }
+    }
+}
+
+/// How far one shard of a route is behind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardLag {
+    pub route: String,
+    pub shard_id: String,
+    /// Age of the oldest record not yet replicated (0 when there is none).
+    pub lag_ms: i64,
+    /// Some record after the checkpoint is not replicated yet.
+    pub pending: bool,
+    /// Arrival time of the oldest record not yet replicated.
+    pub first_pending_arrival_ms: Option<i64>,
+    /// Age of the shard's last heartbeat, if it has one.
+    pub heartbeat_age_ms: Option<i64>,
+    /// The replication mode the last heartbeat met.
+    pub heartbeat_mode: Option<String>,
+    /// The checkpoint (last handled sequence number), if any.
+    pub checkpoint: Option<String>,
+}
+
+impl ShardLag {
+    /// `idle` (nothing to replicate), `held` / `stopped` (records wait because the route's
+    /// mode says so), `replicating` (behind, but a heartbeat is recent), or `stuck` (behind
+    /// with no recent heartbeat).
+    pub fn condition(&self, stale_ms: i64) -> &'static str {
+        let fresh = self.heartbeat_age_ms.is_some_and(|age| age <= stale_ms);
+        match (self.pending, self.heartbeat_mode.as_deref(), fresh) {
+            (false, _, _) => "idle",
+            (true, Some("hold"), true) => "held",
+            (true, Some("stopped"), true) => "stopped",
+            (true, _, true) => "replicating",
+            (true, _, false) => "stuck",
+        }
+    }
+}
+
+/// Every shard's lag is at most `max_lag_ms`.
+pub fn lag(shards: &[ShardLag], max_lag_ms: i64) -> GuardResult {
+    let worst = shards.iter().max_by_key(|s| s.lag_ms);
+    let over: Vec<&ShardLag> = shards.iter().filter(|s| s.lag_ms > max_lag_ms).collect();
+    let detail = match (worst, over.is_empty()) {
+        (None, _) => "no shards found".to_owned(),
+        (Some(w), true) => format!(
+            "{} shard(s), worst lag {} ms ({} {}), limit {max_lag_ms} ms",
+            shards.len(),
+            w.lag_ms,
+            w.route,
+            w.shard_id
+        ),
+        (Some(_), false) => format!(
+            "{} of {} shard(s) over the {max_lag_ms} ms limit: {}. See `fanoutctl status` \
+             (runbook: a shard is stuck)",
+            over.len(),
+            shards.len(),
+            over.iter()
+                .map(|s| format!("{} {} {} ms", s.route, s.shard_id, s.lag_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    GuardResult::new("lag", !shards.is_empty() && over.is_empty(), detail)
+}
+
+/// No dead letter is waiting for acknowledgement.
+pub fn dead_letters(unacknowledged: &[String]) -> GuardResult {
+    if unacknowledged.is_empty() {
+        return GuardResult::new("dead_letters", true, "none unacknowledged".to_owned());
+    }
+    let shown: Vec<&str> = unacknowledged.iter().take(3).map(String::as_str).collect();
+    GuardResult::new(
+        "dead_letters",
+        false,
+        format!(
+            "{} unacknowledged (e.g. {}). Look at them, redrive them (`fanoutctl redrive`) or \
+             acknowledge them (`fanoutctl dlq ack --all --reason ...`)",
+            unacknowledged.len(),
+            shown.join(", ")
+        ),
+    )
+}
+
+/// What DescribeStreamSummary says about a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamFacts {
+    pub arn: String,
+    /// `ACTIVE`, `UPDATING`, `CREATING`, `DELETING`, or `MISSING`/an error code.
+    pub status: String,
+    pub max_record_kib: Option<i32>,
+    /// `NONE` or `KMS`.
+    pub encryption: String,
+    pub retention_hours: i32,
+    /// `ON_DEMAND` or `PROVISIONED`.
+    pub capacity_mode: String,
+}
+
+/// Each (source, target) pair: both streams usable, and the target accepts what the source
+/// holds: records as large, encryption at rest if the source has it, retention as long.
+/// Partition keys need no check: the replicator writes each record with its own key.
+pub fn streams(pairs: &[(StreamFacts, StreamFacts)]) -> GuardResult {
+    let mut problems = Vec::new();
+    for (source, target) in pairs {
+        for s in [source, target] {
+            if s.status != "ACTIVE" && s.status != "UPDATING" {
+                problems.push(format!("{} is {}", s.arn, s.status));
+            }
+        }
+        if source.status != "ACTIVE" && source.status != "UPDATING"
+            || target.status != "ACTIVE" && target.status != "UPDATING"
+        {
+            continue;
+        }
+        let kib = |f: &StreamFacts| f.max_record_kib.unwrap_or(1024);
+        if kib(target) < kib(source) {
+            problems.push(format!(
+                "{} accepts records up to {} KiB but {} allows {} KiB: raise the target's \
+                 MaxRecordSizeInKiB",
+                target.arn,
+                kib(target),
+                source.arn,
+                kib(source)
+            ));
+        }
+        if source.encryption != "NONE" && target.encryption == "NONE" {
+            problems.push(format!(
+                "{} is encrypted but {} is not: enable server-side encryption on the target",
+                source.arn, target.arn
+            ));
+        }
+        if target.retention_hours < source.retention_hours {
+            problems.push(format!(
+                "{} keeps records {} h, less than {} ({} h): raise the target's retention",
+                target.arn, target.retention_hours, source.arn, source.retention_hours
+            ));
+        }
+    }
+    if problems.is_empty() {
+        GuardResult::new(
+            "streams",
+            true,
+            format!("{} stream pair(s) active and compatible", pairs.len()),
+        )
+    } else {
+        GuardResult::new("streams", false, problems.join("; "))
+    }
+}
+
+/// The verification proves the replica holds every source record of its window, in per-key
+/// order, and is recent. Target records that match no source record do not count against
+/// it: while producers write to the old streams (before the first cutover, after a
+/// rollback) the old streams hold records the new ones never had.
+pub fn replica_complete(r: &VerificationRecord, now_ms: i64, max_age_ms: i64) -> bool {
+    r.totals.source_in_window > 0
+        && r.totals.missing == 0
+        && r.totals.out_of_order == 0
+        && now_ms.saturating_sub(r.finished_at_ms) <= max_age_ms
+}
+
+/// Each route has a verification within `max_age_ms` that proves its replica complete.
+pub fn verification(
+    latest: &[(String, Option<VerificationRecord>)],
+    now_ms: i64,
+    max_age_ms: i64,
+) -> GuardResult {
+    let mut problems = Vec::new();
+    let mut ok = Vec::new();
+    for (route, record) in latest {
+        match record {
+            None => problems.push(format!("{route}: never verified")),
+            Some(r) if replica_complete(r, now_ms, max_age_ms) => ok.push(format!(
+                "{route}: {} records, 0 missing, 0 out of order, {} s ago{}",
+                r.totals.source_in_window,
+                (now_ms - r.finished_at_ms) / 1000,
+                if r.totals.extra > 0 {
+                    format!(
+                        " ({} target records not from the source: producers writing to the \
+                         old stream directly)",
+                        r.totals.extra
+                    )
+                } else {
+                    String::new()
+                }
+            )),
+            Some(r) => problems.push(format!(
+                "{route}: latest verification {} s ago: {} records, {} missing, {} out of order",
+                (now_ms - r.finished_at_ms) / 1000,
+                r.totals.source_in_window,
+                r.totals.missing,
+                r.totals.out_of_order
+            )),
+        }
+    }
+    if problems.is_empty() {
+        GuardResult::new("verification", true, ok.join("; "))
+    } else {
+        GuardResult::new(
+            "verification",
+            false,
+            format!(
+                "{} (need a pass newer than {} s: run `fanoutctl verify --from <time>`)",
+                problems.join("; "),
+                max_age_ms / 1000
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(lag_ms: i64) -> ShardLag {
+        ShardLag {
+            route: "r".into(),
+            shard_id: format!("shardId-{lag_ms}"),
+            lag_ms,
+            pending: lag_ms > 0,
+            first_pending_arrival_ms: None,
+            heartbeat_age_ms: Some(1000),
+            heartbeat_mode: Some("forward".into()),
+            checkpoint: None,
+        }
+    }
+
+    fn facts(arn: &str) -> StreamFacts {
+        StreamFacts {
+            arn: arn.into(),
+            status: "ACTIVE".into(),
+            max_record_kib: Some(1024),
+            encryption: "NONE".into(),
+            retention_hours: 24,
+            capacity_mode: "PROVISIONED".into(),
+        }
+    }
+
+    #[test]
+    fn lag_passes_at_the_limit_and_fails_above_it_naming_the_shard() {
+        assert!(lag(&[shard(0), shard(500)], 500).passed);
+        let r = lag(&[shard(0), shard(501)], 500);
+        assert!(!r.passed);
+        assert!(r.detail.contains("shardId-501 501 ms"), "{}", r.detail);
+        assert!(!lag(&[], 500).passed, "no shards proves nothing");
+    }
+
+    #[test]
+    fn idle_replicating_and_stuck_shards_are_told_apart() {
+        let mut s = shard(0);
+        assert_eq!(s.condition(30_000), "idle");
+        s.pending = true;
+        assert_eq!(s.condition(30_000), "replicating");
+        s.heartbeat_mode = Some("hold".into());
+        assert_eq!(s.condition(30_000), "held");
+        s.heartbeat_mode = Some("stopped".into());
+        assert_eq!(s.condition(30_000), "stopped");
+        s.heartbeat_age_ms = Some(31_000);
+        assert_eq!(s.condition(30_000), "stuck");
+        s.heartbeat_age_ms = None;
+        assert_eq!(s.condition(30_000), "stuck");
+    }
+
+    #[test]
+    fn dead_letters_name_some_and_the_fix() {
+        assert!(dead_letters(&[]).passed);
+        let r = dead_letters(&["a".into(), "b".into()]);
+        assert!(!r.passed && r.detail.contains("2 unacknowledged") && r.detail.contains("dlq ack"));
+    }
+
+    #[test]
+    fn stream_pairs_must_be_active_and_the_target_at_least_as_capable() {
+        let (s, t) = (facts("src"), facts("dst"));
+        assert!(streams(&[(s.clone(), t.clone())]).passed);
+        type Change = Box<dyn Fn(&mut StreamFacts, &mut StreamFacts)>;
+        let cases: Vec<(Change, &str)> = vec![
+            (
+                Box::new(|_, t| t.status = "CREATING".into()),
+                "dst is CREATING",
+            ),
+            (
+                Box::new(|_, t| t.status = "ResourceNotFoundException".into()),
+                "dst is ResourceNotFound",
+            ),
+            (
+                Box::new(|s, _| s.max_record_kib = Some(10240)),
+                "MaxRecordSizeInKiB",
+            ),
+            (
+                Box::new(|s, _| s.encryption = "KMS".into()),
+                "enable server-side encryption",
+            ),
+            (
+                Box::new(|s, _| s.retention_hours = 168),
+                "raise the target's retention",
+            ),
+        ];
+        for (change, expect) in cases {
+            let (mut s, mut t) = (s.clone(), t.clone());
+            change(&mut s, &mut t);
+            let r = streams(&[(s, t)]);
+            assert!(
+                !r.passed && r.detail.contains(expect),
+                "{expect}: {}",
+                r.detail
+            );
+        }
+    }
+}

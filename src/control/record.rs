@@ -1,0 +1,178 @@
+//! What the controller stores: the migration (its streams and settings), its state item
+//! (state, version, any flip in progress), and one history entry per command attempt.
+
+use serde::{Deserialize, Serialize};
+
+use super::guards::GuardResult;
+use super::machine::{Action, Side, State};
+
+/// One logical stream of a migration: a stream in the new account and its counterpart in
+/// the old one, and the route that replicates new → old.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogicalStream {
+    /// The name producers ask the routing client for.
+    pub name: String,
+    pub new: String,
+    pub old: String,
+    /// The replicator route (FANOUT_ROUTES) that replicates `new` into `old`.
+    pub forward_route: String,
+}
+
+impl LogicalStream {
+    /// The stream producers write to when they are on `side`.
+    pub fn stream(&self, side: Side) -> &str {
+        match side {
+            Side::Old => &self.old,
+            Side::New => &self.new,
+        }
+    }
+}
+
+/// The thresholds and timings of a migration's flips.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    /// Largest replication lag (age of the oldest record not yet replicated) on any shard.
+    pub max_lag_ms: i64,
+    /// How old the latest passing verification of each forward route may be.
+    pub verification_max_age_ms: i64,
+    /// How long a flip waits for replication to catch up while producers hold.
+    pub drain_timeout_ms: i64,
+    /// How long a flip waits after telling producers to hold before it measures catch-up:
+    /// longer than producers' routing cache and the replicator's mode cache.
+    pub settle_ms: i64,
+    /// One identity requests a flip, a different one approves it.
+    pub two_person: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_lag_ms: 60_000,
+            verification_max_age_ms: 3_600_000,
+            drain_timeout_ms: 120_000,
+            settle_ms: 7_000,
+            two_person: false,
+        }
+    }
+}
+
+/// A migration: its name, streams and settings. Stored in the state item when it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Migration {
+    pub name: String,
+    pub streams: Vec<LogicalStream>,
+    pub settings: Settings,
+    /// S3 bucket of the routing document and of dead letters.
+    pub bucket: String,
+    /// Key of the routing document in `bucket`.
+    pub routing_key: String,
+    /// Prefix of dead letters in `bucket`.
+    pub dead_letter_prefix: String,
+}
+
+/// A flip under way: producers are held while replication catches up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingFlip {
+    pub id: String,
+    pub action: Action,
+    pub actor: String,
+    pub started_at_ms: i64,
+    /// After this a flip is abandoned (its process died); the next command releases it.
+    pub deadline_ms: i64,
+}
+
+/// A flip asked for under the two-person rule, waiting for a second identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalRequest {
+    pub action: Action,
+    pub requested_by: String,
+    pub reason: String,
+    pub forced: bool,
+    pub at_ms: i64,
+}
+
+/// The state item.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredState {
+    pub migration: Migration,
+    pub state: State,
+    /// Every change is conditional on this and increments it.
+    pub version: u64,
+    /// Replication held by `pause` (records wait in their source streams).
+    pub paused: bool,
+    pub flip: Option<PendingFlip>,
+    pub request: Option<ApprovalRequest>,
+    pub updated_at_ms: i64,
+    pub updated_by: String,
+}
+
+/// How a command attempt ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The change was made.
+    Applied,
+    /// The migration was already there: nothing to do.
+    AlreadyThere,
+    /// Recorded a request; a second identity must approve it (two-person rule).
+    AwaitingApproval,
+    /// A guard said no (and it was not forced).
+    RefusedByGuard,
+    /// The state machine does not allow it from the current state.
+    NotAllowed,
+    /// Someone else changed the state first.
+    LostRace,
+    /// Replication did not catch up in time; producers were released without switching.
+    DrainTimedOut,
+    /// An error stopped it; the message says what and what to do.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::AlreadyThere => "already_there",
+            Outcome::AwaitingApproval => "awaiting_approval",
+            Outcome::RefusedByGuard => "refused_by_guard",
+            Outcome::NotAllowed => "not_allowed",
+            Outcome::LostRace => "lost_race",
+            Outcome::DrainTimedOut => "drain_timed_out",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    /// The process exit code `fanoutctl` uses: 0 done, 2 failed, 3 refused (a guard or the
+    /// state machine), 4 lost a race, 5 waiting for approval.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Applied | Outcome::AlreadyThere => 0,
+            Outcome::Failed | Outcome::DrainTimedOut => 2,
+            Outcome::RefusedByGuard | Outcome::NotAllowed => 3,
+            Outcome::LostRace => 4,
+            Outcome::AwaitingApproval => 5,
+        }
+    }
+}
+
+/// One line of the append-only history: every attempt, whatever its outcome.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub at_ms: i64,
+    /// Unique per attempt.
+    pub id: String,
+    /// The caller's identity (STS GetCallerIdentity ARN).
+    pub actor: String,
+    pub command: String,
+    pub from: State,
+    /// The state it led (or would have led) to.
+    pub to: Option<State>,
+    pub outcome: Outcome,
+    pub reason: Option<String>,
+    pub forced: bool,
+    pub guards: Vec<GuardResult>,
+    pub version_before: u64,
+    pub version_after: Option<u64>,
+    pub detail: String,
+}
