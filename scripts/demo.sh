@@ -29,3 +29,33 @@ echo "       -> $(field target_stream_arn)"
 echo "   writer role: $FANOUT_WRITER_ROLE_ARN (external id $FANOUT_WRITER_EXTERNAL_ID)"
 echo
 target/debug/examples/demo
+
+echo
+echo "== A scripted flip with the on-call CLI: start → cutover → rollback → cutover → commit"
+export FANOUT_MIGRATION="demo-$(date +%s)" FANOUT_MODE_CACHE_MS=500
+ctl() { echo; echo "\$ fanoutctl $*"; target/debug/fanoutctl "$@"; }
+# The replicator keeps running locally (the event source mapping's stand-in) and obeys the
+# replication mode the controller sets.
+mkdir -p .local/log
+target/debug/fanoutctl replicate --quiet >.local/log/demo-replicate.log 2>&1 &
+replicator=$!
+trap 'kill -TERM "$replicator" 2>/dev/null || true' EXIT
+ctl start --settle 1s --drain-timeout 30s --reason "demo migration"
+ctl verify --from trim-horizon --grace 2s | tail -n 4
+code=0
+ctl cutover --dry-run --reason "demo" || code=$?
+[ "$code" = 3 ] || { echo "FAIL: the dead-letter guard should refuse the cutover (exit 3), got $code"; exit 1; }
+echo "(exit 3: refused by a guard — the demo's oversize record is an unacknowledged dead letter)"
+ctl dlq ack --all --reason "demo: the oversize record was written on purpose"
+ctl cutover --reason "demo: first cutover"
+ctl status
+ctl rollback --reason "demo: practise a rollback"
+ctl cutover --reason "demo: try again"
+ctl commit --reason "demo: done"
+ctl history
+kill -TERM "$replicator"
+wait "$replicator" || true
+state="$(target/debug/fanoutctl status --output json | .local/venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)["state"])')"
+[ "$state" = committed ] || { echo "FAIL: the migration should be committed, it is $state"; exit 1; }
+echo
+echo "PASS: flip (cutover, rollback, cutover, commit recorded with their guards)"

@@ -852,3 +852,149 @@ async fn drill_a_producer_follows_routing_through_cutover_rollback_cutover_commi
     assert_eq!(code, 0);
     assert!(status.contains("state COMMITTED"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_a_drain_that_times_out_and_an_abandoned_flip() {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
+        return;
+    };
+    let migration = unique("two-person");
+    let alice = context(
+        &world,
+        "arn:aws:sts::123456789012:assumed-role/oncall/alice",
+    );
+    let bob = context(&world, "arn:aws:sts::123456789012:assumed-role/oncall/bob");
+    let settings = Settings {
+        two_person: true,
+        drain_timeout_ms: 1_000,
+        settle_ms: 200,
+        ..fast_settings()
+    };
+    start(
+        &world,
+        &alice,
+        &migration,
+        vec![stream_of(&world)],
+        settings,
+    )
+    .await;
+    let routing = S3Routing::new(
+        &world.new_account,
+        &world.bucket,
+        &S3Routing::key_for("routing/", &migration),
+    );
+    let producers = RoutingClient::new(
+        routing,
+        RoutingOptions {
+            cache_ttl: Duration::ZERO,
+            ..RoutingOptions::default()
+        },
+    );
+    let logical = world.source.name().to_owned();
+
+    // Records wait in the source and no replicator runs: the drain cannot finish.
+    KinesisSource::new(&world.new_account)
+        .put_all(&world.source, &records(5, 2, 20))
+        .await
+        .unwrap();
+    let cutover = flip(
+        &migration,
+        CommandName::Cutover,
+        Some("CHG-7: replicator is down, test the drain"),
+        true,
+    );
+    let r = execute(&alice, &cutover).await;
+    assert_eq!(
+        (r.outcome, r.exit_code()),
+        (Outcome::AwaitingApproval, 5),
+        "{}",
+        r.message
+    );
+    let r = execute(&alice, &cutover).await;
+    assert_eq!(r.outcome, Outcome::AwaitingApproval);
+    assert!(
+        r.message.contains("a different identity must approve"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        alice.control.load(&migration).await.unwrap().unwrap().state,
+        State::Replicating
+    );
+
+    let r = execute(&bob, &cutover).await;
+    assert_eq!(
+        (r.outcome, r.exit_code()),
+        (Outcome::DrainTimedOut, 2),
+        "{}",
+        r.message
+    );
+    assert!(
+        r.message.contains("did not catch up within 1000 ms")
+            && r.message.contains("released on the old streams"),
+        "{}",
+        r.message
+    );
+    let st = alice.control.load(&migration).await.unwrap().unwrap();
+    assert_eq!((st.state, st.flip.is_none()), (State::Replicating, true));
+    assert_eq!(
+        producers.resolve(&logical).await.unwrap().stream,
+        world.target.to_string(),
+        "producers released where they were"
+    );
+    let history = alice.control.history(&migration, None).await.unwrap();
+    let outcomes: Vec<(&str, Outcome)> = history
+        .iter()
+        .map(|e| (e.actor.rsplit('/').next().unwrap(), e.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("alice", Outcome::Applied),
+            ("alice", Outcome::AwaitingApproval),
+            ("alice", Outcome::AwaitingApproval),
+            ("bob", Outcome::DrainTimedOut)
+        ]
+    );
+    assert!(
+        history[3].detail.contains("still behind"),
+        "{}",
+        history[3].detail
+    );
+
+    // A flip whose process died: its deadline passes, and the next flip releases it first.
+    let mut stale = alice.control.load(&migration).await.unwrap().unwrap();
+    let expected = stale.version;
+    stale.version += 1;
+    stale.flip = Some(fanout::control::record::PendingFlip {
+        id: "dead".into(),
+        action: fanout::control::machine::Action::Cutover,
+        actor: "arn:aws:sts::123456789012:assumed-role/oncall/carol".into(),
+        started_at_ms: now_ms() - 600_000,
+        deadline_ms: now_ms() - 1,
+    });
+    assert_eq!(
+        alice
+            .control
+            .write_state(Some(expected), &stale)
+            .await
+            .unwrap(),
+        fanout::aws::control::Write::Done
+    );
+    let mut dry = flip(&migration, CommandName::Cutover, Some("after carol"), true);
+    dry.dry_run = true;
+    let r = execute(&bob, &dry).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    let history = alice.control.history(&migration, None).await.unwrap();
+    let release = history.last().unwrap();
+    assert_eq!(release.command, "release");
+    assert!(release.detail.contains("released abandoned flip dead (cutover by arn:aws:sts::123456789012:assumed-role/oncall/carol"), "{}", release.detail);
+    assert!(alice
+        .control
+        .load(&migration)
+        .await
+        .unwrap()
+        .unwrap()
+        .flip
+        .is_none());
+}
