@@ -41,7 +41,7 @@ target/debug/fanoutctl replicate --quiet >.local/log/demo-replicate.log 2>&1 &
 replicator=$!
 trap 'kill -TERM "$replicator" 2>/dev/null || true' EXIT
 ctl start --settle 1s --drain-timeout 30s --reason "demo migration"
-ctl verify --from trim-horizon --grace 2s | tail -n 4
+ctl verify --from trim-horizon --grace 2s | head -n 1
 code=0
 ctl cutover --dry-run --reason "demo" || code=$?
 [ "$code" = 3 ] || { echo "FAIL: the dead-letter guard should refuse the cutover (exit 3), got $code"; exit 1; }

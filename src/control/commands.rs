@@ -1356,23 +1356,27 @@ impl Report {
             return out;
         }
         if let Some(t) = &self.plan {
+            let drain = match (t.drain, t.switches_routing) {
+                (None, _) => "no drain".to_owned(),
+                (Some(d), true) => {
+                    format!("{} replication catches up while producers hold", d.as_str())
+                }
+                (Some(d), false) => format!(
+                    "{} replication catches up with what arrived before the flip began",
+                    d.as_str()
+                ),
+            };
+            let producers = if t.switches_routing {
+                format!(
+                    "held, then moved to the {} streams",
+                    t.to.producers().as_str()
+                )
+            } else {
+                "stay where they are".to_owned()
+            };
             out.push_str(&format!(
-                "plan: {} {} → {}; producers {}; drain: {}; replication after: forward {}\n",
-                t.action,
-                t.from,
-                t.to,
-                if t.switches_routing {
-                    format!(
-                        "held, then moved to the {} streams",
-                        t.to.producers().as_str()
-                    )
-                } else {
-                    "stay where they are".to_owned()
-                },
-                t.drain
-                    .map(|d| format!("{} replication catches up while producers hold", d.as_str()))
-                    .unwrap_or_else(|| "none".into()),
-                t.modes_after.forward,
+                "plan: {} {} → {}; producers {producers}; {drain}; then replication new → old is {}\n",
+                t.action, t.from, t.to, t.modes_after.forward,
             ));
         }
         for g in &self.guards {
