@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use aws_lambda_events::event::streams::KinesisEventResponse;
 
-use crate::control::machine::Mode;
+use crate::control::machine::{Mode, RouteMode};
 use crate::event::{self, EventError};
 use crate::metrics;
 use crate::model::SourceBatch;
@@ -36,7 +36,7 @@ pub struct Handler<W, C, D> {
     metrics: MetricsOutput,
     /// How long a route's replication mode is kept before it is read again.
     mode_ttl: Duration,
-    modes: Mutex<HashMap<String, (Instant, Mode)>>,
+    modes: Mutex<HashMap<String, (Instant, RouteMode)>>,
     /// Who the heartbeats say wrote them.
     heartbeat_by: String,
 }
@@ -72,7 +72,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
     /// The replication mode of `route`, from the cache when it is fresh. When the state table
     /// cannot be read and nothing is cached, the route is held (nothing is lost: the batch is
     /// retried).
-    pub async fn mode(&self, route: &str, deadline: Instant) -> Mode {
+    pub async fn mode(&self, route: &str, deadline: Instant) -> RouteMode {
         let now = Instant::now();
         let cached = self.modes.lock().unwrap().get(route).copied();
         if let Some((at, mode)) = cached {
@@ -82,34 +82,49 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
         }
         let budget = self.state_budget(deadline);
         let read = tokio::time::timeout(budget, self.replicator.checkpoints().mode(route));
-        let mode = match read.await.unwrap_or_else(|_| {
-            Err(crate::model::StoreError {
-                code: "Timeout".to_owned(),
-                message: format!("no answer within {} ms", budget.as_millis()),
-            })
-        }) {
+        let timed_out = || crate::model::StoreError {
+            code: "Timeout".to_owned(),
+            message: format!("no answer within {} ms", budget.as_millis()),
+        };
+        let mode = match read.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(m) => m,
             Err(e) => {
-                let fallback = cached.map(|(_, m)| m).unwrap_or(Mode::Hold);
+                let fallback = cached.map(|(_, m)| m).unwrap_or(RouteMode {
+                    mode: Mode::Hold,
+                    since_ms: None,
+                });
                 tracing::warn!(
                     route,
                     error = %e,
-                    "Cannot read the replication mode of {route}; using {fallback} until it can                      be read. Check the function's access to the state table."
+                    "Cannot read the replication mode of {route}; using {} until it can be read. \
+                     Check the function's access to the state table.",
+                    fallback.mode
                 );
                 fallback
             }
         };
-        if cached.map(|(_, m)| m) != Some(mode) && (cached.is_some() || mode != Mode::Forward) {
+        let before = cached.map(|(_, m)| m).unwrap_or(RouteMode::FORWARD);
+        if before != mode {
+            let since = mode
+                .since_ms
+                .map(|ms| {
+                    format!(
+                        "; records that arrived before {} are the other direction's copies and are skipped",
+                        chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339()
+                    )
+                })
+                .unwrap_or_default();
             tracing::info!(
                 route,
-                mode = mode.as_str(),
-                "Route {route} is in mode {mode}{}.",
-                match mode {
+                mode = mode.mode.as_str(),
+                "Route {route} is in mode {}{}{since}.",
+                mode.mode,
+                match mode.mode {
                     Mode::Forward => "",
                     Mode::Hold => ": records wait in the source stream until it is forward again",
                     Mode::Stopped =>
-                        ": replication is off in this migration state; records stay \
-                                       in the source stream (disable this event source mapping)",
+                        ": replication is off in this migration state; records stay in the source \
+                         stream (disable this event source mapping)",
                 }
             );
         }
@@ -221,6 +236,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             return Ok((event::response(report.first_unhandled.as_ref()), report));
         }
         let mut blocked = None;
+        let mut since_ms: Option<i64> = None;
         for route in self
             .replicator
             .routes()
@@ -228,10 +244,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             .filter(|r| r.source == batch.source)
         {
             let mode = self.mode(&route.name, deadline).await;
-            if mode != Mode::Forward {
-                blocked = Some(mode);
+            if mode.mode != Mode::Forward {
+                blocked = Some(mode.mode);
                 break;
             }
+            since_ms = since_ms.max(mode.since_ms);
         }
         if let Some(mode) = blocked {
             let report = BatchReport {
@@ -244,6 +261,35 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             self.heartbeat(&batch, &report, mode, deadline).await;
             return Ok((event::response(report.first_unhandled.as_ref()), report));
         }
+        // Records from before the route's start are the other direction's copies: skip them.
+        let batch = match since_ms {
+            Some(since)
+                if batch
+                    .records
+                    .iter()
+                    .any(|r| r.arrival_ms.is_some_and(|a| a < since)) =>
+            {
+                let skipped = batch
+                    .records
+                    .iter()
+                    .filter(|r| r.arrival_ms.is_some_and(|a| a < since))
+                    .count();
+                tracing::debug!(shard = %batch.shard_id, skipped, "Records from before the route's start skipped.");
+                let mut kept = batch.clone();
+                kept.records
+                    .retain(|r| r.arrival_ms.is_none_or(|a| a >= since));
+                if kept.records.is_empty() {
+                    let report = BatchReport {
+                        source: batch.source.to_string(),
+                        shard_id: batch.shard_id.clone(),
+                        ..BatchReport::default()
+                    };
+                    return Ok((event::response(None), report));
+                }
+                kept
+            }
+            _ => batch,
+        };
         let report = self.replicator.replicate(&batch, deadline).await;
         self.heartbeat(&batch, &report, Mode::Forward, deadline)
             .await;

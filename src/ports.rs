@@ -4,7 +4,7 @@
 
 use std::future::Future;
 
-use crate::control::machine::Mode;
+use crate::control::machine::{Mode, RouteMode};
 use crate::model::{
     AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, RequestError, Route,
     StoreError, TargetInfo,
@@ -72,9 +72,9 @@ pub trait CheckpointStore: Send + Sync {
     ) -> impl Future<Output = Result<AdvanceOutcome, StoreError>> + Send;
 
     /// The replication mode the controller set for `route`; a route it never set is
-    /// [`Mode::Forward`].
-    fn mode(&self, _route: &str) -> impl Future<Output = Result<Mode, StoreError>> + Send {
-        async { Ok(Mode::Forward) }
+    /// [`RouteMode::FORWARD`].
+    fn mode(&self, _route: &str) -> impl Future<Output = Result<RouteMode, StoreError>> + Send {
+        async { Ok(RouteMode::FORWARD) }
     }
 
     /// Records a shard heartbeat.

@@ -20,7 +20,7 @@ use fanout::aws::routing::S3Routing;
 use fanout::aws::source::KinesisSource;
 use fanout::aws::verifications;
 use fanout::control::commands::{execute, CommandName, Context, Report, Request};
-use fanout::control::machine::{Mode, State};
+use fanout::control::machine::{Mode, RouteMode, State};
 use fanout::control::record::{LogicalStream, Outcome, Settings};
 use fanout::handler::MetricsOutput;
 use fanout::routing::{RoutingClient, RoutingOptions};
@@ -48,6 +48,7 @@ fn stream_of(world: &World) -> LogicalStream {
         new: world.source.to_string(),
         old: world.target.to_string(),
         forward_route: world.route().name,
+        reverse_route: None,
     }
 }
 
@@ -59,6 +60,7 @@ fn fast_settings() -> Settings {
         drain_timeout_ms: 20_000,
         settle_ms: 800,
         two_person: false,
+        reverse: false,
     }
 }
 
@@ -140,21 +142,40 @@ fn spawn_replicator(
     world: &World,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<runner::RunSummary> {
+    spawn_runner(world, false, stop)
+}
+
+/// Runs a replicator in this process until `stop` is set: new → old, or with `reverse`
+/// old → new (the reverse replicator of a rollback, writing with its own credentials).
+fn spawn_runner(
+    world: &World,
+    reverse: bool,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<runner::RunSummary> {
     let mut vars = world.vars();
     vars.insert("FANOUT_MODE_CACHE_MS", "200".into());
+    let (source, target) = if reverse {
+        (world.target.clone(), world.source.clone())
+    } else {
+        (world.source.clone(), world.target.clone())
+    };
+    if reverse {
+        vars.remove("FANOUT_WRITER_ROLE_ARN");
+        vars.remove("FANOUT_WRITER_EXTERNAL_ID");
+        vars.insert(
+            "FANOUT_ROUTES",
+            format!(r#"[{{"source":"{source}","target":"{target}"}}]"#),
+        );
+    }
     let config = fanout::config::ReplicatorConfig::from_lookup(|k| vars.get(k).cloned()).unwrap();
-    let (sdk, table, source) = (
-        world.new_account.clone(),
-        world.table.clone(),
-        world.source.clone(),
-    );
+    let (sdk, table) = (world.new_account.clone(), world.table.clone());
     let options = RunnerOptions {
         batch_size: 100,
         idle_poll: Duration::from_millis(50),
         discover_every: Duration::from_millis(500),
         min_read_interval: Duration::from_millis(20),
         lease_ttl: Duration::from_secs(3),
-        lease_name: world.route().name,
+        lease_name: fanout::model::Route::default_name(&source, &target),
         ..RunnerOptions::default()
     };
     tokio::spawn(async move {
@@ -528,7 +549,10 @@ async fn a_held_route_writes_nothing_and_loses_nothing_and_heartbeats_tell_idle_
     assert_eq!(p.outcome, Outcome::Applied, "{}", p.message);
     assert_eq!(
         ctx.control.mode(&world.route().name).await.unwrap(),
-        Mode::Hold
+        RouteMode {
+            mode: Mode::Hold,
+            since_ms: None
+        }
     );
     assert_eq!(
         execute(&ctx, &req(&migration, CommandName::Pause))
@@ -590,13 +614,64 @@ async fn a_held_route_writes_nothing_and_loses_nothing_and_heartbeats_tell_idle_
     assert_eq!(shard.condition(0), "stuck");
 }
 
-/// One record the drill's producer wrote: its key, where, and when (its number within the
-/// key is its position among the key's records).
+/// One record the drill's producer wrote: its key, its number within the key, where, when.
 #[derive(Clone, Debug)]
 struct Produced {
     key: String,
+    n: u64,
     stream: String,
     at_ms: i64,
+}
+
+/// Per key, the numbers of the drill's records a stream holds, in stream order, every copy.
+fn held(stream: &[(String, fanout::model::SourceRecord)]) -> HashMap<String, Vec<u64>> {
+    let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+    for (_, r) in stream {
+        let text = String::from_utf8_lossy(&r.data).into_owned();
+        let parts: Vec<&str> = text.split('|').collect();
+        if parts.len() == 3 && parts[2] == "drill" {
+            out.entry(parts[0].to_owned())
+                .or_default()
+                .push(parts[1].parse().unwrap());
+        }
+    }
+    out
+}
+
+/// (missing, out of order) of `expected` in `held`: per key, the first copies of the
+/// expected numbers must all be there, in increasing order.
+fn judge(held: &HashMap<String, Vec<u64>>, expected: &[&Produced]) -> (usize, usize) {
+    let mut want: HashMap<&str, Vec<u64>> = HashMap::new();
+    for p in expected {
+        want.entry(p.key.as_str()).or_default().push(p.n);
+    }
+    let (mut missing, mut out_of_order) = (0, 0);
+    for (key, ns) in want {
+        let have = held.get(key).cloned().unwrap_or_default();
+        let mut firsts: Vec<u64> = Vec::new();
+        for n in have.into_iter().filter(|n| ns.contains(n)) {
+            if !firsts.contains(&n) {
+                firsts.push(n);
+            }
+        }
+        missing += ns.len() - firsts.len();
+        out_of_order += firsts.windows(2).filter(|w| w[1] < w[0]).count();
+    }
+    (missing, out_of_order)
+}
+
+/// Copies beyond the first of `records` in `held`.
+fn echoes<'a>(
+    held: &HashMap<String, Vec<u64>>,
+    records: impl Iterator<Item = &'a Produced>,
+) -> usize {
+    records
+        .map(|p| {
+            held.get(&p.key).map_or(0, |ns| {
+                ns.iter().filter(|n| **n == p.n).count().saturating_sub(1)
+            })
+        })
+        .sum()
 }
 
 fn fanoutctl(world: &World, migration: &str, args: &[&str]) -> (i32, String) {
@@ -647,28 +722,40 @@ fn verify(world: &World, migration: &str, from_ms: i64, until_ms: i64) -> serde_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn drill_a_producer_follows_routing_through_cutover_rollback_cutover_commit_losing_and_reordering_nothing(
 ) {
+    drill(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drill_with_reverse_replication_keeps_the_new_side_current_and_echoes_nothing() {
+    drill(true).await;
+}
+
+/// The drill: a producer follows the routing document while the CLI performs cutover →
+/// rollback → cutover → commit; with `reverse`, a reverse replicator runs too.
+async fn drill(reverse: bool) {
     let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 2).await else {
         return;
     };
     let migration = unique("drill");
     let drill_start = now_ms();
     // Start with the CLI: streams from FANOUT_ROUTES, short settle and drain for the test.
-    let (code, _) = fanoutctl(
-        &world,
-        &migration,
-        &[
-            "start",
-            "--settle",
-            "1s",
-            "--drain-timeout",
-            "30s",
-            "--reason",
-            "drill",
-        ],
-    );
+    let mut start = vec![
+        "start",
+        "--settle",
+        "1s",
+        "--drain-timeout",
+        "30s",
+        "--reason",
+        "drill",
+    ];
+    if reverse {
+        start.push("--reverse");
+    }
+    let (code, _) = fanoutctl(&world, &migration, &start);
     assert_eq!(code, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let replicator = spawn_replicator(&world, stop.clone());
+    let reverse_replicator = reverse.then(|| spawn_runner(&world, true, stop.clone()));
 
     // Test traffic on the new side, replicated and verified: what the first cutover needs.
     let kinesis = KinesisSource::new(&world.new_account);
@@ -724,6 +811,7 @@ async fn drill_a_producer_follows_routing_through_cutover_rollback_cutover_commi
                     .expect("put_record");
                 produced.lock().unwrap().push(Produced {
                     key: key.clone(),
+                    n,
                     stream: to,
                     at_ms: now_ms(),
                 });
@@ -777,6 +865,9 @@ async fn drill_a_producer_follows_routing_through_cutover_rollback_cutover_commi
     producer.await.unwrap();
     stop.store(true, Ordering::SeqCst);
     replicator.await.unwrap();
+    if let Some(r) = reverse_replicator {
+        r.await.unwrap();
+    }
 
     // Across all flips: nothing produced before the commit is missing from the old stream,
     // and every key's records arrived there in the order they were produced.
@@ -791,34 +882,64 @@ async fn drill_a_producer_follows_routing_through_cutover_rollback_cutover_commi
         by_stream.len() == 2 && by_stream.values().all(|n| *n > 50),
         "{by_stream:?}"
     );
-    let old = kinesis.read_all(&world.target).await.unwrap();
-    let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
-    for (_, r) in &old {
-        let text = String::from_utf8_lossy(&r.data).into_owned();
-        let parts: Vec<&str> = text.split('|').collect();
-        if parts.len() == 3 && parts[2] == "drill" {
-            let list = seen.entry(parts[0].to_owned()).or_default();
-            let n: u64 = parts[1].parse().unwrap();
-            if !list.contains(&n) {
-                list.push(n);
-            }
-        }
-    }
-    let mut missing = 0;
-    let mut out_of_order = 0;
-    for (key, ns) in &seen {
-        out_of_order += ns.windows(2).filter(|w| w[1] < w[0]).count();
-        let before_commit = produced
-            .iter()
-            .filter(|p| &p.key == key && p.at_ms < commit_at)
-            .count() as u64;
-        missing += (0..before_commit).filter(|n| !ns.contains(n)).count();
-    }
+    let old = held(&kinesis.read_all(&world.target).await.unwrap());
+    let before_commit: Vec<&Produced> = produced.iter().filter(|p| p.at_ms < commit_at).collect();
     assert_eq!(
-        (missing, out_of_order),
+        judge(&old, &before_commit),
         (0, 0),
-        "old stream per key: {seen:?}"
+        "old stream per key: {old:?}"
     );
+    // Records producers wrote to the old streams are there once: nothing came back.
+    let old_echoes = echoes(
+        &old,
+        produced
+            .iter()
+            .filter(|p| p.stream == world.target.to_string()),
+    );
+    assert_eq!(
+        old_echoes, 0,
+        "records written to the old stream came back: {old:?}"
+    );
+    if reverse {
+        // The new side stayed current: from the first record producers wrote there, it
+        // holds every record produced before the commit, wherever it was written, in order,
+        // and its own records only once.
+        let new = held(&kinesis.read_all(&world.source).await.unwrap());
+        let first_new = produced
+            .iter()
+            .filter(|p| p.stream == world.source.to_string())
+            .map(|p| p.at_ms)
+            .min()
+            .unwrap();
+        let since_first: Vec<&Produced> = before_commit
+            .iter()
+            .copied()
+            .filter(|p| p.at_ms >= first_new)
+            .collect();
+        assert_eq!(
+            judge(&new, &since_first),
+            (0, 0),
+            "new stream per key: {new:?}"
+        );
+        let rolled_back = since_first
+            .iter()
+            .filter(|p| p.stream == world.target.to_string())
+            .count();
+        assert!(
+            rolled_back > 20,
+            "reverse replication carried {rolled_back} records"
+        );
+        let new_echoes = echoes(
+            &new,
+            produced
+                .iter()
+                .filter(|p| p.stream == world.source.to_string()),
+        );
+        assert_eq!(
+            new_echoes, 0,
+            "records written to the new stream came back: {new:?}"
+        );
+    }
 
     let (code, history) = fanoutctl(&world, &migration, &["history"]);
     assert_eq!(code, 0);

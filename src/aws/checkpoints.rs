@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::Client;
 
 use super::ddb::s;
 use super::store_error;
-use crate::control::machine::Mode;
+use crate::control::machine::RouteMode;
 use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, StoreError};
 use crate::ports::{CheckpointStore, ShardHeartbeat};
 use crate::seq::SequenceNumber;
@@ -180,7 +180,7 @@ impl CheckpointStore for DynamoCheckpoints {
         }
     }
 
-    async fn mode(&self, route: &str) -> Result<Mode, StoreError> {
+    async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
         super::control::read_mode(&self.client, &self.table, route).await
     }
 

@@ -21,7 +21,7 @@ use super::ddb::{n, s};
 use super::source::{KinesisSource, StartPosition};
 use super::store_error;
 use crate::control::guards::{ShardLag, StreamFacts};
-use crate::control::machine::Mode;
+use crate::control::machine::RouteMode;
 use crate::control::record::{HistoryEntry, StoredState};
 use crate::model::{StoreError, StreamArn};
 use crate::ports::ShardHeartbeat;
@@ -65,7 +65,7 @@ fn num(item: &Item, name: &str) -> Option<i64> {
 }
 
 /// Reads a route's replication mode (the replicator's side). No item: forward.
-pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<Mode, StoreError> {
+pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<RouteMode, StoreError> {
     let out = client
         .get_item()
         .table_name(table)
@@ -75,12 +75,17 @@ pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<Mode
         .send()
         .await
         .map_err(|e| store_error(&e))?;
-    match out.item().and_then(|i| text(i, "mode")) {
-        None => Ok(Mode::Forward),
-        Some(m) => m
-            .parse()
-            .map_err(|e| corrupt(format!("mode of route {route} in {table}: {e}"))),
-    }
+    let Some(item) = out.item() else {
+        return Ok(RouteMode::FORWARD);
+    };
+    let mode = text(item, "mode")
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| corrupt(format!("mode of route {route} in {table}: {e}")))?;
+    Ok(RouteMode {
+        mode,
+        since_ms: num(item, "since_ms"),
+    })
 }
 
 /// Writes a shard heartbeat (the replicator's and the runner's side).
@@ -137,6 +142,8 @@ pub struct AwsControl {
     table: String,
     /// Reads the new account's streams (forward routes' sources).
     new_kinesis: KinesisSource,
+    /// Reads the old account's streams (reverse routes' sources).
+    old_kinesis: KinesisSource,
     sdk: SdkConfig,
     old_sdk: SdkConfig,
 }
@@ -149,6 +156,7 @@ impl AwsControl {
             ddb: Client::new(sdk),
             table: table.to_owned(),
             new_kinesis: KinesisSource::new(sdk),
+            old_kinesis: KinesisSource::new(old_account),
             sdk: sdk.clone(),
             old_sdk: old_account.clone(),
         }
@@ -302,15 +310,18 @@ impl AwsControl {
     pub async fn set_mode(
         &self,
         route: &str,
-        mode: Mode,
+        mode: RouteMode,
         version: u64,
         migration: &str,
         actor: &str,
         now_ms: i64,
     ) -> Result<Write, StoreError> {
-        let result = self
-            .ddb
-            .put_item()
+        let mut req = self.ddb.put_item();
+        if let Some(since) = mode.since_ms {
+            req = req.item("since_ms", n(since));
+        }
+        let mode = mode.mode;
+        let result = req
             .table_name(&self.table)
             .item("pk", s(mode_pk(route)))
             .item("sk", s("mode"))
@@ -334,7 +345,7 @@ impl AwsControl {
         }
     }
 
-    pub async fn mode(&self, route: &str) -> Result<Mode, StoreError> {
+    pub async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
         read_mode(&self.ddb, &self.table, route).await
     }
 
@@ -360,6 +371,15 @@ impl AwsControl {
             .collect())
     }
 
+    /// When each checkpoint of a route was last written: shard → ms.
+    async fn checkpoint_times(&self, route: &str) -> Result<BTreeMap<String, i64>, StoreError> {
+        let items = self.query(&checkpoint_pk(route), false, None).await?;
+        Ok(items
+            .iter()
+            .filter_map(|i| Some((text(i, "sk")?.to_owned(), num(i, "updated_at_ms")?)))
+            .collect())
+    }
+
     /// Every checkpoint of a route: shard → last handled sequence number.
     pub async fn checkpoints(
         &self,
@@ -379,26 +399,42 @@ impl AwsControl {
 
     /// How far each shard of `source` is behind the route's checkpoints: the age of the
     /// first record after the checkpoint (0 when there is none), read with GetRecords.
+    ///
+    /// A route started at `since_ms` (see [`RouteMode`]) is measured from then: records
+    /// before it are not its to replicate. `old_side`: the source is in the old account.
     pub async fn lag(
         &self,
         route: &str,
         source: &StreamArn,
+        since_ms: Option<i64>,
+        old_side: bool,
         now_ms: i64,
     ) -> Result<Vec<ShardLag>, StoreError> {
-        let kinesis = &self.new_kinesis;
+        let kinesis = if old_side {
+            &self.old_kinesis
+        } else {
+            &self.new_kinesis
+        };
         let to_store = |e: crate::model::RequestError| StoreError {
             code: e.code,
             message: format!("{source}: {}", e.message),
         };
         let checkpoints = self.checkpoints(route).await?;
+        let stamps = self.checkpoint_times(route).await?;
         let heartbeats = self.heartbeats(route).await?;
         let shards = kinesis.list_shards(source).await.map_err(to_store)?;
         let mut out = Vec::with_capacity(shards.len());
         for shard in shards {
             let checkpoint = checkpoints.get(&shard.shard_id);
-            let start = match checkpoint {
-                Some(seq) => StartPosition::AfterSequence(seq.clone()),
-                None => StartPosition::TrimHorizon,
+            // A checkpoint written before `since_ms` belongs to an earlier run of the route.
+            let current = checkpoint.filter(|_| {
+                since_ms
+                    .is_none_or(|since| stamps.get(&shard.shard_id).is_some_and(|at| *at >= since))
+            });
+            let start = match (current, since_ms) {
+                (Some(seq), _) => StartPosition::AfterSequence(seq.clone()),
+                (None, Some(since)) => StartPosition::AtTimestamp(since),
+                (None, None) => StartPosition::TrimHorizon,
             };
             let mut iterator = Some(
                 kinesis

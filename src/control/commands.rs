@@ -9,7 +9,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::guards::{self, GuardResult, ShardLag};
-use super::machine::{decide, Action, Decision, Mode, Side, State, Transition};
+use super::machine::{
+    decide, Action, Decision, Direction, Mode, RouteMode, Side, State, Transition,
+};
 use super::record::{
     ApprovalRequest, HistoryEntry, LogicalStream, Migration, Outcome, PendingFlip, Settings,
     StoredState,
@@ -150,6 +152,8 @@ pub struct StreamView {
     pub routing_version: u64,
     pub forward_route: String,
     pub forward_mode: Mode,
+    pub reverse_route: Option<String>,
+    pub reverse_mode: Option<Mode>,
 }
 
 /// One logical stream per route (named after its source stream): what `start` uses when
@@ -163,6 +167,7 @@ pub fn streams_from_routes(config: &crate::config::ReplicatorConfig) -> Vec<Logi
             new: r.source.to_string(),
             old: r.target.to_string(),
             forward_route: r.name.clone(),
+            reverse_route: None,
         })
         .collect()
 }
@@ -176,6 +181,9 @@ pub struct Context {
     /// drain looks at the shards again.
     pub poll: Duration,
 }
+
+/// Kept between a direction's start time and releasing producers (clock differences).
+const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 /// Seconds a heartbeat may be old before a shard with records waiting is called stuck.
 const HEARTBEAT_STALE_MS: i64 = 60_000;
@@ -286,14 +294,78 @@ fn document(
     }
 }
 
-async fn set_modes(ctx: &Context, st: &StoredState) -> Result<(), StoreError> {
-    let modes = st.state.modes(false, st.paused);
-    for s in &st.migration.streams {
+/// One replication route of a migration, as the controller sees it.
+struct RouteRef {
+    route: String,
+    source: String,
+    /// The source is in the old account.
+    old_side: bool,
+    since_ms: Option<i64>,
+}
+
+/// The routes of one direction.
+fn routes_of(st: &StoredState, direction: Direction) -> Vec<RouteRef> {
+    st.migration
+        .streams
+        .iter()
+        .filter_map(|s| match direction {
+            Direction::Forward => Some(RouteRef {
+                route: s.forward_route.clone(),
+                source: s.new.clone(),
+                old_side: false,
+                since_ms: st.forward_since_ms,
+            }),
+            Direction::Reverse => s.reverse_route.clone().map(|route| RouteRef {
+                route,
+                source: s.old.clone(),
+                old_side: true,
+                since_ms: st.reverse_since_ms,
+            }),
+        })
+        .collect()
+}
+
+/// Every shard's lag on the routes of `direction`.
+async fn lags(
+    ctx: &Context,
+    st: &StoredState,
+    direction: Direction,
+    now: i64,
+) -> Result<Vec<ShardLag>, StoreError> {
+    let mut out = Vec::new();
+    for r in routes_of(st, direction) {
+        let source = StreamArn::parse(&r.source).map_err(|e| StoreError {
+            code: "BadStream".into(),
+            message: e,
+        })?;
+        out.extend(
+            ctx.control
+                .lag(&r.route, &source, r.since_ms, r.old_side, now)
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// Sets every route of `direction` to `mode` (with the direction's start time), as of
+/// `version`.
+async fn set_direction(
+    ctx: &Context,
+    st: &StoredState,
+    direction: Direction,
+    mode: Mode,
+    version: u64,
+) -> Result<(), StoreError> {
+    for r in routes_of(st, direction) {
+        let m = RouteMode {
+            mode,
+            since_ms: r.since_ms,
+        };
         ctx.control
             .set_mode(
-                &s.forward_route,
-                modes.forward,
-                st.version,
+                &r.route,
+                m,
+                version,
                 &st.migration.name,
                 &ctx.actor,
                 now_ms(),
@@ -301,6 +373,13 @@ async fn set_modes(ctx: &Context, st: &StoredState) -> Result<(), StoreError> {
             .await?;
     }
     Ok(())
+}
+
+/// Sets the replication modes `st` asks for.
+async fn set_modes(ctx: &Context, st: &StoredState) -> Result<(), StoreError> {
+    let modes = st.state.modes(st.migration.settings.reverse, st.paused);
+    set_direction(ctx, st, Direction::Forward, modes.forward, st.version).await?;
+    set_direction(ctx, st, Direction::Reverse, modes.reverse, st.version).await
 }
 
 fn entry(
@@ -372,10 +451,28 @@ async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
             "start needs the bucket of the routing document (FANOUT_DEAD_LETTER_BUCKET)",
         ));
     };
+    let settings = req.settings.clone().unwrap_or_default();
+    let mut streams = req.streams.clone();
+    if settings.reverse {
+        // The reverse replicator's route: old → new, named the way FANOUT_ROUTES names it.
+        for s in streams.iter_mut().filter(|s| s.reverse_route.is_none()) {
+            let (new, old) = match (StreamArn::parse(&s.new), StreamArn::parse(&s.old)) {
+                (Ok(n), Ok(o)) => (n, o),
+                (Err(e), _) | (_, Err(e)) => {
+                    return Ok(Report::new(
+                        req,
+                        Outcome::Failed,
+                        format!("stream {}: {e}", s.name),
+                    ))
+                }
+            };
+            s.reverse_route = Some(crate::model::Route::default_name(&old, &new));
+        }
+    }
     let migration = Migration {
         name: req.migration.clone(),
-        streams: req.streams.clone(),
-        settings: req.settings.clone().unwrap_or_default(),
+        streams,
+        settings,
         routing_key: S3Routing::key_for("routing/", &req.migration),
         bucket,
         dead_letter_prefix: req
@@ -416,6 +513,8 @@ async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
         paused: false,
         flip: None,
         request: None,
+        forward_since_ms: None,
+        reverse_since_ms: None,
         updated_at_ms: now_ms(),
         updated_by: ctx.actor.clone(),
     };
@@ -491,17 +590,12 @@ async fn evaluate_guards(
     ctx: &Context,
     st: &StoredState,
     action: Action,
+    t: &Transition,
 ) -> Result<(Vec<GuardResult>, Vec<ShardLag>), StoreError> {
     let now = now_ms();
     let s = &st.migration.settings;
-    let mut lags = Vec::new();
-    for stream in &st.migration.streams {
-        let source = StreamArn::parse(&stream.new).map_err(|e| StoreError {
-            code: "BadStream".into(),
-            message: e,
-        })?;
-        lags.extend(ctx.control.lag(&stream.forward_route, &source, now).await?);
-    }
+    // The lag that matters is the direction that must catch up.
+    let lags = lags(ctx, st, t.drain.unwrap_or(Direction::Forward), now).await?;
     let mut out = vec![guards::lag(&lags, s.max_lag_ms)];
     let mut pairs = Vec::new();
     for stream in &st.migration.streams {
@@ -590,7 +684,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
         }
         st = release_abandoned(ctx, req, st, &f).await?;
     }
-    let t = match decide(st.state, action, false) {
+    let t = match decide(st.state, action, st.migration.settings.reverse) {
         Decision::AlreadyThere(s) => {
             let msg = format!("the migration is already {s}: nothing to do");
             if req.dry_run {
@@ -626,7 +720,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
         }
         Decision::Go(t) => t,
     };
-    let (guards, _) = evaluate_guards(ctx, &st, action).await?;
+    let (guards, _) = evaluate_guards(ctx, &st, action, &t).await?;
     let refused: Vec<&GuardResult> = guards.iter().filter(|g| !g.passed).collect();
     let refused_names = refused
         .iter()
@@ -775,12 +869,13 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
             .await?;
         tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
     }
-    if t.drain.is_some() {
+    if let Some(direction) = t.drain {
         // The hold point: producers that honour the hold wrote nothing after it.
         let point = now_ms();
         let drained = drain(
             ctx,
             &begun,
+            direction,
             point,
             Duration::from_millis(s.drain_timeout_ms.max(0) as u64),
         )
@@ -840,6 +935,28 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
     done.version += 1;
     done.state = t.to;
     done.flip = None;
+    if let (Some(seeded), Some(drained)) = (t.seed, t.drain) {
+        // The other direction starts exactly where this one stopped: stop the drained
+        // direction, let every replicator notice (the settle time covers their mode cache),
+        // and start the seeded one with what arrives from now on; everything before is the
+        // drained direction's copies (or older) and is skipped, so nothing echoes back.
+        set_direction(ctx, &begun, drained, Mode::Stopped, begun.version).await?;
+        tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
+        let from = now_ms();
+        match seeded {
+            Direction::Forward => done.forward_since_ms = Some(from),
+            Direction::Reverse => done.reverse_since_ms = Some(from),
+        }
+        detail.push_str(&format!(
+            "{} replication stopped; {} replication takes records from {}; ",
+            drained.as_str(),
+            seeded.as_str(),
+            rfc3339_ms(from)
+        ));
+        // Producers are released only after a margin, so their first records arrive after
+        // `from` even if the stream's clock is a little behind this one.
+        tokio::time::sleep(CLOCK_MARGIN).await;
+    }
     done.updated_at_ms = now_ms();
     set_modes(ctx, &done).await?;
     if ctx.control.write_state(Some(begun.version), &done).await? == Write::Lost {
@@ -927,6 +1044,7 @@ async fn lost(
 async fn drain(
     ctx: &Context,
     st: &StoredState,
+    direction: Direction,
     point: i64,
     timeout: Duration,
 ) -> Result<Result<Duration, String>, StoreError> {
@@ -934,15 +1052,9 @@ async fn drain(
     loop {
         let now = now_ms();
         let mut behind = Vec::new();
-        for stream in &st.migration.streams {
-            let source = StreamArn::parse(&stream.new).map_err(|e| StoreError {
-                code: "BadStream".into(),
-                message: e,
-            })?;
-            for lag in ctx.control.lag(&stream.forward_route, &source, now).await? {
-                if lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
-                    behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
-                }
+        for lag in lags(ctx, st, direction, now).await? {
+            if lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
+                behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
             }
         }
         if behind.is_empty() {
@@ -1143,12 +1255,9 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
         use crate::routing::RoutingSource;
         routing(ctx, &st.migration).fetch().await?
     };
+    shards.extend(lags(ctx, &st, Direction::Forward, now).await?);
+    shards.extend(lags(ctx, &st, Direction::Reverse, now).await?);
     for s in &st.migration.streams {
-        let source = StreamArn::parse(&s.new).map_err(|e| StoreError {
-            code: "BadStream".into(),
-            message: e,
-        })?;
-        shards.extend(ctx.control.lag(&s.forward_route, &source, now).await?);
         let routed = doc.as_ref().and_then(|d| d.streams.get(&s.name));
         streams.push(StreamView {
             name: s.name.clone(),
@@ -1166,7 +1275,12 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
                 .unwrap_or_default(),
             routing_version: routed.map(|r| r.version).unwrap_or(0),
             forward_route: s.forward_route.clone(),
-            forward_mode: ctx.control.mode(&s.forward_route).await?,
+            forward_mode: ctx.control.mode(&s.forward_route).await?.mode,
+            reverse_route: s.reverse_route.clone(),
+            reverse_mode: match &s.reverse_route {
+                Some(r) => Some(ctx.control.mode(r).await?.mode),
+                None => None,
+            },
         });
     }
     let unacked = unacknowledged(ctx, &st).await?.len();
@@ -1195,6 +1309,12 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
         heartbeat_stale_ms: HEARTBEAT_STALE_MS,
     });
     Ok(r)
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 pub fn rfc3339(ms: i64) -> String {
@@ -1291,7 +1411,7 @@ impl Report {
             out.push_str("\nstreams\n");
             for v in &s.streams {
                 out.push_str(&format!(
-                    "  {:<16} routing {} (v{}) → {}\n  {:<16} replication {} on route {}\n",
+                    "  {:<16} routing {} (v{}) → {}\n  {:<16} new → old {} on route {}\n",
                     v.name,
                     v.routing_mode,
                     v.routing_version,
@@ -1300,6 +1420,9 @@ impl Report {
                     v.forward_mode,
                     v.forward_route
                 ));
+                if let (Some(route), Some(mode)) = (&v.reverse_route, v.reverse_mode) {
+                    out.push_str(&format!("  {:<16} old → new {mode} on route {route}\n", ""));
+                }
             }
             out.push_str(&format!(
                 "\n{:<24} {:<22} {:>10} {:>11} {:<12} {:<8}\n",

@@ -162,6 +162,24 @@ impl fmt::Display for Mode {
     }
 }
 
+/// What the replicator reads for a route: its mode and, for a direction that was started
+/// after the other one ran, the time before which records are not its to replicate (they
+/// are the other direction's copies; replicating them would echo them back).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteMode {
+    pub mode: Mode,
+    /// Records that arrived in the source before this (ms since the epoch) are skipped.
+    pub since_ms: Option<i64>,
+}
+
+impl RouteMode {
+    /// A route the controller never set: replicate everything.
+    pub const FORWARD: RouteMode = RouteMode {
+        mode: Mode::Forward,
+        since_ms: None,
+    };
+}
+
 /// The modes of both replication directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Modes {

@@ -16,6 +16,9 @@ pub struct LogicalStream {
     pub old: String,
     /// The replicator route (FANOUT_ROUTES) that replicates `new` into `old`.
     pub forward_route: String,
+    /// The route that replicates `old` into `new` while rolled back (reverse replication).
+    #[serde(default)]
+    pub reverse_route: Option<String>,
 }
 
 impl LogicalStream {
@@ -43,6 +46,9 @@ pub struct Settings {
     pub settle_ms: i64,
     /// One identity requests a flip, a different one approves it.
     pub two_person: bool,
+    /// While rolled back, replicate old → new so the new side stays current for the next
+    /// attempt (each stream then has a `reverse_route`).
+    pub reverse: bool,
 }
 
 impl Default for Settings {
@@ -53,6 +59,7 @@ impl Default for Settings {
             drain_timeout_ms: 120_000,
             settle_ms: 7_000,
             two_person: false,
+            reverse: false,
         }
     }
 }
@@ -103,6 +110,14 @@ pub struct StoredState {
     pub paused: bool,
     pub flip: Option<PendingFlip>,
     pub request: Option<ApprovalRequest>,
+    /// When forward replication last started after reverse replication ran: records in the
+    /// new streams from before then are reverse copies, skipped.
+    #[serde(default)]
+    pub forward_since_ms: Option<i64>,
+    /// When reverse replication last started: records in the old streams from before then
+    /// are forward copies or older, skipped.
+    #[serde(default)]
+    pub reverse_since_ms: Option<i64>,
     pub updated_at_ms: i64,
     pub updated_by: String,
 }

@@ -65,6 +65,11 @@ pub struct StartArgs {
     /// One identity requests each flip, a different one approves it.
     #[arg(long)]
     pub two_person: bool,
+    /// Replicate old → new while rolled back, so the new side stays current for the next
+    /// attempt. Run a second replicator for it: its FANOUT_ROUTES swaps each route's source
+    /// and target (route name <old name>--<new account>--<new name>).
+    #[arg(long)]
+    pub reverse: bool,
     #[arg(long)]
     pub reason: Option<String>,
 }
@@ -191,6 +196,7 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, String> {
         drain_timeout_ms: ms("--drain-timeout", &args.drain_timeout)?,
         settle_ms: ms("--settle", &args.settle)?,
         two_person: args.two_person,
+        reverse: args.reverse,
     });
     req.bucket = Some(config.dead_letter_bucket.clone());
     req.dead_letter_prefix = Some(config.dead_letter_prefix.clone());
