@@ -229,14 +229,19 @@ pub async fn execute(ctx: &Context, req: &Request) -> Report {
         CommandName::DlqAck => dlq_ack(ctx, req).await,
     };
     result.unwrap_or_else(|e| {
+        let read_only = matches!(req.command, CommandName::Status | CommandName::History)
+            || req.dry_run
+            || req.command == CommandName::Plan;
+        let next = if read_only {
+            ""
+        } else {
+            " Nothing was changed past the last step reported; run the command again once the \
+             cause is fixed (it is idempotent)."
+        };
         Report::new(
             req,
             Outcome::Failed,
-            format!(
-                "{}: {e}. Nothing was changed past the last step reported; run the command \
-                 again once the cause is fixed (it is idempotent).",
-                req.command.as_str()
-            ),
+            format!("{}: {e}.{next}", req.command.as_str()),
         )
     })
 }

@@ -254,8 +254,15 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
     }
     let ctx = context(&args.common.table).await?;
     let terminal = std::io::stdout().is_terminal();
+    let mut first = true;
     loop {
         let report = execute(&ctx, &req).await;
+        if first && report.outcome == fanout::control::record::Outcome::Failed {
+            // Nothing to watch (no such migration, no access): say so and stop.
+            print!("{}", report.render_text());
+            return Ok(ExitCode::from(report.exit_code()));
+        }
+        first = false;
         let text = match args.common.output {
             Output::Json => serde_json::to_string(&report).map_err(|e| e.to_string())? + "\n",
             Output::Text => report.render_text(),
