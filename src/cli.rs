@@ -1,4 +1,5 @@
-//! Shared set-up of the command-line programs (`fanoutctl`, the demo, the benchmark).
+//! Shared set-up of the programs: the command-line ones (`fanoutctl`, the demo, the
+//! benchmark) and the Lambdas.
 
 /// Logs to stderr, filtered by `FANOUT_LOG` (default `warn`), so stdout stays for results.
 pub fn init_tracing() {
@@ -8,6 +9,20 @@ pub fn init_tracing() {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The Lambdas' logging: JSON lines (CloudWatch parses them) without timestamps (Lambda
+/// adds its own), filtered by `FANOUT_LOG` (default `info`).
+pub fn init_lambda_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_current_span(false)
+        .without_time()
         .init();
 }
 

@@ -135,6 +135,24 @@ pub enum Write {
     Lost,
 }
 
+/// A conditional `PutItem`'s result: done, lost (the condition failed), or an error.
+fn conditional<T>(
+    result: Result<
+        T,
+        SdkError<PutItemError, aws_smithy_runtime_api::client::orchestrator::HttpResponse>,
+    >,
+) -> Result<Write, StoreError> {
+    match result {
+        Ok(_) => Ok(Write::Done),
+        Err(SdkError::ServiceError(e))
+            if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
+        {
+            Ok(Write::Lost)
+        }
+        Err(e) => Err(store_error(&e)),
+    }
+}
+
 /// The controller's access to the state table and to the streams it guards.
 #[derive(Clone)]
 pub struct AwsControl {
@@ -217,15 +235,7 @@ impl AwsControl {
                 .condition_expression("version = :v")
                 .expression_attribute_values(":v", n(v)),
         };
-        match req.send().await {
-            Ok(_) => Ok(Write::Done),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(Write::Lost)
-            }
-            Err(e) => Err(store_error(&e)),
-        }
+        conditional(req.send().await)
     }
 
     /// Appends a history entry (never overwrites one).
@@ -334,15 +344,7 @@ impl AwsControl {
             .expression_attribute_values(":v", n(version))
             .send()
             .await;
-        match result {
-            Ok(_) => Ok(Write::Done),
-            Err(SdkError::ServiceError(e))
-                if matches!(e.err(), PutItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(Write::Lost)
-            }
-            Err(e) => Err(store_error(&e)),
-        }
+        conditional(result)
     }
 
     pub async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {

@@ -233,6 +233,18 @@ pub async fn caller_identity(sdk: &SdkConfig) -> Option<String> {
     }
 }
 
+/// The configuration for the old account's streams: `sdk` with the writer role's credentials
+/// when `FANOUT_WRITER_ROLE_ARN` is set (with `FANOUT_WRITER_EXTERNAL_ID`), else `sdk`.
+pub async fn old_account_config(sdk: &SdkConfig) -> SdkConfig {
+    match std::env::var("FANOUT_WRITER_ROLE_ARN") {
+        Ok(role) if !role.is_empty() => {
+            let external = std::env::var("FANOUT_WRITER_EXTERNAL_ID").ok();
+            assumed_role_config(sdk, &role, external.as_deref()).await
+        }
+        _ => sdk.clone(),
+    }
+}
+
 /// `sdk` with credentials of `role_arn` (assumed with `external_id`): for reading the target
 /// stream in the old account.
 pub async fn assumed_role_config(

@@ -11,32 +11,18 @@ use std::time::Duration;
 
 use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
-use fanout::aws::verifications::{assumed_role_config, caller_identity};
+use fanout::aws::verifications::{caller_identity, old_account_config};
 use fanout::config::ReplicatorConfig;
 use fanout::control::commands::{execute, streams_from_routes, CommandName, Context, Request};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_current_span(false)
-        .without_time()
-        .init();
+    fanout::cli::init_lambda_tracing();
     let table = std::env::var("FANOUT_TABLE")
         .map_err(|_| "FANOUT_TABLE is not set; set it to the state table's name")?;
     let sdk = load_sdk_config().await;
-    let old = match std::env::var("FANOUT_WRITER_ROLE_ARN") {
-        Ok(role) if !role.is_empty() => {
-            let external = std::env::var("FANOUT_WRITER_EXTERNAL_ID").ok();
-            assumed_role_config(&sdk, &role, external.as_deref()).await
-        }
-        _ => sdk.clone(),
-    };
+    let old = old_account_config(&sdk).await;
     let actor = caller_identity(&sdk).await.ok_or(
         "STS GetCallerIdentity failed: the controller records every change with an identity",
     )?;

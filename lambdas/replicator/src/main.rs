@@ -14,15 +14,7 @@ use serde_json::value::RawValue;
 // (measured: about 10% less CPU per batch; BENCHMARKS.md).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FANOUT_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .with_current_span(false)
-        .without_time()
-        .init();
+    fanout::cli::init_lambda_tracing();
     let config = ReplicatorConfig::from_env().inspect_err(|e| tracing::error!("{e}"))?;
     let sdk = load_sdk_config().await;
     let handler: &'static AwsHandler = Box::leak(Box::new(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
-use fanout::aws::verifications::{assumed_role_config, caller_identity};
+use fanout::aws::verifications::{caller_identity, old_account_config};
 use fanout::config::ReplicatorConfig;
 use fanout::control::commands::{execute, streams_from_routes, CommandName, Context, Request};
 use fanout::control::machine::Action;
@@ -143,16 +143,7 @@ fn ms(flag: &str, text: &str) -> Result<i64, String> {
 
 async fn context(table: &str) -> Result<Context, String> {
     let sdk = load_sdk_config().await;
-    let old = match std::env::var("FANOUT_WRITER_ROLE_ARN")
-        .ok()
-        .filter(|s| !s.is_empty())
-    {
-        Some(role) => {
-            let external = std::env::var("FANOUT_WRITER_EXTERNAL_ID").ok();
-            assumed_role_config(&sdk, &role, external.as_deref()).await
-        }
-        None => sdk.clone(),
-    };
+    let old = old_account_config(&sdk).await;
     let actor = caller_identity(&sdk).await.ok_or(
         "cannot tell who you are: STS GetCallerIdentity failed. Check your AWS credentials \
          (every change is recorded with the caller's identity)",
