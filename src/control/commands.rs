@@ -1403,6 +1403,12 @@ impl Report {
                     f.actor,
                     rfc3339(f.started_at_ms)
                 ));
+                if now > f.deadline_ms {
+                    out.push_str(
+                        "  ABANDONED: its deadline has passed (its process died?). The next \
+                         cutover/rollback/commit releases it first; producers stay held until then.\n",
+                    );
+                }
             }
             if let Some(r) = &s.request {
                 out.push_str(&format!(
