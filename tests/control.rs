@@ -284,6 +284,9 @@ async fn fifty_concurrent_conflicting_flips_one_wins_and_history_holds_every_att
         .iter()
         .filter(|(_, r)| r.outcome == Outcome::NotAllowed)
         .count();
+    eprintln!(
+        "50 concurrent attempts: 1 applied (engineer {winner}), {lost} lost the race, {refused} found the state moved on"
+    );
     assert_eq!(
         lost + refused,
         49,
@@ -1102,12 +1105,29 @@ async fn two_people_a_drain_that_times_out_and_an_abandoned_flip() {
             .unwrap(),
         fanout::aws::control::Write::Done
     );
+    // A dry run says so and changes nothing.
     let mut dry = flip(&migration, CommandName::Cutover, Some("after carol"), true);
     dry.dry_run = true;
     let r = execute(&bob, &dry).await;
     assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert!(r.message.contains("the abandoned cutover by arn:aws:sts::123456789012:assumed-role/oncall/carol (flip dead) would be released first"), "{}", r.message);
+    assert!(alice
+        .control
+        .load(&migration)
+        .await
+        .unwrap()
+        .unwrap()
+        .flip
+        .is_some());
+    // The real command releases it, then goes on (here: a new request for approval).
+    let r = execute(
+        &bob,
+        &flip(&migration, CommandName::Cutover, Some("after carol"), true),
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::AwaitingApproval, "{}", r.message);
     let history = alice.control.history(&migration, None).await.unwrap();
-    let release = history.last().unwrap();
+    let release = &history[history.len() - 2];
     assert_eq!(release.command, "release");
     assert!(release.detail.contains("released abandoned flip dead (cutover by arn:aws:sts::123456789012:assumed-role/oncall/carol"), "{}", release.detail);
     assert!(alice

@@ -666,6 +666,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
         ));
     }
     let mut st = load(ctx, req).await?;
+    let mut abandoned = String::new();
     if let Some(f) = st.flip.clone() {
         if now_ms() <= f.deadline_ms {
             let e = entry(
@@ -687,7 +688,14 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
                 finish(ctx, req, e, msg).await
             };
         }
-        st = release_abandoned(ctx, req, st, &f).await?;
+        if req.dry_run {
+            abandoned = format!(
+                "the abandoned {} by {} (flip {}) would be released first; ",
+                f.action, f.actor, f.id
+            );
+        } else {
+            st = release_abandoned(ctx, req, st, &f).await?;
+        }
     }
     let t = match decide(st.state, action, st.migration.settings.reverse) {
         Decision::AlreadyThere(s) => {
@@ -755,7 +763,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
                 format!("dry run: {} would be refused by: {refused_names}", action),
             )
         };
-        let mut r = Report::new(req, outcome, msg);
+        let mut r = Report::new(req, outcome, format!("{abandoned}{msg}"));
         r.plan = Some(t);
         r.guards = guards;
         r.state = Some(st.state);
@@ -1261,7 +1269,16 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
         routing(ctx, &st.migration).fetch().await?
     };
     shards.extend(lags(ctx, &st, Direction::Forward, now).await?);
-    shards.extend(lags(ctx, &st, Direction::Reverse, now).await?);
+    // The reverse direction's shards only while it runs: otherwise the old streams' records
+    // are not its to replicate, and their "lag" would mean nothing.
+    if st
+        .state
+        .modes(st.migration.settings.reverse, st.paused)
+        .reverse
+        != Mode::Stopped
+    {
+        shards.extend(lags(ctx, &st, Direction::Reverse, now).await?);
+    }
     for s in &st.migration.streams {
         let routed = doc.as_ref().and_then(|d| d.streams.get(&s.name));
         streams.push(StreamView {
