@@ -354,8 +354,11 @@ mod tests {
                 Ok((S::Cutover, Some(D::Forward), true, None)),
             ),
             (S::Replicating, A::Rollback, false, Err("not allowed")),
+            (S::Replicating, A::Rollback, true, Err("not allowed")),
+            (S::Replicating, A::Commit, false, Err("not allowed")),
             (S::Replicating, A::Commit, true, Err("not allowed")),
             (S::Cutover, A::Cutover, false, Err("already")),
+            (S::Cutover, A::Cutover, true, Err("already")),
             (
                 S::Cutover,
                 A::Rollback,
@@ -392,12 +395,25 @@ mod tests {
                 true,
                 Ok((S::Cutover, Some(D::Reverse), true, Some(D::Forward))),
             ),
+            (S::RolledBack, A::Rollback, false, Err("already")),
             (S::RolledBack, A::Rollback, true, Err("already")),
             (S::RolledBack, A::Commit, false, Err("not allowed")),
+            (S::RolledBack, A::Commit, true, Err("not allowed")),
             (S::Committed, A::Cutover, false, Err("not allowed")),
+            (S::Committed, A::Cutover, true, Err("not allowed")),
+            (S::Committed, A::Rollback, false, Err("not allowed")),
             (S::Committed, A::Rollback, true, Err("not allowed")),
             (S::Committed, A::Commit, false, Err("already")),
+            (S::Committed, A::Commit, true, Err("already")),
         ];
+        assert_eq!(cases.len(), 24, "every (state, action, reverse)");
+        let mut seen = std::collections::HashSet::new();
+        for (state, action, reverse, _) in &cases {
+            assert!(
+                seen.insert((*state, *action, *reverse)),
+                "listed twice: {state} {action} {reverse}"
+            );
+        }
         for (state, action, reverse, expect) in cases {
             let got = decide(state, action, reverse);
             let label = format!("{state} --{action}--> (reverse={reverse})");
