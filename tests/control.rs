@@ -828,11 +828,26 @@ async fn drill(reverse: bool) {
     let v = verify(&world, &migration, drill_start, now_ms() - 1000);
     assert_eq!(v["totals"]["missing"], 0, "{v}");
 
+    // After each flip, traffic where producers now write: a count of records, not a time,
+    // so a slow machine still puts enough records on each side of every flip.
     let step = |args: &'static [&'static str]| {
-        let (world, migration) = (&world, &migration);
+        let (world, migration, produced) = (&world, &migration, &produced);
         async move {
             let (code, out) = fanoutctl(world, migration, args);
-            tokio::time::sleep(Duration::from_secs(2)).await; // traffic on the new side
+            let flipped_at = now_ms();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let after = produced
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p.at_ms > flipped_at)
+                    .count();
+                if after >= 40 || Instant::now() > deadline {
+                    break;
+                }
+            }
             (code, out)
         }
     };
