@@ -48,14 +48,7 @@ if (exec 3<>"/dev/tcp/127.0.0.1/$shim_port") 2>/dev/null; then
 fi
 "$bin" shim --listen "127.0.0.1:$shim_port" --upstream "$kinesalite" 2>"$out/shim.log" &
 shim_pid=$!
-cleanup() {
-  kill "$shim_pid" 2>/dev/null || true
-  if [ -n "${STARTED_STACK:-}" ]; then
-    # shellcheck disable=SC2086
-    "$ROOT/infra/local/stop.sh" $STARTED_STACK >/dev/null 2>&1 || true
-  fi
-}
-trap cleanup EXIT
+on_exit 'kill "$shim_pid" 2>/dev/null || true'
 shim="http://127.0.0.1:$shim_port"
 for _ in $(seq 100); do
   code="$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$shim/" || true)"

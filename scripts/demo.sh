@@ -39,9 +39,9 @@ ctl() { echo; echo "\$ fanoutctl $*"; target/debug/fanoutctl "$@"; }
 mkdir -p .local/log
 target/debug/fanoutctl replicate --quiet >.local/log/demo-replicate.log 2>&1 &
 replicator=$!
-trap 'kill -TERM "$replicator" 2>/dev/null || true' EXIT
+on_exit 'kill -TERM "$replicator" 2>/dev/null || true'
 ctl start --settle 1s --drain-timeout 30s --reason "demo migration"
-ctl verify --from trim-horizon --grace 2s | head -n 1
+ctl verify --from trim-horizon --grace 2s
 code=0
 ctl cutover --dry-run --reason "demo" || code=$?
 [ "$code" = 3 ] || { echo "FAIL: the dead-letter guard should refuse the cutover (exit 3), got $code"; exit 1; }

@@ -27,6 +27,14 @@ start_stack() {
   "$ROOT/infra/local/start.sh" "$@"
   if [ "${#started[@]}" -gt 0 ] && [ "${FANOUT_KEEP_STACK:-0}" != 1 ]; then
     STARTED_STACK="${started[*]}"
-    trap '"$ROOT/infra/local/stop.sh" $STARTED_STACK >/dev/null 2>&1 || true' EXIT
+    on_exit '"$ROOT/infra/local/stop.sh" $STARTED_STACK >/dev/null 2>&1 || true'
   fi
+}
+
+# Adds a command to run when the script exits, however it exits; the last added runs first.
+# Use this instead of `trap ... EXIT`, which would replace the stack's own cleanup.
+EXIT_HOOKS=()
+on_exit() {
+  EXIT_HOOKS=("$1" "${EXIT_HOOKS[@]}")
+  trap 'for hook in "${EXIT_HOOKS[@]}"; do eval "$hook"; done' EXIT
 }

@@ -990,6 +990,29 @@ async fn drill(reverse: bool) {
     let (code, status) = fanoutctl(&world, &migration, &["status"]);
     assert_eq!(code, 0);
     assert!(status.contains("state COMMITTED"), "{status}");
+    history_into_a_closed_pipe_ends_quietly(&world, &migration);
+}
+
+/// `fanoutctl history | head -n 1`: the reader goes away before fanoutctl prints. It must end
+/// the way `cat` would (killed by SIGPIPE), not panic with "failed printing to stdout".
+fn history_into_a_closed_pipe_ends_quietly(world: &World, migration: &str) {
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = Command::new(BIN)
+        .args(["history"])
+        .envs(world.process_env())
+        .env("FANOUT_MIGRATION", migration)
+        .env_remove("AWS_PROFILE")
+        .env("FANOUT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fanoutctl");
+    // Closed before fanoutctl has read its history from DynamoDB, so its first print fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for fanoutctl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(13), "{:?} {stderr}", out.status);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -116,6 +116,7 @@ pub enum Output {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    restore_default_sigpipe();
     fanout::cli::init_tracing();
     let cli = Cli::parse();
     match cli.command {
@@ -157,6 +158,18 @@ pub fn parse_start(from: &str) -> Result<StartPosition, String> {
         t => chrono::DateTime::parse_from_rfc3339(t)
             .map(|d| StartPosition::AtTimestamp(d.timestamp_millis()))
             .map_err(|_| format!("--from {t:?}: expected trim-horizon, latest, or an RFC 3339 time like 2026-11-22T03:00:00Z")),
+    }
+}
+
+/// Rust ignores SIGPIPE, so printing into a closed pipe (`fanoutctl history | head`) panics
+/// with "failed printing to stdout". A command-line tool should end quietly instead, as
+/// `grep` or `cat` do: put the default action back.
+fn restore_default_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: signal() only sets the process-wide disposition of SIGPIPE to a valid value;
+    // it touches no memory Rust manages, and nothing in fanoutctl installs its own handler.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
