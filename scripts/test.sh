@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Every test: formatting and lints, unit tests, and integration tests over HTTP against the
-# local AWS stack (kinesis-local + moto, and single-threaded moto as the second Kinesis
-# backend). Installs and starts what it needs; stops what it started.
+# Every test: formatting and lints, the static Terraform checks, unit tests, and integration
+# tests over HTTP against the local AWS stack (kinesis-local + moto, and single-threaded moto
+# as the second Kinesis backend). Installs and starts what it needs; stops what it started.
 #   FANOUT_SKIP_LINT=1   skip cargo fmt --check and cargo clippy
 #   FANOUT_KEEP_STACK=1  leave the emulators running afterwards
 set -euo pipefail
@@ -15,6 +15,8 @@ if [ "${FANOUT_SKIP_LINT:-0}" != 1 ]; then
   cargo fmt --all -- --check
   cargo clippy --quiet --all-targets -- -D warnings
 fi
+echo "== Terraform: parse, environment and IAM against the code, checkov"
+scripts/check-terraform.sh
 echo "== Starting kinesis-local, moto and moto-kinesis"
 start_stack kinesis-local moto moto-kinesis
 use_local_stack

@@ -1,0 +1,332 @@
+# The controller: a Lambda function that runs one migration command per invocation (the same
+# commands and JSON report as fanoutctl), and an on-call role that may invoke it or run
+# fanoutctl itself with the same data permissions.
+
+locals {
+  source_arns = distinct([for r in var.routes : r.source_arn])
+  target_arns = distinct([for r in var.routes : r.target_arn])
+
+  # Same document as the replicator's FANOUT_ROUTES: "name" left out where the code's default applies.
+  routes_json = jsonencode([
+    for r in var.routes : {
+      for k, v in { source = r.source_arn, target = r.target_arn, name = r.name } : k => v if v != null
+    }
+  ])
+
+  # Every variable the function reads, and nothing else (scripts/terraform_check.py compares
+  # these keys with the code). The replicator's settings are here because `start` parses the
+  # same configuration. null = unset, so the code's own default applies.
+  environment = {
+    FANOUT_MIGRATION               = var.migration
+    FANOUT_ROUTES                  = local.routes_json
+    FANOUT_TABLE                   = var.table_name
+    FANOUT_DEAD_LETTER_BUCKET      = var.bucket_name
+    FANOUT_DEAD_LETTER_PREFIX      = var.dead_letter_prefix
+    FANOUT_WRITER_ROLE_ARN         = var.writer_role_arn
+    FANOUT_WRITER_EXTERNAL_ID      = var.writer_external_id
+    FANOUT_METRICS_NAMESPACE       = var.metrics_namespace
+    FANOUT_MODE_CACHE_MS           = tostring(var.mode_cache_ms)
+    FANOUT_MAX_REQUEST_ENTRIES     = tostring(var.max_request_entries)
+    FANOUT_MAX_REQUEST_BYTES       = tostring(var.max_request_bytes)
+    FANOUT_MAX_RECORD_BYTES        = var.max_record_bytes == null ? null : tostring(var.max_record_bytes)
+    FANOUT_MAX_CONCURRENT_REQUESTS = tostring(var.max_concurrent_requests)
+    FANOUT_BACKOFF_BASE_MS         = tostring(var.backoff_base_ms)
+    FANOUT_BACKOFF_MAX_MS          = tostring(var.backoff_max_ms)
+    FANOUT_DEADLINE_MARGIN_MS      = tostring(var.deadline_margin_ms)
+    FANOUT_REQUEST_TIMEOUT_MS      = tostring(var.request_timeout_ms)
+    FANOUT_LOG                     = var.log_level
+  }
+
+  # Whether the (sensitive) external id is set is not itself a secret. Deciding it here, rather
+  # than filtering the map on each value, keeps only the external id hidden in plans instead of
+  # the whole environment.
+  external_id_set = nonsensitive(var.writer_external_id != null)
+  environment_unset = concat(
+    var.migration == null ? ["FANOUT_MIGRATION"] : [],
+    var.writer_role_arn == null ? ["FANOUT_WRITER_ROLE_ARN"] : [],
+    local.external_id_set ? [] : ["FANOUT_WRITER_EXTERNAL_ID"],
+    var.max_record_bytes == null ? ["FANOUT_MAX_RECORD_BYTES"] : [],
+  )
+
+  # The controller publishes routing/<migration>.json (src/control/commands.rs).
+  routing_prefix = "routing"
+
+  oncall = length(var.oncall_principal_arns) > 0
+}
+
+# --- Logs ------------------------------------------------------------------------------------
+
+resource "aws_cloudwatch_log_group" "this" {
+  #checkov:skip=CKV_AWS_158:Log lines carry command reports (states, guard results, identities), never record payloads; CloudWatch encrypts log data at rest by default, a customer key would add cost and a key policy to maintain for no gain.
+  #checkov:skip=CKV_AWS_338:Operational logs, kept log_retention_days (default 30); every command attempt is also recorded in the state table's history items, kept forever. Raise log_retention_days if your policy requires a year.
+  name              = "/aws/lambda/${var.function_name}"
+  retention_in_days = var.log_retention_days
+  tags              = var.tags
+}
+
+# --- What both the controller and the on-call role may do ----------------------------------------
+# fanoutctl run by an on-call engineer makes the same calls as the function, so both roles get
+# this one document.
+# sts:GetCallerIdentity (the identity recorded with every command) needs no grant: IAM cannot
+# deny it.
+
+data "aws_iam_policy_document" "migrate" {
+  # Migration state and history, replication modes, heartbeats, checkpoints (read by the lag
+  # guard), verifications and dead-letter acknowledgements. Every write is a PutItem.
+  statement {
+    sid = "StateTable"
+    actions = [
+      "dynamodb:GetItem",
+      "dynamodb:PutItem",
+      "dynamodb:Query",
+    ]
+    resources = [var.table_arn]
+  }
+
+  statement {
+    sid = "RoutingDocuments"
+    actions = [
+      "s3:GetObject",
+      "s3:PutObject",
+    ]
+    resources = ["${var.bucket_arn}/${local.routing_prefix}/*"]
+  }
+
+  # The dead-letter guard counts each route's dead letters by listing them.
+  statement {
+    sid       = "ListDeadLetters"
+    actions   = ["s3:ListBucket"]
+    resources = [var.bucket_arn]
+
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = ["${var.dead_letter_prefix}/*"]
+    }
+  }
+
+  # The lag guard reads the first unreplicated record of every shard; the streams guard
+  # describes the new streams.
+  statement {
+    sid = "ReadSourceStreams"
+    actions = [
+      "kinesis:DescribeStreamSummary",
+      "kinesis:GetRecords",
+      "kinesis:GetShardIterator",
+      "kinesis:ListShards",
+    ]
+    resources = local.source_arns
+  }
+
+  dynamic "statement" {
+    for_each = length(var.source_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptSourceRecords"
+      actions   = ["kms:Decrypt"]
+      resources = var.source_kms_key_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.state_kms_key_arn != null ? [1] : []
+    content {
+      sid = "RoutingDocumentsKey"
+      actions = [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+      ]
+      resources = [var.state_kms_key_arn]
+    }
+  }
+
+  # The streams guard describes the old streams through the writer role.
+  dynamic "statement" {
+    for_each = var.writer_role_arn != null ? [1] : []
+    content {
+      sid       = "AssumeWriterRole"
+      actions   = ["sts:AssumeRole"]
+      resources = [var.writer_role_arn]
+    }
+  }
+
+  # Resource-policy mode: the old streams are described directly, and their resource policies
+  # must allow it too.
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null ? [1] : []
+    content {
+      sid       = "DescribeTargetStreams"
+      actions   = ["kinesis:DescribeStreamSummary"]
+      resources = local.target_arns
+    }
+  }
+}
+
+# --- The controller's role -------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "assume" {
+  statement {
+    sid     = "LambdaAssumesTheRole"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "this" {
+  name                  = var.function_name
+  description           = "fanout controller: flips a migration's producers between accounts."
+  assume_role_policy    = data.aws_iam_policy_document.assume.json
+  force_detach_policies = true
+  tags                  = var.tags
+}
+
+resource "aws_iam_role_policy" "migrate" {
+  name   = "migrate"
+  role   = aws_iam_role.this.id
+  policy = data.aws_iam_policy_document.migrate.json
+}
+
+data "aws_iam_policy_document" "logs" {
+  statement {
+    sid = "WriteOwnLogs"
+    actions = [
+      "logs:CreateLogStream",
+      "logs:PutLogEvents",
+    ]
+    resources = ["${aws_cloudwatch_log_group.this.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "logs" {
+  name   = "logs"
+  role   = aws_iam_role.this.id
+  policy = data.aws_iam_policy_document.logs.json
+}
+
+# --- The function ------------------------------------------------------------------------------
+
+resource "aws_lambda_function" "this" {
+  #checkov:skip=CKV_AWS_50:X-Ray would need xray:PutTraceSegments and PutTelemetryRecords and the code emits no trace segments; every command's outcome, guards and timings are in its report and the history items.
+  #checkov:skip=CKV_AWS_115:Invoked by hand, a few times per migration; concurrent flips are already serialised by a conditional write on the state item, and reserving concurrency would take it away from the account's other functions.
+  #checkov:skip=CKV_AWS_116:Invoked synchronously (aws lambda invoke, the caller waits for the report), never asynchronously, so a function DLQ would never receive anything.
+  #checkov:skip=CKV_AWS_117:Reaches only AWS public endpoints (DynamoDB, S3, Kinesis, STS); a VPC would add NAT gateways or interface endpoints and cost without protecting anything.
+  #checkov:skip=CKV_AWS_173:The environment holds no secret (the external id guards against a confused deputy and is not a credential); Lambda encrypts it at rest with an AWS managed key.
+  #checkov:skip=CKV_AWS_272:The package is built by this repository's CI (scripts/build-lambdas.sh) and deployed by Terraform from that build; code signing would need a signing profile and pipeline this project does not have.
+  function_name    = var.function_name
+  description      = "fanout controller: migration commands (start, cutover, rollback, commit, ...)"
+  role             = aws_iam_role.this.arn
+  filename         = var.package_path
+  source_code_hash = filebase64sha256(var.package_path)
+  runtime          = "provided.al2023"
+  handler          = "bootstrap"
+  architectures    = [var.architecture]
+  memory_size      = var.memory_size
+  timeout          = var.timeout_seconds
+
+  environment {
+    variables = { for k, v in local.environment : k => v if !contains(local.environment_unset, k) }
+  }
+
+  logging_config {
+    log_format = "JSON"
+    log_group  = aws_cloudwatch_log_group.this.name
+  }
+
+  tags = var.tags
+
+  # The function reads its identity and the old account's credentials at start-up: the grants
+  # must be in place before the first invocation.
+  depends_on = [aws_iam_role_policy.migrate, aws_iam_role_policy.logs]
+
+  lifecycle {
+    precondition {
+      condition     = !local.external_id_set || var.writer_role_arn != null
+      error_message = "writer_external_id is set without writer_role_arn: start would refuse the configuration. Set the writer role to assume, or leave the external id null."
+    }
+
+    # Lambda allows 4 KB for all environment variables together.
+    precondition {
+      condition     = length(local.routes_json) <= 3500
+      error_message = "FANOUT_ROUTES would be ${length(local.routes_json)} bytes; Lambda allows 4 KB for all environment variables together. Use shorter route names, or split the routes over two deployments."
+    }
+  }
+}
+
+# --- The on-call role ---------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "oncall_assume" {
+  count = local.oncall ? 1 : 0
+
+  statement {
+    sid     = "OnCallEngineersAssumeTheRole"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "AWS"
+      identifiers = var.oncall_principal_arns
+    }
+
+    dynamic "condition" {
+      for_each = var.oncall_require_mfa ? [1] : []
+      content {
+        test     = "Bool"
+        variable = "aws:MultiFactorAuthPresent"
+        values   = ["true"]
+      }
+    }
+  }
+}
+
+resource "aws_iam_role" "oncall" {
+  count = local.oncall ? 1 : 0
+
+  name                  = var.oncall_role_name
+  description           = "fanout on-call: invoke the controller, or run fanoutctl with the controller's permissions."
+  assume_role_policy    = data.aws_iam_policy_document.oncall_assume[0].json
+  force_detach_policies = true
+  tags                  = var.tags
+}
+
+resource "aws_iam_role_policy" "oncall_migrate" {
+  count = local.oncall ? 1 : 0
+
+  name   = "migrate"
+  role   = aws_iam_role.oncall[0].id
+  policy = data.aws_iam_policy_document.migrate.json
+}
+
+data "aws_iam_policy_document" "operate" {
+  statement {
+    sid       = "InvokeController"
+    actions   = ["lambda:InvokeFunction"]
+    resources = [aws_lambda_function.this.arn]
+  }
+
+  # `dlq ack` is for dead letters someone has looked at; this is how they look. The function
+  # itself never reads one, so only the on-call role has this.
+  statement {
+    sid       = "ReadDeadLetters"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.bucket_arn}/${var.dead_letter_prefix}/*"]
+  }
+
+  dynamic "statement" {
+    for_each = var.state_kms_key_arn != null ? [1] : []
+    content {
+      sid       = "DeadLettersKey"
+      actions   = ["kms:Decrypt"]
+      resources = [var.state_kms_key_arn]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "oncall_operate" {
+  count = local.oncall ? 1 : 0
+
+  name   = "operate"
+  role   = aws_iam_role.oncall[0].id
+  policy = data.aws_iam_policy_document.operate.json
+}

@@ -1,0 +1,29 @@
+output "function_name" {
+  description = "Name of the controller function: aws lambda invoke --function-name <this> --payload '{\"command\":\"status\"}' (module observability's controller_function_name)."
+  value       = aws_lambda_function.this.function_name
+}
+
+output "function_arn" {
+  description = "ARN of the controller function."
+  value       = aws_lambda_function.this.arn
+}
+
+output "role_arn" {
+  description = "ARN of the function's execution role: module writer-access must trust it (trusted_role_arns) so the streams guard can describe the old streams."
+  value       = aws_iam_role.this.arn
+}
+
+output "role_name" {
+  description = "Name of the function's execution role."
+  value       = aws_iam_role.this.name
+}
+
+output "log_group_name" {
+  description = "CloudWatch log group the function writes to (/aws/lambda/<function name>)."
+  value       = aws_cloudwatch_log_group.this.name
+}
+
+output "oncall_role_arn" {
+  description = "ARN of the on-call role, or null when oncall_principal_arns is empty. Add it to writer-access's trusted_role_arns so fanoutctl run under it can describe the old streams."
+  value       = local.oncall ? aws_iam_role.oncall[0].arn : null
+}

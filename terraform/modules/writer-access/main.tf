@@ -1,0 +1,137 @@
+locals {
+  # Every call the code makes on the old streams (src/aws/target.rs: DescribeStreamSummary for
+  # the record size limit, PutRecords to write; src/aws/control.rs: DescribeStreamSummary for
+  # the controller's `streams` guard). Both modes grant exactly this list.
+  writer_actions = [
+    "kinesis:PutRecords",
+    "kinesis:DescribeStreamSummary",
+  ]
+
+  # With reverse replication (`fanoutctl start --reverse`), the controller's lag guard and
+  # `fanoutctl status` read the old streams' shards (src/aws/control.rs through
+  # src/aws/source.rs) while the migration is rolled back.
+  reverse_read_actions = [
+    "kinesis:ListShards",
+    "kinesis:GetShardIterator",
+    "kinesis:GetRecords",
+  ]
+  granted_actions = concat(local.writer_actions, var.reverse_replication ? local.reverse_read_actions : [])
+
+  role_mode            = var.access_mode == "role"
+  resource_policy_mode = var.access_mode == "resource_policy"
+}
+
+# ---------------------------------------------------------------------------------------------
+# access_mode = "role": a role in the old account that the new account's roles assume.
+# ---------------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "trust" {
+  count = local.role_mode ? 1 : 0
+
+  statement {
+    sid     = "AssumeFromNewAccountWithExternalId"
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "AWS"
+      identifiers = var.trusted_role_arns
+    }
+
+    # Being a trusted role is not enough: the caller must also present the external ID
+    # (DESIGN.md section 5). That ties the trust to fanout's own configuration
+    # (FANOUT_WRITER_EXTERNAL_ID) rather than to anything else that runs under those roles.
+    condition {
+      test     = "StringEquals"
+      variable = "sts:ExternalId"
+      values   = [var.external_id]
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = var.external_id != null
+      error_message = "access_mode = \"role\" needs external_id: the trust policy only admits callers that present it."
+    }
+  }
+}
+
+resource "aws_iam_role" "writer" {
+  count = local.role_mode ? 1 : 0
+
+  name                 = var.role_name
+  description          = "fanout: lets the new account's replicator and controller write to the migrated Kinesis streams in this account."
+  assume_role_policy   = data.aws_iam_policy_document.trust[0].json
+  max_session_duration = 3600
+
+  tags = var.tags
+}
+
+data "aws_iam_policy_document" "write" {
+  count = local.role_mode ? 1 : 0
+
+  statement {
+    sid       = "ReplicateIntoTargetStreams"
+    effect    = "Allow"
+    actions   = local.granted_actions
+    resources = var.stream_arns
+  }
+}
+
+resource "aws_iam_role_policy" "write" {
+  count = local.role_mode ? 1 : 0
+
+  name   = "write-target-streams"
+  role   = aws_iam_role.writer[0].id
+  policy = data.aws_iam_policy_document.write[0].json
+}
+
+# A separate policy, present only when there are keys: a statement with no resources is not a
+# valid policy.
+data "aws_iam_policy_document" "encrypt" {
+  count = local.role_mode && length(var.kms_key_arns) > 0 ? 1 : 0
+
+  statement {
+    sid       = "EncryptRecordsForTargetStreams"
+    effect    = "Allow"
+    actions   = var.reverse_replication ? ["kms:GenerateDataKey", "kms:Decrypt"] : ["kms:GenerateDataKey"]
+    resources = var.kms_key_arns
+  }
+}
+
+resource "aws_iam_role_policy" "encrypt" {
+  count = local.role_mode && length(var.kms_key_arns) > 0 ? 1 : 0
+
+  name   = "encrypt-for-target-streams"
+  role   = aws_iam_role.writer[0].id
+  policy = data.aws_iam_policy_document.encrypt[0].json
+}
+
+# ---------------------------------------------------------------------------------------------
+# access_mode = "resource_policy": each stream admits the new account's roles directly.
+# ---------------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "stream" {
+  for_each = local.resource_policy_mode ? toset(var.stream_arns) : toset([])
+
+  statement {
+    sid     = "ReplicateFromNewAccount"
+    effect  = "Allow"
+    actions = local.granted_actions
+
+    principals {
+      type        = "AWS"
+      identifiers = var.trusted_role_arns
+    }
+
+    resources = [each.value]
+  }
+}
+
+# A stream has exactly one resource policy: this replaces any policy already on it.
+resource "aws_kinesis_resource_policy" "stream" {
+  for_each = local.resource_policy_mode ? toset(var.stream_arns) : toset([])
+
+  resource_arn = each.value
+  policy       = data.aws_iam_policy_document.stream[each.key].json
+}

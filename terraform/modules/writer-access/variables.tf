@@ -1,0 +1,76 @@
+variable "access_mode" {
+  type        = string
+  description = "How the new account's replicator and controller reach the old streams: `role` creates a role they assume with the external ID (FANOUT_WRITER_ROLE_ARN = role_arn); `resource_policy` puts a resource policy on each stream instead (FANOUT_WRITER_ROLE_ARN unset). See the README for which to pick."
+  default     = "role"
+
+  validation {
+    condition     = contains(["role", "resource_policy"], var.access_mode)
+    error_message = "access_mode must be \"role\" or \"resource_policy\"."
+  }
+}
+
+variable "role_name" {
+  type        = string
+  description = "Name of the writer role in the old account (access_mode = `role` only). Its ARN is predictable, `arn:aws:iam::<old account>:role/<role_name>`, so the new account can be applied first."
+  default     = "fanout-writer"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9+=,.@_-]{1,64}$", var.role_name))
+    error_message = "role_name must be 1 to 64 characters of letters, digits and +=,.@_- (IAM's naming rule)."
+  }
+}
+
+variable "stream_arns" {
+  type        = list(string)
+  description = "ARNs of the old account's streams that fanout writes to (the routes' targets). Nothing else is granted."
+
+  validation {
+    condition     = length(var.stream_arns) > 0 && alltrue([for a in var.stream_arns : can(regex("^arn:aws[a-zA-Z-]*:kinesis:[a-z0-9-]+:[0-9]{12}:stream/[A-Za-z0-9_.-]{1,128}$", a))])
+    error_message = "stream_arns must hold at least one Kinesis stream ARN (arn:aws:kinesis:<region>:<account>:stream/<name>), with no wildcards."
+  }
+}
+
+variable "trusted_role_arns" {
+  type        = list(string)
+  description = "Role ARNs in the new account that may write: the replicator's and the controller's execution roles (the controller reads the old streams' summaries for its guards), and the on-call role if engineers run fanoutctl migration commands or redrive under it. The roles must exist before this module is applied."
+
+  validation {
+    condition     = length(var.trusted_role_arns) > 0 && alltrue([for a in var.trusted_role_arns : can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", a))])
+    error_message = "trusted_role_arns must hold at least one IAM role ARN (arn:aws:iam::<account>:role/<name>); account roots, users, assumed-role session ARNs and wildcards are not accepted."
+  }
+}
+
+variable "external_id" {
+  type        = string
+  description = "External ID the trusted roles must present when assuming the writer role (FANOUT_WRITER_EXTERNAL_ID). Required with access_mode = `role`; unused with `resource_policy`."
+  default     = null
+  sensitive   = true
+
+  validation {
+    condition     = var.external_id == null || can(regex("^[A-Za-z0-9+=,.@:/_-]{2,1224}$", var.external_id))
+    error_message = "external_id must be 2 to 1224 characters of letters, digits and +=,.@:/_- (STS's rule), or null."
+  }
+}
+
+variable "kms_key_arns" {
+  type        = list(string)
+  description = "Customer-managed KMS keys of encrypted target streams: the writer role gets kms:GenerateDataKey on them (access_mode = `role`). The key policy must let IAM policies in this account grant its use (the default key policy does). Streams encrypted with the AWS managed key aws/kinesis need nothing here."
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.kms_key_arns : can(regex("^arn:aws[a-zA-Z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", a))])
+    error_message = "Each kms_key_arns entry must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>), not an alias."
+  }
+}
+
+variable "reverse_replication" {
+  type        = bool
+  description = "Set when the migration is started with `fanoutctl start --reverse` (old → new replication while rolled back): also grants kinesis:ListShards, GetShardIterator and GetRecords on the streams (and kms:Decrypt on kms_key_arns), which the controller's lag guard and `fanoutctl status` use to read the old streams. The reverse replicator itself runs as `fanoutctl replicate`, not deployed by these modules."
+  default     = false
+}
+
+variable "tags" {
+  type        = map(string)
+  description = "Tags for every taggable resource of this module (the writer role)."
+  default     = {}
+}
