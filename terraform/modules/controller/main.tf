@@ -214,7 +214,7 @@ resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_116:Invoked synchronously (aws lambda invoke, the caller waits for the report), never asynchronously, so a function DLQ would never receive anything.
   #checkov:skip=CKV_AWS_117:Reaches only AWS public endpoints (DynamoDB, S3, Kinesis, STS); a VPC would add NAT gateways or interface endpoints and cost without protecting anything.
   #checkov:skip=CKV_AWS_173:The environment holds no secret (the external id guards against a confused deputy and is not a credential); Lambda encrypts it at rest with an AWS managed key.
-  #checkov:skip=CKV_AWS_272:The package is built by this repository's CI (scripts/build-lambdas.sh) and deployed by Terraform from that build; code signing would need a signing profile and pipeline this project does not have.
+  #checkov:skip=CKV_AWS_272:The package is built from this repository by scripts/build-lambdas.sh and deployed by Terraform from that build; code signing would need a signing profile and pipeline this project does not have.
   function_name    = var.function_name
   description      = "fanout controller: migration commands (start, cutover, rollback, commit, ...)"
   role             = aws_iam_role.this.arn
