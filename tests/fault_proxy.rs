@@ -435,8 +435,8 @@ fn kinesis_endpoint() -> Option<String> {
         .ok()
         .filter(|e| !e.is_empty());
     if endpoint.is_none() {
-        println!(
-            "skipped: FANOUT_KINESIS_ENDPOINT not set (start the local stack with infra/local/start.sh)"
+        support::stack::not_running(
+            "FANOUT_KINESIS_ENDPOINT not set (start the local stack with infra/local/start.sh)",
         );
     }
     endpoint

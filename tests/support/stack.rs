@@ -49,7 +49,7 @@ impl Stack {
             Backend::KinesisLocal => Some(self.kinesis_local.clone()),
             Backend::Moto => {
                 if self.moto_kinesis.is_none() {
-                    eprintln!("skipped on moto: FANOUT_MOTO_KINESIS_ENDPOINT is not set (infra/local/start.sh moto-kinesis)");
+                    not_running("FANOUT_MOTO_KINESIS_ENDPOINT is not set (infra/local/start.sh moto-kinesis)");
                 }
                 self.moto_kinesis.clone()
             }
@@ -69,6 +69,16 @@ pub async fn sdk_config(kinesis: &str, moto: &str, account: &str) -> SdkConfig {
 /// A short random suffix for resource names.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", rand::random::<u32>())
+}
+
+/// A test whose emulator is not running is skipped on a developer's machine (with the reason
+/// printed), and fails under CI (`CI=true`), where `scripts/test.sh` starts every emulator: a
+/// test that returned early there would count as passed without having run.
+pub fn not_running(why: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and an emulator is missing: {why}");
+    }
+    eprintln!("skipped: {why}");
 }
 
 /// One test's resources.
@@ -107,9 +117,7 @@ impl World {
     ) -> Option<World> {
         let stack = Stack::from_env();
         let Some(state) = stack.moto_kinesis.clone() else {
-            eprintln!(
-                "skipped: needs the single-threaded moto (infra/local/start.sh moto-kinesis)"
-            );
+            not_running("needs the single-threaded moto (infra/local/start.sh moto-kinesis)");
             return None;
         };
         World::create_in(stack, state, backend, source_shards, target_shards).await
