@@ -214,6 +214,7 @@ IDENTITIES: dict[str, dict] = {
         "locals": "writer_actions",
         "functions": [
             "src/aws/target.rs::KinesisTarget::target_info",
+            "src/aws/target.rs::KinesisTarget::target_shards",  # the shard map pacing follows
             "src/aws/target.rs::KinesisTarget::put_records",
             "src/aws/control.rs::AwsControl::stream_facts",  # the streams guard
         ],

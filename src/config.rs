@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::model::{Route, StreamArn, WriterRole};
+use crate::model::{OrderMode, Route, StreamArn, WriterRole};
 
 /// Limits of the write path. Kinesis's own limits are the defaults.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +29,15 @@ pub struct Limits {
     pub deadline_margin: Duration,
     /// Longest one PutRecords request may take before it is treated as ambiguous.
     pub request_timeout: Duration,
+    /// A target shard's write limit in records per second (Kinesis: 1,000). Pacing keeps
+    /// each target shard under it; emulators never throttle, so benchmarks set what they enforce.
+    pub shard_records_per_sec: u32,
+    /// A target shard's write limit in bytes (data + partition key) per second (Kinesis: 1 MiB).
+    pub shard_bytes_per_sec: u32,
+    /// Percent of each shard limit left unused, for writers the replicator does not see.
+    pub shard_headroom_pct: u32,
+    /// `runs` mode: most records of one key in one PutRecords request.
+    pub run_length: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +52,10 @@ impl Default for Limits {
             backoff_max: Duration::from_secs(5),
             deadline_margin: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
+            shard_records_per_sec: 1000,
+            shard_bytes_per_sec: 1024 * 1024,
+            shard_headroom_pct: 3,
+            run_length: 100,
         }
     }
 }
@@ -94,12 +107,15 @@ struct RouteSpec {
     writer_role_arn: Option<String>,
     #[serde(default)]
     external_id: Option<String>,
+    #[serde(default)]
+    order: Option<String>,
 }
 
 pub const ROUTES_HELP: &str = "a JSON array such as \
 [{\"source\":\"arn:aws:kinesis:us-east-1:123456789012:stream/orders\",\
 \"target\":\"arn:aws:kinesis:us-east-1:222222222222:stream/orders\"}] \
-(optional per route: \"targets\" (a list), \"name\", \"writer_role_arn\", \"external_id\")";
+(optional per route: \"targets\" (a list), \"name\", \"writer_role_arn\", \"external_id\", \
+\"order\": \"strict\" (default), \"aggregated\" or \"runs\")";
 
 impl ReplicatorConfig {
     /// Reads the process environment.
@@ -189,6 +205,43 @@ impl ReplicatorConfig {
         if limits.request_timeout.is_zero() {
             return Err(err("FANOUT_REQUEST_TIMEOUT_MS", "must be above 0"));
         }
+        if let Some(v) = num("FANOUT_SHARD_RECORDS_PER_SEC")? {
+            if !(1..=1_000_000).contains(&v) {
+                return Err(err(
+                    "FANOUT_SHARD_RECORDS_PER_SEC",
+                    format!("{v} is outside 1..=1000000 (a Kinesis shard takes 1000 records/s)"),
+                ));
+            }
+            limits.shard_records_per_sec = v as u32;
+        }
+        if let Some(v) = num("FANOUT_SHARD_BYTES_PER_SEC")? {
+            if !(1024..=1024 * 1024 * 1024).contains(&v) {
+                return Err(err(
+                    "FANOUT_SHARD_BYTES_PER_SEC",
+                    format!(
+                        "{v} is outside 1024..=1073741824 (a Kinesis shard takes 1048576 bytes/s)"
+                    ),
+                ));
+            }
+            limits.shard_bytes_per_sec = v as u32;
+        }
+        if let Some(v) = num("FANOUT_SHARD_HEADROOM_PCT")? {
+            if v > 90 {
+                return Err(err("FANOUT_SHARD_HEADROOM_PCT", format!("{v} is above 90: the replicator would use under a tenth of each target shard")));
+            }
+            limits.shard_headroom_pct = v as u32;
+        }
+        if let Some(v) = num("FANOUT_RUN_LENGTH")? {
+            if !(1..=500).contains(&v) {
+                return Err(err(
+                    "FANOUT_RUN_LENGTH",
+                    format!(
+                        "{v} is outside 1..=500 (records of one key in one PutRecords request)"
+                    ),
+                ));
+            }
+            limits.run_length = v as usize;
+        }
         let mut mode_cache = Duration::from_secs(5);
         ms("FANOUT_MODE_CACHE_MS", &mut mode_cache)?;
         if mode_cache > Duration::from_secs(60) {
@@ -264,6 +317,17 @@ fn parse_routes(text: &str, default_role: Option<&WriterRole>) -> Result<Vec<Rou
         if spec.name.is_some() && targets.len() > 1 {
             return Err(err(VAR, format!("route {i}: \"name\" cannot be shared by {} targets; split it into one route per target", targets.len())));
         }
+        let order = match spec.order.as_deref() {
+            None => OrderMode::Strict,
+            Some(text) => OrderMode::parse(text).ok_or_else(|| {
+                err(
+                    VAR,
+                    format!(
+                        "route {i} ({source}): \"order\": {text:?} is not an order mode; use \"strict\" (per-key order, one record per key per round trip), \"aggregated\" (KPL aggregated records, for consumers that deaggregate) or \"runs\" (last-arrival order)"
+                    ),
+                )
+            })?,
+        };
         let writer_role = match spec.writer_role_arn {
             Some(role_arn) => {
                 check_role_arn(VAR, &role_arn)?;
@@ -307,6 +371,7 @@ fn parse_routes(text: &str, default_role: Option<&WriterRole>) -> Result<Vec<Rou
                 source: source.clone(),
                 target,
                 writer_role: writer_role.clone(),
+                order,
             });
         }
     }
@@ -428,6 +493,29 @@ mod tests {
                 "without FANOUT_WRITER_ROLE_ARN",
             ),
             (
+                vec![(
+                    "FANOUT_ROUTES",
+                    r#"[{"source":"arn:aws:kinesis:us-east-1:123456789012:stream/a","target":"arn:aws:kinesis:us-east-1:222222222222:stream/b","order":"fifo"}]"#,
+                )],
+                "FANOUT_ROUTES",
+                "\"fifo\" is not an order mode; use \"strict\"",
+            ),
+            (
+                vec![("FANOUT_SHARD_RECORDS_PER_SEC", "0")],
+                "FANOUT_SHARD_RECORDS_PER_SEC",
+                "outside 1..=1000000",
+            ),
+            (
+                vec![("FANOUT_SHARD_HEADROOM_PCT", "95")],
+                "FANOUT_SHARD_HEADROOM_PCT",
+                "above 90",
+            ),
+            (
+                vec![("FANOUT_RUN_LENGTH", "501")],
+                "FANOUT_RUN_LENGTH",
+                "outside 1..=500",
+            ),
+            (
                 vec![("FANOUT_REQUEST_TIMEOUT_MS", "0")],
                 "FANOUT_REQUEST_TIMEOUT_MS",
                 "above 0",
@@ -438,6 +526,21 @@ mod tests {
             assert_eq!(e.variable, variable, "{vars:?}");
             assert!(e.to_string().contains(words), "{e} should say {words:?}");
         }
+    }
+
+    #[test]
+    fn each_route_has_its_own_order_mode_strict_by_default() {
+        let routes = format!(
+            r#"[{{"source":"{SRC}","target":"{DST}","order":"aggregated"}},
+                {{"source":"{SRC}","target":"arn:aws:kinesis:us-east-1:222222222222:stream/b","order":"runs"}},
+                {{"source":"{SRC}","target":"arn:aws:kinesis:us-east-1:222222222222:stream/c"}}]"#
+        );
+        let cfg = with_base(&[("FANOUT_ROUTES", &routes)]).unwrap();
+        let modes: Vec<OrderMode> = cfg.routes.iter().map(|r| r.order).collect();
+        assert_eq!(
+            modes,
+            [OrderMode::Aggregated, OrderMode::Runs, OrderMode::Strict]
+        );
     }
 
     #[test]

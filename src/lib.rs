@@ -7,6 +7,7 @@
 //! - [`control`]: the migration state machine, guards and on-call commands.
 //! - [`config`]: every setting, from `FANOUT_*` environment variables, validated.
 //! - [`plan`]: pure planning: per-key heads, request packing, defects, backoff.
+//! - [`pacing`]: the target's shard map and per-target-shard write pacing.
 //! - [`ports`]: the traits between the write path and AWS.
 //! - [`replicate`]: the write path (skip, dead-letter, write in rounds, checkpoint).
 //! - [`event`]: Lambda Kinesis events in, `batchItemFailures` out.
@@ -28,10 +29,12 @@ pub mod config;
 pub mod control;
 pub mod event;
 pub mod handler;
+pub mod kpl;
 pub mod lease;
 pub mod lineage;
 pub mod metrics;
 pub mod model;
+pub mod pacing;
 pub mod plan;
 pub mod ports;
 pub mod progress;

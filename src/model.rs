@@ -89,6 +89,45 @@ pub struct Route {
     pub target: StreamArn,
     /// `None`: write with the function's own credentials (target has a resource policy).
     pub writer_role: Option<WriterRole>,
+    /// What order the route promises its target's consumers, and so how it writes.
+    pub order: OrderMode,
+}
+
+/// A route's order mode: the order promise made to the target's consumers, which decides how
+/// records are packed into PutRecords requests (README, "Order modes").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum OrderMode {
+    /// Per-key order of first arrivals; at most one unconfirmed record per key.
+    #[default]
+    Strict,
+    /// A key's consecutive records packed into KPL aggregated records, one unconfirmed
+    /// aggregated record per key: strict order at shard speed, for deaggregating consumers.
+    Aggregated,
+    /// Runs of a key's records in one request; a failed entry inside a run has the accepted
+    /// later entries written again after it, so the last copy of every record is in order.
+    Runs,
+}
+
+impl OrderMode {
+    pub const ALL: [OrderMode; 3] = [OrderMode::Strict, OrderMode::Aggregated, OrderMode::Runs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrderMode::Strict => "strict",
+            OrderMode::Aggregated => "aggregated",
+            OrderMode::Runs => "runs",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OrderMode> {
+        OrderMode::ALL.into_iter().find(|m| m.as_str() == text)
+    }
+}
+
+impl fmt::Display for OrderMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Route {

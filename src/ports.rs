@@ -9,6 +9,7 @@ use crate::model::{
     AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, RequestError, Route,
     StoreError, TargetInfo,
 };
+use crate::pacing::TargetShard;
 use crate::seq::SequenceNumber;
 
 /// One entry of a PutRecords request.
@@ -25,6 +26,15 @@ pub trait TargetWriter: Send + Sync {
         &self,
         route: &Route,
     ) -> impl Future<Output = Result<TargetInfo, RequestError>> + Send;
+
+    /// The target's open shards and their hash ranges, for pacing. The default, an empty
+    /// list, means "unknown": writes are not paced (throttles still slow keys down).
+    fn target_shards(
+        &self,
+        _route: &Route,
+    ) -> impl Future<Output = Result<Vec<TargetShard>, RequestError>> + Send {
+        async { Ok(Vec::new()) }
+    }
 
     /// Sends one PutRecords request; on success returns one result per entry, in order.
     fn put_records(

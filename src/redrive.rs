@@ -494,6 +494,13 @@ impl<W: TargetWriter> TargetWriter for Recording<'_, W> {
         self.inner.target_info(route).await
     }
 
+    async fn target_shards(
+        &self,
+        route: &Route,
+    ) -> Result<Vec<crate::pacing::TargetShard>, RequestError> {
+        self.inner.target_shards(route).await
+    }
+
     async fn put_records(
         &self,
         route: &Route,
@@ -648,7 +655,13 @@ where
         },
         NoCheckpoint,
         refusals.clone(),
-        vec![route.clone()],
+        // Dead letters go back one record per entry whatever the route's order mode: each
+        // letter is removed only once its own record is confirmed written, and plain records
+        // are what every consumer reads (deaggregating ones pass them through).
+        vec![Route {
+            order: crate::model::OrderMode::Strict,
+            ..route.clone()
+        }],
         limits.clone(),
     );
     let ctx = Ctx {

@@ -11,20 +11,25 @@
 //!    unhandled record, which the event source mapping retries from.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::model::{
     AdvanceOutcome, CheckpointAdvance, DeadLetter, EntryResult, FailureClass, RequestError, Route,
-    SourceBatch, StoreError, TargetInfo,
+    SourceBatch, SourceRecord, StoreError, TargetInfo,
 };
-use crate::plan::{self, KeyQueues};
+use crate::pacing::{Bucket, ShardLimits, ShardMap};
+use crate::plan;
 use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, TargetWriter};
 use crate::seq::SequenceNumber;
+
+mod schedule;
+use schedule::{Entry, Payload, Schedule, Shape};
 
 /// How long a target's `DescribeStreamSummary` answer is trusted.
 const TARGET_INFO_TTL: Duration = Duration::from_secs(300);
@@ -70,8 +75,12 @@ pub struct RouteReport {
     /// Entries re-sent, by error code.
     pub retries: BTreeMap<String, u64>,
     /// Records that may now be in the target twice: re-sent after an ambiguous write, or
-    /// written past the first unhandled record (the event source mapping will send them again).
+    /// written past the first unhandled record (the event source mapping will send them again),
+    /// or repaired (below).
     pub possible_duplicates: usize,
+    /// `runs` mode: entries Kinesis accepted after an earlier entry of the same key failed,
+    /// written again after it so that the last copy of every record is in order.
+    pub repairs: usize,
     pub requests: usize,
     pub first_unhandled: Option<SequenceNumber>,
     pub stop: Option<StopReason>,
@@ -100,10 +109,56 @@ pub struct Replicator<W, C, D> {
     routes: Vec<Route>,
     limits: Limits,
     target_info: Mutex<HashMap<String, (TargetInfo, Instant)>>,
+    /// Per target stream: its shard map and one pacing bucket per shard, kept across batches
+    /// (a container's batches share the target shards' limits).
+    targets: Mutex<HashMap<String, Arc<TargetPacing>>>,
 }
 
-/// The record indices of one PutRecords request and what came back.
-type SentRequest = (Vec<usize>, Result<Vec<EntryResult>, RequestError>);
+/// How long a target's shard map is trusted before ListShards is called again (sooner when a
+/// write lands on a shard the map does not have: the target was resharded).
+const SHARD_MAP_TTL: Duration = Duration::from_secs(60);
+/// Longest wait for ListShards: pacing is worth less than the invocation's time.
+const SHARD_MAP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A target stream's shard map and pacing buckets.
+struct TargetPacing {
+    map: ShardMap,
+    /// One per shard of `map`; empty when the map is unknown (pacing off).
+    buckets: Mutex<Vec<Bucket>>,
+    read_at: Instant,
+    /// A write landed on a shard the map does not know.
+    stale: AtomicBool,
+}
+
+/// What one route's write loop works on; passed whole to [`Replicator::settle`].
+struct Progress<'p, 'r> {
+    records: &'r [SourceRecord],
+    target: &'p TargetPacing,
+    sched: &'p mut Schedule<'r>,
+    state: &'p mut [State],
+    ambiguous: &'p mut [bool],
+    report: &'p mut RouteReport,
+}
+
+/// What a settled request leaves to do: dead letters to store, a systemic stop to apply.
+#[derive(Default)]
+struct Settled {
+    /// (record index, key slot, error code, message)
+    dead_letters: Vec<(usize, usize, String, String)>,
+    systemic: Option<(usize, String, String)>,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data are
+/// counters and buckets: still usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The entries of one PutRecords request and what came back.
+type SentRequest = (Vec<Entry>, Result<Vec<EntryResult>, RequestError>);
+
+/// Kinesis's answer for a shard over its write limits.
+const THROTTLED: &str = "ProvisionedThroughputExceededException";
 
 #[derive(Clone, Debug)]
 enum State {
@@ -127,6 +182,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             routes,
             limits,
             target_info: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -188,6 +244,290 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             cache.insert(route.name.clone(), (info, Instant::now()));
         }
         Ok(info)
+    }
+
+    /// The target's shard map and pacing buckets, read with ListShards when missing, older
+    /// than [`SHARD_MAP_TTL`] or found stale. If it cannot be read, the last one is kept, or
+    /// pacing is off (throttles still slow each key down): replication never waits on it.
+    async fn target_pacing(&self, route: &Route) -> Arc<TargetPacing> {
+        let key = route.target.as_str();
+        let cached = lock(&self.targets).get(key).cloned();
+        if let Some(t) = &cached {
+            if t.read_at.elapsed() < SHARD_MAP_TTL && !t.stale.load(Ordering::Relaxed) {
+                return t.clone();
+            }
+        }
+        let read = tokio::time::timeout(SHARD_MAP_TIMEOUT, self.writer.target_shards(route)).await;
+        let shards = match read {
+            Ok(Ok(shards)) => shards,
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {} ms", SHARD_MAP_TIMEOUT.as_millis()),
+                };
+                tracing::warn!(
+                    route = %route.name,
+                    target = %route.target,
+                    error = %why,
+                    "Cannot read the shard map of {} ({why}); {}. Grant the writer role kinesis:ListShards on the target stream.",
+                    route.target,
+                    if cached.is_some() { "keeping the previous one" } else { "writes are not paced per target shard until it can be read" }
+                );
+                let fallback = cached.unwrap_or_else(|| {
+                    Arc::new(TargetPacing {
+                        map: ShardMap::default(),
+                        buckets: Mutex::new(Vec::new()),
+                        read_at: Instant::now(),
+                        stale: AtomicBool::new(false),
+                    })
+                });
+                // Try again after a TTL, not on every batch.
+                let again = Arc::new(TargetPacing {
+                    map: fallback.map.clone(),
+                    buckets: Mutex::new(lock(&fallback.buckets).clone()),
+                    read_at: Instant::now(),
+                    stale: AtomicBool::new(false),
+                });
+                lock(&self.targets).insert(key.to_owned(), again.clone());
+                return again;
+            }
+        };
+        let map = ShardMap::new(shards);
+        let now = Instant::now();
+        // Shards that stay keep their buckets, so a refresh is not a burst.
+        let buckets: Vec<Bucket> = map
+            .shards()
+            .iter()
+            .map(|s| {
+                cached
+                    .as_ref()
+                    .and_then(|old| {
+                        let i = old
+                            .map
+                            .shards()
+                            .iter()
+                            .position(|o| o.shard_id == s.shard_id)?;
+                        lock(&old.buckets).get(i).cloned()
+                    })
+                    .unwrap_or_else(|| Bucket::new(now))
+            })
+            .collect();
+        let fresh = Arc::new(TargetPacing {
+            map,
+            buckets: Mutex::new(buckets),
+            read_at: now,
+            stale: AtomicBool::new(false),
+        });
+        lock(&self.targets).insert(key.to_owned(), fresh.clone());
+        fresh
+    }
+
+    /// Sends one request, giving up after `timeout` (then its outcome is unknown: ambiguous).
+    async fn send(
+        &self,
+        route: &Route,
+        records: &[SourceRecord],
+        entries: Vec<Entry>,
+        timeout: Duration,
+    ) -> SentRequest {
+        let out: Vec<OutEntry<'_>> = entries
+            .iter()
+            .map(|e| OutEntry {
+                partition_key: e
+                    .records
+                    .first()
+                    .and_then(|&i| records[i].partition_key.as_deref())
+                    .unwrap_or_default(),
+                data: match &e.payload {
+                    Payload::Record(i) => &records[*i].data,
+                    Payload::Aggregated(bytes) => bytes,
+                },
+            })
+            .collect();
+        let result = match tokio::time::timeout(timeout, self.writer.put_records(route, &out)).await
+        {
+            Ok(r) => r,
+            Err(_) => Err(RequestError {
+                class: FailureClass::Transient,
+                ambiguous: true,
+                code: "Timeout".to_owned(),
+                message: format!("PutRecords did not answer within {timeout:?}"),
+            }),
+        };
+        drop(out);
+        (entries, result)
+    }
+
+    /// Applies one request's answer: written records leave their key's queue, a failed head
+    /// makes its key (only) back off, a throttle slows its target shard, a refused record is
+    /// to be dead-lettered, a systemic error stops the route at its first record.
+    fn settle(
+        &self,
+        p: Progress<'_, '_>,
+        shard_limits: &ShardLimits,
+        entries: Vec<Entry>,
+        result: Result<Vec<EntryResult>, RequestError>,
+    ) -> Settled {
+        let Progress {
+            records,
+            target,
+            sched,
+            state,
+            ambiguous,
+            report,
+        } = p;
+        let now = Instant::now();
+        let limits = &self.limits;
+        // A key's first retry goes with the next request: a one-off failure (internal error,
+        // a throttle the shard's bucket now answers for) costs one round trip, not a sleep.
+        // From the second failure in a row the key backs off exponentially.
+        let backoff = |attempt: u32| match attempt {
+            0 | 1 => Duration::ZERO,
+            n => plan::backoff(
+                n - 1,
+                limits.backoff_base,
+                limits.backoff_max,
+                rand::random::<f64>(),
+            ),
+        };
+        let mut out = Settled::default();
+        let mut note_systemic = |i: usize, code: &str, message: &str| {
+            if out.systemic.as_ref().is_none_or(|(j, _, _)| i < *j) {
+                out.systemic = Some((i, code.to_owned(), message.to_owned()));
+            }
+        };
+        let mut throttled: Vec<usize> = Vec::new();
+        // The entries of one key are next to each other: settle each key once, at its end.
+        let slots: Vec<usize> = {
+            let mut v: Vec<usize> = entries.iter().map(|e| e.slot).collect();
+            v.dedup();
+            v
+        };
+        match result {
+            Ok(results) if results.len() == entries.len() => {
+                let mut current: Option<usize> = None;
+                // This key's later entries are not progress: an earlier one was not written.
+                let mut broken = false;
+                let mut failed = false;
+                for (e, r) in entries.iter().zip(results) {
+                    if current != Some(e.slot) {
+                        if let Some(slot) = current {
+                            sched.settle(slot, failed.then_some(now), backoff);
+                        }
+                        current = Some(e.slot);
+                        broken = false;
+                        failed = false;
+                    }
+                    let first = e.records[0];
+                    match r {
+                        EntryResult::Written { .. } if broken => {
+                            // runs: written after an earlier record of its key failed; it is
+                            // sent again after that one, so its last copy is in order.
+                            report.repairs += e.records.len();
+                            report.possible_duplicates += e.records.len();
+                        }
+                        EntryResult::Written { shard_id, seq } => {
+                            if target.map.is_known() && !target.map.contains(&shard_id) {
+                                target.stale.store(true, Ordering::Relaxed);
+                            }
+                            for &i in &e.records {
+                                report.written += 1;
+                                report.bytes_written += records[i].data.len() as u64;
+                                if ambiguous[i] {
+                                    report.possible_duplicates += 1;
+                                }
+                                state[i] = State::Written {
+                                    shard_id: shard_id.clone(),
+                                    seq: seq.clone(),
+                                };
+                                sched.pop(e.slot, i);
+                            }
+                        }
+                        EntryResult::Failed {
+                            code,
+                            message,
+                            class,
+                        } => {
+                            broken = true;
+                            match class {
+                                FailureClass::Transient => {
+                                    failed = true;
+                                    if code == THROTTLED {
+                                        throttled.push(sched.shard_of(e.slot));
+                                    }
+                                    *report.retries.entry(code).or_default() += 1;
+                                }
+                                FailureClass::Permanent if e.records.len() > 1 => {
+                                    tracing::warn!(
+                                        route = %report.route,
+                                        error_code = %code,
+                                        "The target refused an aggregated record of {} records ({code}: {message}); sending them one by one.",
+                                        e.records.len()
+                                    );
+                                    sched.send_plain(e.slot);
+                                    *report.retries.entry(code).or_default() += 1;
+                                }
+                                FailureClass::Permanent => {
+                                    out.dead_letters.push((first, e.slot, code, message))
+                                }
+                                FailureClass::Systemic => note_systemic(first, &code, &message),
+                            }
+                        }
+                    }
+                }
+                if let Some(slot) = current {
+                    sched.settle(slot, failed.then_some(now), backoff);
+                }
+            }
+            Ok(results) => {
+                let message = format!(
+                    "PutRecords answered {} results for {} entries",
+                    results.len(),
+                    entries.len()
+                );
+                let first = entries.iter().map(|e| e.records[0]).min().unwrap_or(0);
+                note_systemic(first, "MalformedResponse", &message);
+                for slot in slots {
+                    sched.settle(slot, None, backoff);
+                }
+            }
+            Err(e) => match e.class {
+                FailureClass::Transient | FailureClass::Permanent => {
+                    *report.retries.entry(e.code.clone()).or_default() += entries.len() as u64;
+                    for entry in &entries {
+                        if e.ambiguous {
+                            for &i in &entry.records {
+                                ambiguous[i] = true;
+                            }
+                        }
+                        if e.code == THROTTLED {
+                            throttled.push(sched.shard_of(entry.slot));
+                        }
+                    }
+                    for slot in slots {
+                        sched.settle(slot, Some(now), backoff);
+                    }
+                }
+                FailureClass::Systemic => {
+                    let first = entries.iter().map(|e| e.records[0]).min().unwrap_or(0);
+                    note_systemic(first, &e.code, &e.message);
+                    for slot in slots {
+                        sched.settle(slot, None, backoff);
+                    }
+                }
+            },
+        }
+        if !throttled.is_empty() {
+            throttled.sort_unstable();
+            throttled.dedup();
+            let mut buckets = lock(&target.buckets);
+            for shard in throttled {
+                if let Some(b) = buckets.get_mut(shard) {
+                    b.throttled(shard_limits, now);
+                }
+            }
+        }
+        out
     }
 
     async fn replicate_route(
@@ -299,143 +639,109 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             }
         }
 
-        // 3. Write the rest in rounds of per-key heads.
-        let mut queues = KeyQueues::new(
-            (start..limit)
-                .filter(|&i| matches!(state[i], State::Pending))
-                .map(|i| (i, records[i].partition_key.as_deref().unwrap_or_default())),
+        // 3. Write the rest: each key's head (or run, or aggregate), paced per target shard,
+        //    with up to `max_concurrent_requests` requests in flight.
+        let target = self.target_pacing(route).await;
+        let shard_limits = ShardLimits::new(
+            self.limits.shard_records_per_sec,
+            self.limits.shard_bytes_per_sec,
+            self.limits.shard_headroom_pct,
+        );
+        let shape = Shape {
+            mode: route.order,
+            max_entries: self.limits.max_request_entries,
+            max_request_bytes: self.limits.max_request_bytes,
+            max_record_bytes,
+            run_length: self.limits.run_length,
+        };
+        let mut sched = Schedule::new(
+            records,
+            (start..limit).filter(|&i| matches!(state[i], State::Pending)),
+            shape,
+            &target.map,
         );
         let mut ambiguous = vec![false; records.len()];
-        let mut attempt: u32 = 0;
-        while !queues.is_empty() {
-            let heads = queues.heads();
-            let items: Vec<(usize, usize)> = heads
-                .iter()
-                .map(|&i| (i, plan::record_bytes(&records[i])))
-                .collect();
-            let requests = plan::pack_requests(
-                &items,
-                self.limits.max_request_entries,
-                self.limits.max_request_bytes,
-            );
+        let mut in_flight = FuturesUnordered::new();
+        let mut stopping = false;
+        loop {
             let now = Instant::now();
-            if now >= send_by {
-                stop = Some(StopReason::Deadline);
-                break;
+            if now >= send_by && sched.has_pending() {
+                stop.get_or_insert(StopReason::Deadline);
+                stopping = true;
             }
-            let timeout = self.limits.request_timeout.min(send_by - now);
-            report.requests += requests.len();
-            let results: Vec<SentRequest> = stream::iter(requests)
-                .map(|indices| async move {
-                    let entries: Vec<OutEntry<'_>> = indices
-                        .iter()
-                        .map(|&i| OutEntry {
-                            partition_key: records[i].partition_key.as_deref().unwrap_or_default(),
-                            data: &records[i].data,
-                        })
-                        .collect();
-                    let result = match tokio::time::timeout(
-                        timeout,
-                        self.writer.put_records(route, &entries),
-                    )
-                    .await
+            if !stopping {
+                let mut buckets = lock(&target.buckets);
+                while in_flight.len() < self.limits.max_concurrent_requests {
+                    // While requests are out, send only full ones: small requests sent as each
+                    // answer comes back would multiply the requests (and their per-request
+                    // costs) without moving any key faster; the rest go when the answers are in.
+                    if !in_flight.is_empty()
+                        && sched.ready_keys(now) < self.limits.max_request_entries
                     {
-                        Ok(r) => r,
-                        Err(_) => Err(RequestError {
-                            class: FailureClass::Transient,
-                            ambiguous: true,
-                            code: "Timeout".to_owned(),
-                            message: format!("PutRecords did not answer within {timeout:?}"),
-                        }),
+                        break;
+                    }
+                    let Some(entries) = sched.next_request(now, &mut buckets, &shard_limits) else {
+                        break;
                     };
-                    (indices, result)
-                })
-                .buffer_unordered(self.limits.max_concurrent_requests)
-                .collect()
-                .await;
-
-            let mut failed_this_round = false;
-            let mut systemic_at: Option<(usize, String, String)> = None;
-            let mut note_systemic = |i: usize, code: &str, message: &str| {
-                if systemic_at.as_ref().is_none_or(|(j, _, _)| i < *j) {
-                    systemic_at = Some((i, code.to_owned(), message.to_owned()));
-                }
-            };
-            let mut late_dead_letters: Vec<(usize, String, String)> = Vec::new();
-            for (indices, result) in results {
-                match result {
-                    Ok(entry_results) if entry_results.len() == indices.len() => {
-                        for (&i, entry) in indices.iter().zip(entry_results) {
-                            match entry {
-                                EntryResult::Written { shard_id, seq } => {
-                                    report.written += 1;
-                                    report.bytes_written += records[i].data.len() as u64;
-                                    if ambiguous[i] {
-                                        report.possible_duplicates += 1;
-                                    }
-                                    state[i] = State::Written { shard_id, seq };
-                                    queues.pop(i);
-                                }
-                                EntryResult::Failed {
-                                    code,
-                                    message,
-                                    class,
-                                } => match class {
-                                    FailureClass::Transient => {
-                                        failed_this_round = true;
-                                        *report.retries.entry(code).or_default() += 1;
-                                    }
-                                    FailureClass::Permanent => {
-                                        late_dead_letters.push((i, code, message))
-                                    }
-                                    FailureClass::Systemic => note_systemic(i, &code, &message),
-                                },
-                            }
-                        }
-                    }
-                    Ok(entry_results) => {
-                        let message = format!(
-                            "PutRecords answered {} results for {} entries",
-                            entry_results.len(),
-                            indices.len()
-                        );
-                        note_systemic(indices[0], "MalformedResponse", &message);
-                    }
-                    Err(e) => match e.class {
-                        FailureClass::Transient | FailureClass::Permanent => {
-                            failed_this_round = true;
-                            *report.retries.entry(e.code.clone()).or_default() +=
-                                indices.len() as u64;
-                            if e.ambiguous {
-                                for &i in &indices {
-                                    ambiguous[i] = true;
-                                }
-                            }
-                        }
-                        FailureClass::Systemic => note_systemic(indices[0], &e.code, &e.message),
-                    },
+                    report.requests += 1;
+                    let timeout = self.limits.request_timeout.min(send_by - now);
+                    in_flight.push(self.send(route, records, entries, timeout));
                 }
             }
-            for (i, code, message) in late_dead_letters {
+            let wake = if stopping {
+                None
+            } else {
+                sched.next_wake(now, &mut lock(&target.buckets), &shard_limits)
+            };
+            if in_flight.is_empty() {
+                match wake {
+                    _ if stopping || !sched.has_pending() => break,
+                    None => break,
+                    Some(at) if at >= send_by => {
+                        stop.get_or_insert(StopReason::Deadline);
+                        break;
+                    }
+                    Some(at) => {
+                        tokio::time::sleep_until(at).await;
+                        continue;
+                    }
+                }
+            }
+            let done = match wake {
+                Some(at) if !stopping => tokio::select! {
+                    done = in_flight.next() => done,
+                    _ = tokio::time::sleep_until(at.min(send_by)) => None,
+                },
+                _ => in_flight.next().await,
+            };
+            let Some((entries, result)) = done else {
+                continue;
+            };
+            let outcome = self.settle(
+                Progress {
+                    records,
+                    target: &target,
+                    sched: &mut sched,
+                    state: &mut state,
+                    ambiguous: &mut ambiguous,
+                    report: &mut report,
+                },
+                &shard_limits,
+                entries,
+                result,
+            );
+            for (i, slot, code, message) in outcome.dead_letters {
                 let reason = format!("the target refused the record ({code}: {message})");
-                match self
-                    .dead_letter(
-                        route,
-                        batch,
-                        i,
-                        Refusal {
-                            code: "TargetRejected",
-                            reason,
-                            attempts: attempt + 1,
-                        },
-                        send_by,
-                    )
-                    .await
-                {
+                let why = Refusal {
+                    code: "TargetRejected",
+                    reason,
+                    attempts: 1,
+                };
+                match self.dead_letter(route, batch, i, why, send_by).await {
                     Ok(location) => {
                         state[i] = State::DeadLettered;
                         report.dead_letter_locations.push(location);
-                        queues.pop(i);
+                        sched.pop(slot, i);
                     }
                     Err(message) => {
                         if i < limit {
@@ -445,32 +751,13 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     }
                 }
             }
-            if let Some((i, code, message)) = systemic_at {
+            if let Some((i, code, message)) = outcome.systemic {
                 if i < limit {
                     limit = i;
                     stop = Some(StopReason::Systemic { code, message });
                 }
             }
-            queues.truncate_at(limit);
-            if queues.is_empty() {
-                break;
-            }
-            if failed_this_round {
-                attempt += 1;
-                let pause = plan::backoff(
-                    attempt,
-                    self.limits.backoff_base,
-                    self.limits.backoff_max,
-                    rand::random::<f64>(),
-                );
-                if Instant::now() + pause >= send_by {
-                    stop = Some(StopReason::Deadline);
-                    break;
-                }
-                tokio::time::sleep(pause).await;
-            } else {
-                attempt = 0;
-            }
+            sched.truncate_at(limit);
         }
 
         // 4. Checkpoint the contiguous handled prefix and report the first unhandled record.
@@ -527,6 +814,16 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     report.checkpoint_error = Some(e.to_string());
                 }
             }
+        }
+        if report.repairs > 0 {
+            tracing::warn!(
+                route = %route.name,
+                shard = %batch.shard_id,
+                repairs = report.repairs,
+                "Wrote {} records a second time after an earlier record of their key failed (runs mode): \
+                 the last copy of every record is in order, the first may not be.",
+                report.repairs
+            );
         }
         if let Some(stop) = &report.stop {
             log_stop(route, batch, &report, stop);

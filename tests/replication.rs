@@ -222,6 +222,177 @@ async fn partial_failures_at_10_to_50_percent_lose_nothing_and_keep_order_on_mot
     partial_failures_lose_nothing_and_keep_order(Backend::Moto).await;
 }
 
+/// The world's configuration with one route in `order` mode and extra settings.
+fn config_in(world: &World, order: &str, extra: &[(&'static str, &str)]) -> ReplicatorConfig {
+    let mut vars = world.vars();
+    vars.insert(
+        "FANOUT_ROUTES",
+        format!(
+            r#"[{{"source":"{}","target":"{}","order":"{order}"}}]"#,
+            world.source, world.target
+        ),
+    );
+    for (k, v) in extra {
+        vars.insert(k, (*v).to_owned());
+    }
+    ReplicatorConfig::from_lookup(|k| vars.get(k).cloned()).expect("test configuration")
+}
+
+/// The target as its consumers read it: each shard in order, KPL aggregated records
+/// deaggregated by AWS's own deaggregator (plain records pass through it unchanged).
+/// Payloads are `key|i|…`: returns (key, i) per user record. `None`: no deaggregator here.
+async fn target_as_consumers_read_it(world: &World) -> Option<Vec<(String, usize)>> {
+    let reader = KinesisSource::new(&world.new_account);
+    let stored: Vec<(String, Vec<u8>)> = reader
+        .read_all(&world.target)
+        .await
+        .expect("read target")
+        .into_iter()
+        .map(|(_, r)| (r.partition_key.unwrap_or_default(), r.data))
+        .collect();
+    let users = support::deagg::user_records(&stored)?;
+    Some(
+        users
+            .into_iter()
+            .map(|(key, data)| {
+                let text = String::from_utf8_lossy(&data).into_owned();
+                let mut parts = text.split('|');
+                let (k, i) = (parts.next().unwrap(), parts.next().unwrap());
+                assert_eq!(k, key, "a user record under its own key");
+                (key, i.parse().unwrap())
+            })
+            .collect(),
+    )
+}
+
+/// Checks the target against `n` source records numbered 0..n: every one present, per key in
+/// order of first arrivals (strict, aggregated) or of last arrivals (runs). Returns the copies
+/// beyond one per record.
+fn check_order(users: &[(String, usize)], n: usize, last_arrivals: bool) -> usize {
+    use std::collections::HashMap;
+    let mut position: HashMap<usize, usize> = HashMap::new();
+    for (at, (_, i)) in users.iter().enumerate() {
+        if last_arrivals {
+            position.insert(*i, at);
+        } else {
+            position.entry(*i).or_insert(at);
+        }
+    }
+    let mut present: Vec<usize> = position.keys().copied().collect();
+    present.sort_unstable();
+    assert_eq!(present, (0..n).collect::<Vec<_>>(), "every record arrived");
+    let mut per_key: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (i, at) in &position {
+        per_key.entry(&users[*at].0).or_default().push((*at, *i));
+    }
+    for (key, mut v) in per_key {
+        v.sort_unstable();
+        assert!(
+            v.windows(2).all(|w| w[0].1 < w[1].1),
+            "key {key}: {} arrivals out of order",
+            if last_arrivals { "last" } else { "first" }
+        );
+    }
+    users.len() - n
+}
+
+/// Every order mode under partial failures and under enforced shard limits, on kinesis-local:
+/// nothing lost, order as the mode promises, every extra copy counted.
+async fn each_order_mode_keeps_its_promise(order: &str) {
+    let runs = order == "runs";
+    // (name, what the proxy does, extra settings)
+    type Case = (&'static str, FaultPlan, &'static [(&'static str, &'static str)]);
+    let cases: [Case; 4] = [
+        ("10%", FaultPlan::mixed_failures(0.1, 31), &[]),
+        ("30%", FaultPlan::mixed_failures(0.3, 32), &[]),
+        ("50%", FaultPlan::mixed_failures(0.5, 33), &[]),
+        (
+            "limits",
+            FaultPlan::ShardLimits {
+                records_per_sec: 300.0,
+                bytes_per_sec: 48.0 * 1024.0,
+            },
+            &[
+                ("FANOUT_SHARD_RECORDS_PER_SEC", "300"),
+                ("FANOUT_SHARD_BYTES_PER_SEC", "49152"),
+            ],
+        ),
+    ];
+    for (name, plan, extra) in cases {
+        let Some(world) = World::create(Backend::KinesisLocal, 2, 2).await else {
+            return;
+        };
+        let config = config_in(&world, order, extra);
+        write_source(&world, &records(1500, 40, 120)).await;
+        let proxy = FaultProxy::start(&world.kinesis_endpoint);
+        proxy.set_plan(plan);
+        let handler = handler_for(&world, &config, &proxy.endpoint()).await;
+        let started = Instant::now();
+        let reports = invoke_per_shard(&world, &handler).await;
+        let took = started.elapsed();
+        assert!(
+            reports.iter().all(|r| r.first_unhandled.is_none()),
+            "{order} {name}: {reports:?}"
+        );
+        let Some(users) = target_as_consumers_read_it(&world).await else {
+            return;
+        };
+        let extra_copies = check_order(&users, 1500, runs);
+        let duplicates = total(&reports, |r| r.possible_duplicates);
+        let repairs = total(&reports, |r| r.repairs);
+        let requests = total(&reports, |r| r.requests);
+        eprintln!(
+            "{order} {name}: {} entries failed by the proxy, {requests} requests, {} user records read, \
+             {extra_copies} extra copies, {duplicates} counted as possible duplicates, {repairs} repairs, {:.2} s",
+            proxy.entries_failed_injected(),
+            users.len(),
+            took.as_secs_f64()
+        );
+        assert_eq!(
+            extra_copies, duplicates,
+            "{order} {name}: every extra copy is counted"
+        );
+        if runs {
+            assert_eq!(
+                repairs, duplicates,
+                "{order} {name}: runs' copies are repairs"
+            );
+        } else {
+            assert_eq!(
+                extra_copies, 0,
+                "{order} {name}: failed entries are not written"
+            );
+            assert_eq!(repairs, 0);
+        }
+        if name != "limits" {
+            assert!(proxy.entries_failed_injected() > 0, "{order} {name}");
+        }
+        let c = compare(&world, &config).await;
+        assert!(
+            c.missing.is_empty() && c.extra == 0,
+            "{order} {name}: {c:?}"
+        );
+        if !runs {
+            assert!(c.is_clean(), "{order} {name}: verify agrees: {c:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn strict_mode_keeps_first_arrival_order_under_failures_and_shard_limits() {
+    each_order_mode_keeps_its_promise("strict").await;
+}
+
+#[tokio::test]
+async fn aggregated_mode_keeps_first_arrival_order_under_failures_and_shard_limits() {
+    each_order_mode_keeps_its_promise("aggregated").await;
+}
+
+#[tokio::test]
+async fn runs_mode_keeps_last_arrival_order_under_failures_and_shard_limits() {
+    each_order_mode_keeps_its_promise("runs").await;
+}
+
 async fn a_write_that_times_out_after_acceptance_is_resent_and_counted(backend: Backend) {
     let Some(world) = World::create(backend, 1, 2).await else {
         return;

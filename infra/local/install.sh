@@ -49,7 +49,7 @@ need() {
 need python3
 if [[ ! -x "$VENV/bin/python" ]]; then
   run "create venv $VENV" python3 -m venv "$VENV"
-  rm -f "$STAMPS/moto" "$STAMPS/cargo-lambda"
+  rm -f "$STAMPS/moto" "$STAMPS/kpl-deagg" "$STAMPS/cargo-lambda"
   echo "installed: python venv $VENV"
 fi
 if ! stamp_ok moto "moto[server]==$MOTO_VERSION"; then
@@ -58,6 +58,16 @@ if ! stamp_ok moto "moto[server]==$MOTO_VERSION"; then
     "moto[server]==$MOTO_VERSION"
   stamp_set moto "moto[server]==$MOTO_VERSION"
   echo "installed: moto[server]==$MOTO_VERSION (with boto3) in $VENV"
+fi
+
+# --- KPL deaggregator (tests/kpl.rs checks src/kpl.rs against it) --------------------------
+kpl_want="aws_kinesis_agg==$KINESIS_AGG_VERSION protobuf==$PROTOBUF_VERSION six==$SIX_VERSION"
+if ! stamp_ok kpl-deagg "$kpl_want"; then
+  # shellcheck disable=SC2086 # kpl_want is a deliberate word list
+  run "pip install $kpl_want" \
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --quiet $kpl_want
+  stamp_set kpl-deagg "$kpl_want"
+  echo "installed: $kpl_want in $VENV"
 fi
 
 # --- npm: kinesis-local and kinesalite --------------------------------------------------

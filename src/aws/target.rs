@@ -13,6 +13,7 @@ use aws_smithy_types::timeout::TimeoutConfig;
 use super::{classify_entry_code, classify_sdk_error, CONNECT_TIMEOUT};
 use crate::config::Limits;
 use crate::model::{EntryResult, FailureClass, RequestError, Route, TargetInfo, WriterRole};
+use crate::pacing::TargetShard;
 use crate::ports::{OutEntry, TargetWriter};
 
 /// The writer client's settings: the SDK's own retries off (the write path retries with
@@ -100,6 +101,40 @@ impl TargetWriter for KinesisTarget {
             .map(|kib| kib as usize * 1024)
             .unwrap_or(self.default_max_record_bytes);
         Ok(TargetInfo { max_record_bytes })
+    }
+
+    async fn target_shards(&self, route: &Route) -> Result<Vec<TargetShard>, RequestError> {
+        let client = self.client(route)?;
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        // Bounded: a stream has at most a few thousand shards, 1,000 a page.
+        for _ in 0..100 {
+            let req = match &token {
+                Some(t) => client.list_shards().next_token(t),
+                None => client.list_shards().stream_arn(route.target.as_str()),
+            };
+            let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
+            for s in out.shards() {
+                let open = s
+                    .sequence_number_range()
+                    .is_some_and(|r| r.ending_sequence_number().is_none());
+                let range = s.hash_key_range();
+                let start = range.and_then(|r| r.starting_hash_key().parse::<u128>().ok());
+                let end = range.and_then(|r| r.ending_hash_key().parse::<u128>().ok());
+                if let (true, Some(start), Some(end)) = (open, start, end) {
+                    shards.push(TargetShard {
+                        shard_id: s.shard_id().to_owned(),
+                        start,
+                        end,
+                    });
+                }
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                break;
+            }
+        }
+        Ok(shards)
     }
 
     async fn put_records(

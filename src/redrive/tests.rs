@@ -18,6 +18,7 @@ fn route() -> Route {
         source: StreamArn::parse(SRC).unwrap(),
         target: StreamArn::parse(DST).unwrap(),
         writer_role: None,
+        order: Default::default(),
     }
 }
 

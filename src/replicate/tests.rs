@@ -22,8 +22,14 @@ enum Fault {
 struct TargetState {
     /// Everything written, per route, in arrival order: (partition key, data).
     written: HashMap<String, Vec<(String, Vec<u8>)>>,
+    /// When each write landed (tokio time, so paused-time tests see virtual time) and on
+    /// which shard.
+    landed: Vec<(Instant, usize)>,
     calls: usize,
     next_seq: u64,
+    /// Per shard: a token bucket the fake enforces like Kinesis (records/s), when set.
+    enforced: Vec<crate::pacing::Bucket>,
+    throttled: usize,
 }
 
 type EntryScript = dyn Fn(usize, &str, &[u8]) -> Fault + Send + Sync;
@@ -36,6 +42,10 @@ struct FakeTarget {
     /// Call numbers whose whole request is applied and then reported as a timeout.
     ambiguous_calls: Arc<Vec<usize>>,
     max_record_bytes: usize,
+    /// The target's shards (empty: the fake does not say, and writes are not paced).
+    shards: Arc<Vec<crate::pacing::TargetShard>>,
+    /// Records per second each shard takes before it throttles (0: no limit).
+    enforce_per_shard: u32,
 }
 
 impl FakeTarget {
@@ -45,7 +55,33 @@ impl FakeTarget {
             script: Arc::new(script),
             ambiguous_calls: Arc::new(vec![]),
             max_record_bytes: 1024,
+            shards: Arc::new(vec![]),
+            enforce_per_shard: 0,
         }
+    }
+
+    /// `n` shards splitting the hash space evenly, named shardId-0…
+    fn with_shards(mut self, n: u128, enforce_per_shard: u32) -> Self {
+        let step = u128::MAX / n;
+        self.shards = Arc::new(
+            (0..n)
+                .map(|i| crate::pacing::TargetShard {
+                    shard_id: format!("shardId-{i}"),
+                    start: if i == 0 { 0 } else { i * step + 1 },
+                    end: if i == n - 1 {
+                        u128::MAX
+                    } else {
+                        (i + 1) * step
+                    },
+                })
+                .collect(),
+        );
+        self.enforce_per_shard = enforce_per_shard;
+        self
+    }
+
+    fn landed(&self) -> Vec<(Instant, usize)> {
+        self.state.lock().unwrap().landed.clone()
     }
     fn written(&self, route: &str) -> Vec<(String, Vec<u8>)> {
         self.state
@@ -65,6 +101,13 @@ impl TargetWriter for FakeTarget {
         })
     }
 
+    async fn target_shards(
+        &self,
+        _route: &Route,
+    ) -> Result<Vec<crate::pacing::TargetShard>, RequestError> {
+        Ok(self.shards.as_ref().clone())
+    }
+
     async fn put_records(
         &self,
         route: &Route,
@@ -74,9 +117,24 @@ impl TargetWriter for FakeTarget {
         st.calls += 1;
         let call = st.calls;
         let mut out = Vec::new();
+        let now = Instant::now();
+        let map = crate::pacing::ShardMap::new(self.shards.as_ref().clone());
+        let enforce = crate::pacing::ShardLimits::new(self.enforce_per_shard, u32::MAX, 0);
+        if self.enforce_per_shard > 0 && st.enforced.is_empty() {
+            st.enforced = vec![crate::pacing::Bucket::new(now); map.len()];
+        }
         for e in entries {
-            match (self.script)(call, &route.name, e.data) {
+            let shard = map.shard_for(crate::kpl::hash_key(e.partition_key));
+            let over = self.enforce_per_shard > 0 && !st.enforced[shard].try_take(&enforce, 0, now);
+            let fault = if over {
+                st.throttled += 1;
+                Fault::Throttle
+            } else {
+                (self.script)(call, &route.name, e.data)
+            };
+            match fault {
                 Fault::None => {
+                    st.landed.push((now, shard));
                     st.next_seq += 1;
                     let seq = st.next_seq.to_string();
                     st.written
@@ -84,7 +142,10 @@ impl TargetWriter for FakeTarget {
                         .or_default()
                         .push((e.partition_key.to_owned(), e.data.to_vec()));
                     out.push(EntryResult::Written {
-                        shard_id: "shardId-000000000000".into(),
+                        shard_id: map
+                            .shards()
+                            .get(shard)
+                            .map_or("shardId-000000000000".into(), |s| s.shard_id.clone()),
                         seq,
                     });
                 }
@@ -193,6 +254,7 @@ fn route(target: &str) -> Route {
         source,
         target,
         writer_role: None,
+        order: Default::default(),
     }
 }
 
@@ -515,4 +577,276 @@ async fn unreadable_checkpoint_or_dead_letter_store_stops_the_shard() {
         Some(StopReason::DeadLetterFailed { .. })
     ));
     assert_complete_and_ordered(&target.written(&route("t").name), 6, &[]);
+}
+
+/// A route with the given order mode.
+fn route_in(target: &str, order: crate::model::OrderMode) -> Route {
+    Route {
+        order,
+        ..route(target)
+    }
+}
+
+/// Per key: the source positions of the copies in the target, in arrival order, after
+/// deaggregating KPL aggregated records.
+fn arrivals(written: &[(String, Vec<u8>)]) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (key, data) in written {
+        let users: Vec<(String, Vec<u8>)> = if crate::kpl::is_aggregated(data) {
+            crate::kpl::deaggregate(data)
+                .unwrap()
+                .into_iter()
+                .map(|r| (r.partition_key, r.data))
+                .collect()
+        } else {
+            vec![(key.clone(), data.clone())]
+        };
+        for (k, d) in users {
+            let text = String::from_utf8(d).unwrap();
+            let (dk, pos) = text.split_once(':').unwrap();
+            assert_eq!(dk, k, "a record under its own key");
+            out.push((k, pos.parse().unwrap()));
+        }
+    }
+    out
+}
+
+/// Every record 0..n is there, and per key the *last* copies are in source order.
+fn assert_last_arrivals_in_order(written: &[(String, Vec<u8>)], n: usize) {
+    let all = arrivals(written);
+    let mut last: HashMap<usize, usize> = HashMap::new();
+    for (at, (_, pos)) in all.iter().enumerate() {
+        last.insert(*pos, at);
+    }
+    let mut present: Vec<usize> = last.keys().copied().collect();
+    present.sort_unstable();
+    assert_eq!(
+        present,
+        (0..n).collect::<Vec<_>>(),
+        "every record at least once"
+    );
+    let mut per_key: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (pos, at) in &last {
+        let key = &all[*at].0;
+        per_key.entry(key).or_default().push((*at, *pos));
+    }
+    for (key, mut v) in per_key {
+        v.sort_unstable();
+        assert!(
+            v.windows(2).all(|w| w[0].1 < w[1].1),
+            "key {key}: last copies out of order"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
+    // k0's head is throttled on its first 4 attempts; every other entry goes through.
+    let attempts = Arc::new(Mutex::new(0usize));
+    let seen = attempts.clone();
+    let target = FakeTarget::new(move |_, _, data| {
+        if data.starts_with(b"k0:0") && data.len() == 4 {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            if *n <= 4 {
+                return Fault::Throttle;
+            }
+        }
+        Fault::None
+    });
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        Limits {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            ..limits()
+        },
+    );
+    let started = Instant::now();
+    let b = batch(400, 8);
+    let rep = r.replicate(&b, started + Duration::from_secs(60)).await;
+    assert_eq!(rep.first_unhandled, None);
+    assert_eq!(*attempts.lock().unwrap(), 5);
+    let written = target.written(&route("t").name);
+    assert_complete_and_ordered(&written, 400, &[]);
+    // Keys k1..k7 do not wait for k0's backoff: they are all written before k0's first record.
+    let k0_first = written.iter().position(|(k, _)| k == "k0").unwrap();
+    assert_eq!(
+        k0_first, 350,
+        "the 350 records of the other keys went first"
+    );
+    let landed = target.landed();
+    assert_eq!(
+        landed[349].0, started,
+        "no other key slept (virtual time did not move)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn writes_are_paced_under_each_target_shards_limit() {
+    // 4 target shards, 100 records/s each (no headroom): 2,000 records over 200 keys take
+    // about (2,000 - 400 at once) / 400 per s = 4 s, and Kinesis never throttles.
+    let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(4, 100);
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        Limits {
+            shard_records_per_sec: 100,
+            shard_headroom_pct: 0,
+            ..limits()
+        },
+    );
+    let started = Instant::now();
+    let rep = r
+        .replicate(&batch(2000, 200), started + Duration::from_secs(60))
+        .await;
+    assert_eq!(rep.first_unhandled, None);
+    let took = rep.duration.as_secs_f64();
+    assert!((3.5..5.5).contains(&took), "took {took:.2} s");
+    assert_eq!(
+        target.state.lock().unwrap().throttled,
+        0,
+        "pacing, not throttling"
+    );
+    assert_complete_and_ordered(&target.written(&route("t").name), 2000, &[]);
+    // No shard took more than its bucket plus its rate in any second.
+    for shard in 0..4 {
+        let times: Vec<Instant> = target
+            .landed()
+            .iter()
+            .filter(|(_, s)| *s == shard)
+            .map(|(t, _)| *t)
+            .collect();
+        for (i, t) in times.iter().enumerate() {
+            let in_next_second = times[i..]
+                .iter()
+                .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+                .count();
+            assert!(
+                in_next_second <= 201,
+                "shard {shard}: {in_next_second} in 1 s"
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shard_that_throttles_below_the_configured_limit_is_slowed_down() {
+    // Configured for 1,000/s per shard, but the target takes only 100/s (other writers):
+    // the replicator adapts, loses nothing, keeps order, and throttles stay a minority.
+    let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(2, 100);
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        Limits {
+            backoff_base: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(500),
+            ..limits()
+        },
+    );
+    let rep = r
+        .replicate(&batch(2000, 100), Instant::now() + Duration::from_secs(120))
+        .await;
+    assert_eq!(rep.first_unhandled, None);
+    assert_complete_and_ordered(&target.written(&route("t").name), 2000, &[]);
+    let throttled = target.state.lock().unwrap().throttled;
+    let rr = &rep.routes[0];
+    assert_eq!(rr.retries[THROTTLED] as usize, throttled);
+    assert!(
+        throttled < 2000,
+        "{throttled} throttled entries for 2,000 records: pacing adapted"
+    );
+    let took = rep.duration.as_secs_f64();
+    assert!(took < 14.0, "took {took:.1} s for 2,000 records at 200/s");
+}
+
+#[tokio::test]
+async fn runs_mode_keeps_the_last_copies_in_order_and_counts_repairs() {
+    for (fraction, seed) in [(0.1, 11u64), (0.3, 12), (0.5, 13)] {
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        let target = FakeTarget::new(move |_, _, _| {
+            if rng.lock().unwrap().random_bool(fraction) {
+                Fault::Throttle
+            } else {
+                Fault::None
+            }
+        });
+        let r = Replicator::new(
+            target.clone(),
+            FakeCheckpoints::default(),
+            FakeDeadLetters::default(),
+            vec![route_in("t", crate::model::OrderMode::Runs)],
+            limits(),
+        );
+        let rep = r.replicate(&batch(3000, 13), far()).await;
+        let rr = &rep.routes[0];
+        assert_eq!(rep.first_unhandled, None, "fraction {fraction}");
+        let written = target.written(&route("t").name);
+        assert_last_arrivals_in_order(&written, 3000);
+        assert_eq!(
+            written.len(),
+            3000 + rr.repairs,
+            "every extra copy is a counted repair"
+        );
+        assert!(
+            rr.repairs > 0,
+            "fraction {fraction}: some runs were repaired"
+        );
+        assert_eq!(rr.possible_duplicates, rr.repairs);
+        if fraction <= 0.1 {
+            assert!(
+                rr.requests < 3000 / 13,
+                "fraction {fraction}: runs of a key share requests ({} requests)",
+                rr.requests
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn aggregated_mode_writes_each_key_in_order_at_a_fraction_of_the_requests() {
+    for (fraction, seed) in [(0.0, 20u64), (0.1, 21), (0.3, 22), (0.5, 23)] {
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        let mut target = FakeTarget::new(move |_, _, _| {
+            if fraction > 0.0 && rng.lock().unwrap().random_bool(fraction) {
+                Fault::Throttle
+            } else {
+                Fault::None
+            }
+        });
+        target.max_record_bytes = 1 << 20;
+        let r = Replicator::new(
+            target.clone(),
+            FakeCheckpoints::default(),
+            FakeDeadLetters::default(),
+            vec![route_in("t", crate::model::OrderMode::Aggregated)],
+            limits(),
+        );
+        let rep = r.replicate(&batch(3000, 3), far()).await;
+        let rr = &rep.routes[0];
+        assert_eq!(rep.first_unhandled, None, "fraction {fraction}");
+        assert_eq!(rr.written, 3000);
+        assert_eq!(rr.possible_duplicates, 0);
+        let written = target.written(&route("t").name);
+        assert!(written.len() <= 3 * (1 + rr.retries.values().sum::<u64>() as usize));
+        // Exactly the source records, once each, per key in order.
+        assert_complete_and_ordered(
+            &arrivals(&written)
+                .into_iter()
+                .map(|(k, pos)| (k.clone(), format!("{k}:{pos}").into_bytes()))
+                .collect::<Vec<_>>(),
+            3000,
+            &[],
+        );
+        if fraction == 0.0 {
+            assert_eq!(rr.requests, 1, "three keys, one aggregated record each");
+        }
+    }
 }

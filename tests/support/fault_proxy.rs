@@ -59,6 +59,15 @@ pub enum FaultPlan {
     /// response back for `hang`, so a client with a shorter timeout sees a timeout after a write
     /// that happened. Afterwards behave as [`FaultPlan::Pass`].
     AcceptThenHang { requests: usize, hang: Duration },
+    /// Enforce Kinesis's per-shard write limits: each target shard (found by hashing the
+    /// partition key, or the explicit hash key, against the stream's hash ranges, read once
+    /// with ListShards from the upstream) takes `records_per_sec` entries and `bytes_per_sec`
+    /// bytes (data + partition key) a second, with one second of burst. Entries over it are
+    /// failed with `ProvisionedThroughputExceededException` and really not written.
+    ShardLimits {
+        records_per_sec: f64,
+        bytes_per_sec: f64,
+    },
     /// Answer every PutRecords with this whole-request error without forwarding, e.g.
     /// 400 `AccessDeniedException`, `ExpiredTokenException`, `KMSAccessDeniedException`.
     RequestError {
@@ -108,6 +117,13 @@ pub struct ProxyStats {
     pub entries_forwarded: u64,
     /// PutRecords responses held back by `AcceptThenHang`.
     pub hangs: u64,
+}
+
+/// One target shard's budget under `ShardLimits`: a token bucket per limit, one second deep.
+struct ShardBudget {
+    records: f64,
+    bytes: f64,
+    at: std::time::Instant,
 }
 
 /// A running proxy. Dropping it stops the listener and every open connection.
@@ -165,6 +181,8 @@ impl FaultProxy {
             request_ids: AtomicU64::new(0),
             read_faults: Mutex::new(Default::default()),
             get_records_requests: AtomicU64::new(0),
+            shard_maps: Default::default(),
+            budgets: Default::default(),
         });
         let server = tokio::spawn(serve(listener, shared.clone()));
         FaultProxy {
@@ -259,6 +277,10 @@ struct Shared {
     /// Errors to answer the next GetRecords requests with, first first: (status, error type).
     read_faults: Mutex<std::collections::VecDeque<(u16, String)>>,
     get_records_requests: AtomicU64,
+    /// Per stream name: the open shards' hash ranges (start, end), for `ShardLimits`.
+    shard_maps: tokio::sync::Mutex<std::collections::HashMap<String, Vec<(u128, u128)>>>,
+    /// Per (stream, shard index): what `ShardLimits` has left.
+    budgets: Mutex<std::collections::HashMap<(String, usize), ShardBudget>>,
 }
 
 struct PlanState {
@@ -334,6 +356,8 @@ impl PlanState {
                     Action::Hang(*hang)
                 }
             }
+            // Needs the shard map, which is read outside the plan lock.
+            FaultPlan::ShardLimits { .. } => Action::Forward,
             FaultPlan::RequestError {
                 status,
                 error_type,
@@ -434,6 +458,22 @@ async fn put_records(
         .and_then(Value::as_array)
         .map(Vec::len);
 
+    let plan = shared.plan.lock().expect("plan lock").plan.clone();
+    if let (
+        FaultPlan::ShardLimits {
+            records_per_sec,
+            bytes_per_sec,
+        },
+        Some(request),
+    ) = (plan, request.as_ref())
+    {
+        let codes = over_limit(shared, parts, request, records_per_sec, bytes_per_sec).await?;
+        if codes.iter().all(Option::is_none) {
+            shared.count_forwarded(codes.len());
+            return forward(shared, parts, body).await;
+        }
+        return partial_failure(shared, parts, request.clone(), codes).await;
+    }
     let action = shared.plan.lock().expect("plan lock").decide(entries);
     match action {
         Action::Forward => {
@@ -551,6 +591,126 @@ async fn partial_failure(
         shared.add_request_id(response.headers_mut());
     }
     Ok(response)
+}
+
+/// Under `ShardLimits`: which entries of `request` go over their shard's budget (those get
+/// `ProvisionedThroughputExceededException`); the others are charged to it.
+async fn over_limit(
+    shared: &Shared,
+    parts: &Parts,
+    request: &Map<String, Value>,
+    records_per_sec: f64,
+    bytes_per_sec: f64,
+) -> Result<Vec<Option<String>>, String> {
+    use base64::Engine;
+    use md5::Digest;
+    let stream = stream_name(request);
+    let ranges = shard_map(shared, parts, request, &stream).await?;
+    let entries = request
+        .get("Records")
+        .and_then(Value::as_array)
+        .ok_or("PutRecords without Records")?;
+    let now = std::time::Instant::now();
+    let mut budgets = shared.budgets.lock().expect("budgets lock");
+    let mut codes = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let key = entry
+            .get("PartitionKey")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let hash = match entry.get("ExplicitHashKey").and_then(Value::as_str) {
+            Some(h) => h.parse::<u128>().map_err(|e| e.to_string())?,
+            None => u128::from_be_bytes(md5::Md5::digest(key.as_bytes()).into()),
+        };
+        let shard = ranges
+            .iter()
+            .position(|(start, end)| *start <= hash && hash <= *end)
+            .ok_or_else(|| format!("no open shard of {stream} owns hash {hash}"))?;
+        let data = entry
+            .get("Data")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(data)
+            .map_err(|e| e.to_string())?
+            .len()
+            + key.len();
+        let b = budgets
+            .entry((stream.clone(), shard))
+            .or_insert(ShardBudget {
+                records: records_per_sec,
+                bytes: bytes_per_sec,
+                at: now,
+            });
+        let dt = now.duration_since(b.at).as_secs_f64();
+        b.at = now;
+        b.records = (b.records + dt * records_per_sec).min(records_per_sec);
+        b.bytes = (b.bytes + dt * bytes_per_sec).min(bytes_per_sec);
+        if b.records >= 1.0 && b.bytes >= bytes as f64 {
+            b.records -= 1.0;
+            b.bytes -= bytes as f64;
+            codes.push(None);
+        } else {
+            codes.push(Some(THROTTLED.to_string()));
+        }
+    }
+    Ok(codes)
+}
+
+/// The open shards' hash ranges of `stream`, read once from the upstream with ListShards
+/// (the emulator does not check signatures, so the PutRecords request's headers serve).
+async fn shard_map(
+    shared: &Shared,
+    parts: &Parts,
+    request: &Map<String, Value>,
+    stream: &str,
+) -> Result<Vec<(u128, u128)>, String> {
+    let mut maps = shared.shard_maps.lock().await;
+    if let Some(ranges) = maps.get(stream) {
+        return Ok(ranges.clone());
+    }
+    let mut list = Map::new();
+    match request.get("StreamARN") {
+        Some(arn) => list.insert("StreamARN".to_string(), arn.clone()),
+        None => list.insert("StreamName".to_string(), json!(stream)),
+    };
+    let mut list_parts = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .body(())
+        .map_err(|e| e.to_string())?
+        .into_parts()
+        .0;
+    list_parts.headers = parts.headers.clone();
+    list_parts.headers.insert(
+        "x-amz-target",
+        HeaderValue::from_static("Kinesis_20131202.ListShards"),
+    );
+    let body = serde_json::to_vec(&Value::Object(list)).map_err(|e| e.to_string())?;
+    let response = forward(shared, &list_parts, Bytes::from(body)).await?;
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let answer: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
+    let mut ranges: Vec<(u128, u128)> = answer["Shards"]
+        .as_array()
+        .ok_or_else(|| format!("ListShards on {stream} answered {answer}"))?
+        .iter()
+        .filter(|s| s["SequenceNumberRange"]["EndingSequenceNumber"].is_null())
+        .filter_map(|s| {
+            let r = &s["HashKeyRange"];
+            Some((
+                r["StartingHashKey"].as_str()?.parse().ok()?,
+                r["EndingHashKey"].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect();
+    ranges.sort_unstable();
+    maps.insert(stream.to_string(), ranges.clone());
+    Ok(ranges)
 }
 
 /// Sends the request upstream and returns the whole response, with hop-by-hop headers removed

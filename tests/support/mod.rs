@@ -1,4 +1,5 @@
 #![allow(dead_code)]
 
+pub mod deagg;
 pub mod fault_proxy;
 pub mod stack;

@@ -181,6 +181,7 @@ impl World {
                 role_arn: WRITER_ROLE.to_owned(),
                 external_id: Some(EXTERNAL_ID.to_owned()),
             }),
+            order: Default::default(),
         }
     }
 

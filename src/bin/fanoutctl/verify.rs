@@ -372,6 +372,7 @@ mod tests {
             source: StreamArn::parse(SRC).unwrap(),
             target: StreamArn::parse(DST).unwrap(),
             writer_role: None,
+            order: Default::default(),
         };
         let routes = [route.clone()];
         let (s, t, n) = resolve_route(None, None, None, Some(&routes)).unwrap();

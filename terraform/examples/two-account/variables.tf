@@ -71,8 +71,9 @@ variable "routes" {
     source_arn = string
     target_arn = string
     name       = optional(string)
+    order      = optional(string, "strict")
   }))
-  description = "Routes: a new-account source stream ARN and an old-account target stream ARN each, optionally a name (default <source name>--<old account id>--<target name>). Passed to the replicator and the controller alike."
+  description = "Routes: a new-account source stream ARN and an old-account target stream ARN each, optionally a name (default <source name>--<old account id>--<target name>) and an order mode (\"strict\", the default; \"aggregated\"; or \"runs\"; see module replicator's README). Passed to the replicator and the controller alike (the controller ignores order)."
 }
 
 variable "source_kms_key_arns" {

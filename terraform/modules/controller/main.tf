@@ -34,6 +34,10 @@ locals {
     FANOUT_BACKOFF_MAX_MS          = tostring(var.backoff_max_ms)
     FANOUT_DEADLINE_MARGIN_MS      = tostring(var.deadline_margin_ms)
     FANOUT_REQUEST_TIMEOUT_MS      = tostring(var.request_timeout_ms)
+    FANOUT_SHARD_RECORDS_PER_SEC   = tostring(var.shard_records_per_sec)
+    FANOUT_SHARD_BYTES_PER_SEC     = tostring(var.shard_bytes_per_sec)
+    FANOUT_SHARD_HEADROOM_PCT      = tostring(var.shard_headroom_pct)
+    FANOUT_RUN_LENGTH              = tostring(var.run_length)
     FANOUT_LOG                     = var.log_level
   }
 

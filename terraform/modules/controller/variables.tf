@@ -341,6 +341,54 @@ variable "request_timeout_ms" {
   }
 }
 
+variable "shard_records_per_sec" {
+  type        = number
+  description = "FANOUT_SHARD_RECORDS_PER_SEC: a target shard's write limit in records per second (Kinesis: 1000). The replicator paces its writes to each target shard under it, less shard_headroom_pct, using the target's shard map (kinesis:ListShards, read again every 60 s; without that grant it logs a WARN and does not pace). Raise it only for a target that accepts more."
+  nullable    = false
+  default     = 1000
+
+  validation {
+    condition     = var.shard_records_per_sec >= 1 && var.shard_records_per_sec <= 1000000 && floor(var.shard_records_per_sec) == var.shard_records_per_sec
+    error_message = "shard_records_per_sec must be a whole number from 1 to 1000000 (a Kinesis shard takes 1000 records/s; larger values are only for targets that enforce more)."
+  }
+}
+
+variable "shard_bytes_per_sec" {
+  type        = number
+  description = "FANOUT_SHARD_BYTES_PER_SEC: a target shard's write limit in bytes per second, data and partition keys counted (Kinesis: 1048576, 1 MiB). The replicator paces its writes to each target shard under it, less shard_headroom_pct."
+  nullable    = false
+  default     = 1048576
+
+  validation {
+    condition     = var.shard_bytes_per_sec >= 1024 && var.shard_bytes_per_sec <= 1073741824 && floor(var.shard_bytes_per_sec) == var.shard_bytes_per_sec
+    error_message = "shard_bytes_per_sec must be a whole number from 1024 to 1073741824 (a Kinesis shard takes 1048576 bytes/s; larger values are only for targets that enforce more)."
+  }
+}
+
+variable "shard_headroom_pct" {
+  type        = number
+  description = "FANOUT_SHARD_HEADROOM_PCT: percent of each target shard's limits (shard_records_per_sec, shard_bytes_per_sec) the replicator leaves unused, for other writers of the target stream it does not see."
+  nullable    = false
+  default     = 3
+
+  validation {
+    condition     = var.shard_headroom_pct >= 0 && var.shard_headroom_pct <= 90 && floor(var.shard_headroom_pct) == var.shard_headroom_pct
+    error_message = "shard_headroom_pct must be a whole number from 0 to 90: above 90 the replicator would use under a tenth of each target shard."
+  }
+}
+
+variable "run_length" {
+  type        = number
+  description = "FANOUT_RUN_LENGTH: routes with order = \"runs\" only: most records of one partition key in one PutRecords request. Longer runs move a hot key faster; a failed entry inside a run makes the accepted entries after it be written again (RunRepairs)."
+  nullable    = false
+  default     = 100
+
+  validation {
+    condition     = var.run_length >= 1 && var.run_length <= 500 && floor(var.run_length) == var.run_length
+    error_message = "run_length must be a whole number from 1 to 500 (records of one key in one PutRecords request, which holds at most 500 entries)."
+  }
+}
+
 # --- The on-call role ------------------------------------------------------------------------------
 
 variable "oncall_principal_arns" {

@@ -273,7 +273,7 @@ locals {
 
   # One line per route for a metric of the [Route] dimension set.
   per_route = {
-    for m in ["RecordsReplicated", "BytesReplicated", "RecordsDeadLettered", "ShardStopped", "PossibleDuplicates"] :
+    for m in ["RecordsReplicated", "BytesReplicated", "RecordsDeadLettered", "ShardStopped", "PossibleDuplicates", "RunRepairs"] :
     m => [for r in var.route_names : [local.ns, m, "Route", r, { label = r }]]
   }
 
@@ -386,7 +386,7 @@ locals {
       type   = "metric"
       x      = 0
       y      = 15
-      width  = 8
+      width  = 6
       height = 6
       properties = {
         title  = "Retries by route and reason (sum)"
@@ -407,9 +407,9 @@ locals {
     },
     {
       type   = "metric"
-      x      = 8
+      x      = 6
       y      = 15
-      width  = 8
+      width  = 6
       height = 6
       properties = {
         title   = "Shard batches stopped per route (sum)"
@@ -423,9 +423,9 @@ locals {
     },
     {
       type   = "metric"
-      x      = 16
+      x      = 12
       y      = 15
-      width  = 8
+      width  = 6
       height = 6
       properties = {
         title   = "Possible duplicates per route (sum)"
@@ -434,6 +434,25 @@ locals {
         period  = 300
         stat    = "Sum"
         metrics = local.per_route["PossibleDuplicates"]
+        yAxis   = { left = { min = 0 } }
+      }
+    },
+    {
+      type   = "metric"
+      x      = 18
+      y      = 15
+      width  = 6
+      height = 6
+      properties = {
+        # Only routes with order = "runs" repair: a failed entry inside a run has the accepted
+        # entries after it written again. No alarm: repairs follow failed entries, mostly
+        # throttling, which the throttle-retries alarm already covers.
+        title   = "Run repairs per route (sum)"
+        region  = local.region
+        view    = "timeSeries"
+        period  = 300
+        stat    = "Sum"
+        metrics = local.per_route["RunRepairs"]
         yAxis   = { left = { min = 0 } }
       }
     },

@@ -18,10 +18,16 @@ locals {
     )
   ]
 
-  # "name" is left out of a route that has none, so the code's default applies.
+  # "name" is left out of a route that has none, and "order" of a strict route, so the code's
+  # defaults apply (and FANOUT_ROUTES stays short: Lambda allows 4 KB for all variables).
   routes_json = jsonencode([
     for r in var.routes : {
-      for k, v in { source = r.source_arn, target = r.target_arn, name = r.name } : k => v if v != null
+      for k, v in {
+        source = r.source_arn
+        target = r.target_arn
+        name   = r.name
+        order  = r.order == "strict" ? null : r.order
+      } : k => v if v != null
     }
   ])
 
@@ -44,6 +50,10 @@ locals {
     FANOUT_BACKOFF_MAX_MS          = tostring(var.backoff_max_ms)
     FANOUT_DEADLINE_MARGIN_MS      = tostring(var.deadline_margin_ms)
     FANOUT_REQUEST_TIMEOUT_MS      = tostring(var.request_timeout_ms)
+    FANOUT_SHARD_RECORDS_PER_SEC   = tostring(var.shard_records_per_sec)
+    FANOUT_SHARD_BYTES_PER_SEC     = tostring(var.shard_bytes_per_sec)
+    FANOUT_SHARD_HEADROOM_PCT      = tostring(var.shard_headroom_pct)
+    FANOUT_RUN_LENGTH              = tostring(var.run_length)
     FANOUT_LOG                     = var.log_level
   }
 
@@ -185,13 +195,15 @@ data "aws_iam_policy_document" "replicator" {
   }
 
   # Resource-policy mode: this role writes, and each target stream's resource policy must
-  # allow it as well.
+  # allow it as well. DescribeStreamSummary reads the record size limit, ListShards the shard
+  # map that per-shard pacing follows (without it the replicator writes unpaced and logs a WARN).
   dynamic "statement" {
     for_each = var.writer_role_arn == null ? [1] : []
     content {
       sid = "WriteTargetStreams"
       actions = [
         "kinesis:DescribeStreamSummary",
+        "kinesis:ListShards",
         "kinesis:PutRecords",
       ]
       resources = local.target_arns

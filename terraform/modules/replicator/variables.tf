@@ -90,8 +90,9 @@ variable "routes" {
     source_arn = string
     target_arn = string
     name       = optional(string)
+    order      = optional(string, "strict")
   }))
-  description = "Routes, each a new-account source stream ARN and an old-account target stream ARN. name is optional and defaults to <source stream name>--<target account id>--<target stream name>; it keys the route's checkpoints, replication mode, dead letters and metrics, so never rename a route during a migration (the renamed route has no mode, and a route the controller never set replicates forward). One event source mapping is created per distinct source; a source with several targets gets one route (and one checkpoint) per target."
+  description = "Routes, each a new-account source stream ARN and an old-account target stream ARN. name is optional and defaults to <source stream name>--<target account id>--<target stream name>; it keys the route's checkpoints, replication mode, dead letters and metrics, so never rename a route during a migration (the renamed route has no mode, and a route the controller never set replicates forward). order is optional, the order promise made to the target's consumers: \"strict\" (the default; per-key order, one unconfirmed record per key), \"aggregated\" (KPL aggregated records, only for consumers that deaggregate) or \"runs\" (up to run_length records of a key per request; the last copy of every record is in per-key order); see the README's order modes. One event source mapping is created per distinct source; a source with several targets gets one route (and one checkpoint) per target."
   nullable    = false
 
   validation {
@@ -115,6 +116,11 @@ variable "routes" {
   validation {
     condition     = alltrue([for r in var.routes : r.name == null || can(regex("^[A-Za-z0-9._-]{1,200}$", r.name))])
     error_message = "A route name may only use letters, digits, '-', '_' and '.' (it becomes an S3 key part and a CloudWatch dimension)."
+  }
+
+  validation {
+    condition     = alltrue([for r in var.routes : contains(["strict", "aggregated", "runs"], r.order)])
+    error_message = "A route's order must be \"strict\", \"aggregated\" or \"runs\". strict (the default): per-key order of first arrivals, at most one unconfirmed record per key, so a key moves at one record per PutRecords round trip. aggregated: a key's consecutive records packed into KPL aggregated records, strict order at shard speed, only for target consumers that deaggregate (KCL, Firehose, Lambda consumers with the KPL deaggregation modules). runs: up to run_length records of a key per request, and accepted entries after a failed one are written again after it, so the last copy of every record is in per-key order but the first copy may not be (each repair counts in RunRepairs)."
   }
 
   validation {
@@ -184,7 +190,7 @@ variable "state_kms_key_arn" {
 
 variable "writer_role_arn" {
   type        = string
-  description = "FANOUT_WRITER_ROLE_ARN: the role in the old account to assume for writing (module writer-access's role_arn). null = resource-policy mode: the function's own role writes, the target streams must carry a resource policy that allows it (writer-access with access_mode = \"resource_policy\"), and this role gets kinesis:PutRecords and kinesis:DescribeStreamSummary on the target streams."
+  description = "FANOUT_WRITER_ROLE_ARN: the role in the old account to assume for writing (module writer-access's role_arn). null = resource-policy mode: the function's own role writes, the target streams must carry a resource policy that allows it (writer-access with access_mode = \"resource_policy\"), and this role gets kinesis:PutRecords, kinesis:DescribeStreamSummary and kinesis:ListShards on the target streams."
   default     = null
 
   validation {
@@ -347,6 +353,54 @@ variable "request_timeout_ms" {
   validation {
     condition     = var.request_timeout_ms >= 1 && floor(var.request_timeout_ms) == var.request_timeout_ms
     error_message = "request_timeout_ms must be a whole number of milliseconds above 0."
+  }
+}
+
+variable "shard_records_per_sec" {
+  type        = number
+  description = "FANOUT_SHARD_RECORDS_PER_SEC: a target shard's write limit in records per second (Kinesis: 1000). The replicator paces its writes to each target shard under it, less shard_headroom_pct, using the target's shard map (kinesis:ListShards, read again every 60 s; without that grant it logs a WARN and does not pace). Raise it only for a target that accepts more."
+  nullable    = false
+  default     = 1000
+
+  validation {
+    condition     = var.shard_records_per_sec >= 1 && var.shard_records_per_sec <= 1000000 && floor(var.shard_records_per_sec) == var.shard_records_per_sec
+    error_message = "shard_records_per_sec must be a whole number from 1 to 1000000 (a Kinesis shard takes 1000 records/s; larger values are only for targets that enforce more)."
+  }
+}
+
+variable "shard_bytes_per_sec" {
+  type        = number
+  description = "FANOUT_SHARD_BYTES_PER_SEC: a target shard's write limit in bytes per second, data and partition keys counted (Kinesis: 1048576, 1 MiB). The replicator paces its writes to each target shard under it, less shard_headroom_pct."
+  nullable    = false
+  default     = 1048576
+
+  validation {
+    condition     = var.shard_bytes_per_sec >= 1024 && var.shard_bytes_per_sec <= 1073741824 && floor(var.shard_bytes_per_sec) == var.shard_bytes_per_sec
+    error_message = "shard_bytes_per_sec must be a whole number from 1024 to 1073741824 (a Kinesis shard takes 1048576 bytes/s; larger values are only for targets that enforce more)."
+  }
+}
+
+variable "shard_headroom_pct" {
+  type        = number
+  description = "FANOUT_SHARD_HEADROOM_PCT: percent of each target shard's limits (shard_records_per_sec, shard_bytes_per_sec) the replicator leaves unused, for other writers of the target stream it does not see."
+  nullable    = false
+  default     = 3
+
+  validation {
+    condition     = var.shard_headroom_pct >= 0 && var.shard_headroom_pct <= 90 && floor(var.shard_headroom_pct) == var.shard_headroom_pct
+    error_message = "shard_headroom_pct must be a whole number from 0 to 90: above 90 the replicator would use under a tenth of each target shard."
+  }
+}
+
+variable "run_length" {
+  type        = number
+  description = "FANOUT_RUN_LENGTH: routes with order = \"runs\" only: most records of one partition key in one PutRecords request. Longer runs move a hot key faster; a failed entry inside a run makes the accepted entries after it be written again (RunRepairs)."
+  nullable    = false
+  default     = 100
+
+  validation {
+    condition     = var.run_length >= 1 && var.run_length <= 500 && floor(var.run_length) == var.run_length
+    error_message = "run_length must be a whole number from 1 to 500 (records of one key in one PutRecords request, which holds at most 500 entries)."
   }
 }
 

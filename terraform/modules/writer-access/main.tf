@@ -1,21 +1,24 @@
 locals {
   # Every call the code makes on the old streams (src/aws/target.rs: DescribeStreamSummary for
-  # the record size limit, PutRecords to write; src/aws/control.rs: DescribeStreamSummary for
-  # the controller's `streams` guard). Both modes grant exactly this list.
+  # the record size limit, ListShards for the shard map that per-shard pacing follows,
+  # PutRecords to write; src/aws/control.rs: DescribeStreamSummary for the controller's
+  # `streams` guard). Both modes grant exactly this list.
   writer_actions = [
     "kinesis:PutRecords",
     "kinesis:DescribeStreamSummary",
+    "kinesis:ListShards",
   ]
 
   # With reverse replication (`fanoutctl start --reverse`), the controller's lag guard and
   # `fanoutctl status` read the old streams' shards (src/aws/control.rs through
-  # src/aws/source.rs) while the migration is rolled back.
+  # src/aws/source.rs) while the migration is rolled back. ListShards is in writer_actions
+  # too; `distinct` below grants it once.
   reverse_read_actions = [
     "kinesis:ListShards",
     "kinesis:GetShardIterator",
     "kinesis:GetRecords",
   ]
-  granted_actions = concat(local.writer_actions, var.reverse_replication ? local.reverse_read_actions : [])
+  granted_actions = distinct(concat(local.writer_actions, var.reverse_replication ? local.reverse_read_actions : []))
 
   role_mode            = var.access_mode == "role"
   resource_policy_mode = var.access_mode == "resource_policy"

@@ -65,7 +65,7 @@ variable "kms_key_arns" {
 
 variable "reverse_replication" {
   type        = bool
-  description = "Set when the migration is started with `fanoutctl start --reverse` (old → new replication while rolled back): also grants kinesis:ListShards, GetShardIterator and GetRecords on the streams (and kms:Decrypt on kms_key_arns), which the controller's lag guard and `fanoutctl status` use to read the old streams. The reverse replicator itself runs as `fanoutctl replicate`, not deployed by these modules."
+  description = "Set when the migration is started with `fanoutctl start --reverse` (old → new replication while rolled back): also grants kinesis:GetShardIterator and GetRecords on the streams (kinesis:ListShards is always granted) and kms:Decrypt on kms_key_arns, which the controller's lag guard and `fanoutctl status` use to read the old streams. The reverse replicator itself runs as `fanoutctl replicate`, not deployed by these modules."
   default     = false
 }
 

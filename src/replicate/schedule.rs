@@ -1,0 +1,514 @@
+//! Which records go into the next PutRecords request: per-key queues, per-key backoff, the
+//! route's order mode, and the target shards' pacing. Pure: no I/O, time is an argument.
+//!
+//! A key never has more than one request in flight. What that request carries depends on
+//! the route's order mode:
+//! - `strict`: the key's head record;
+//! - `runs`: up to `run_length` consecutive records of the key, as separate entries;
+//! - `aggregated`: the key's consecutive records packed into one KPL aggregated record (a
+//!   single record, or a record that is itself KPL-aggregated, goes as it is).
+
+use tokio::time::Instant;
+
+use crate::kpl;
+use crate::model::{OrderMode, SourceRecord};
+use crate::pacing::{Bucket, ShardLimits, ShardMap};
+use crate::plan;
+
+const NONE: usize = usize::MAX;
+
+/// What one PutRecords entry carries.
+#[derive(Debug)]
+pub enum Payload {
+    /// A source record, as it is.
+    Record(usize),
+    /// A KPL aggregated record made of several consecutive records of one key.
+    Aggregated(Vec<u8>),
+}
+
+/// One PutRecords entry and the source records it covers (in source order).
+#[derive(Debug)]
+pub struct Entry {
+    pub slot: usize,
+    pub records: Vec<usize>,
+    pub payload: Payload,
+}
+
+#[derive(Clone, Debug)]
+struct Key {
+    /// First unwritten record, or `NONE`.
+    head: usize,
+    in_flight: bool,
+    attempts: u32,
+    not_before: Option<Instant>,
+    /// Target shard (index into the shard map).
+    shard: usize,
+    /// Aggregation failed for this key: send its records one by one.
+    plain: bool,
+}
+
+/// Limits that shape requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub mode: OrderMode,
+    pub max_entries: usize,
+    pub max_request_bytes: usize,
+    pub max_record_bytes: usize,
+    pub run_length: usize,
+}
+
+/// The per-key state of one route's share of a batch.
+pub struct Schedule<'a> {
+    records: &'a [SourceRecord],
+    shape: Shape,
+    keys: Vec<Key>,
+    /// Per record index: the key's next record, or `NONE`.
+    next: Vec<usize>,
+    /// Records at or after this index are never sent (a systemic stop there).
+    limit: usize,
+    /// Round-robin start, so that no key is always last in line for a shard's tokens.
+    cursor: usize,
+}
+
+impl<'a> Schedule<'a> {
+    /// `pending`: the indices to write, ascending.
+    pub fn new(
+        records: &'a [SourceRecord],
+        pending: impl IntoIterator<Item = usize>,
+        shape: Shape,
+        map: &ShardMap,
+    ) -> Self {
+        let mut by_key: std::collections::HashMap<&str, usize, foldhash::fast::RandomState> =
+            Default::default();
+        let mut keys: Vec<Key> = Vec::new();
+        let mut tail: Vec<usize> = Vec::new();
+        let mut next = vec![NONE; records.len()];
+        for index in pending {
+            let key = records[index].partition_key.as_deref().unwrap_or_default();
+            let slot = *by_key.entry(key).or_insert_with(|| {
+                keys.push(Key {
+                    head: index,
+                    in_flight: false,
+                    attempts: 0,
+                    not_before: None,
+                    shard: if map.is_known() {
+                        map.shard_for(kpl::hash_key(key))
+                    } else {
+                        0
+                    },
+                    plain: false,
+                });
+                tail.push(index);
+                keys.len() - 1
+            });
+            if tail[slot] != index {
+                next[tail[slot]] = index;
+                tail[slot] = index;
+            }
+        }
+        Schedule {
+            records,
+            shape,
+            keys,
+            next,
+            limit: records.len(),
+            cursor: 0,
+        }
+    }
+
+    /// Some record is neither written nor given up (at or past the stop point).
+    pub fn has_pending(&self) -> bool {
+        self.keys.iter().any(|k| k.head < self.limit)
+    }
+
+    /// Keys that could send now if their target shard has room.
+    pub fn ready_keys(&self, now: Instant) -> usize {
+        self.keys.iter().filter(|k| self.ready(k, now)).count()
+    }
+
+    /// Never send records at or after `limit` again.
+    pub fn truncate_at(&mut self, limit: usize) {
+        self.limit = self.limit.min(limit);
+    }
+
+    pub fn shard_of(&self, slot: usize) -> usize {
+        self.keys[slot].shard
+    }
+
+    fn ready(&self, key: &Key, now: Instant) -> bool {
+        !key.in_flight && key.head < self.limit && key.not_before.is_none_or(|t| t <= now)
+    }
+
+    /// The next request: entries of keys that are ready, not in flight, and whose target shard
+    /// has room; `None` when nothing may be sent now. Marks the keys in flight.
+    /// `buckets`: one per target shard, or empty when pacing is off.
+    pub fn next_request(
+        &mut self,
+        now: Instant,
+        buckets: &mut [Bucket],
+        limits: &ShardLimits,
+    ) -> Option<Vec<Entry>> {
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut bytes = 0usize;
+        let n = self.keys.len();
+        for step in 0..n {
+            if entries.len() >= self.shape.max_entries {
+                break;
+            }
+            let slot = (self.cursor + step) % n;
+            if !self.ready(&self.keys[slot], now) {
+                continue;
+            }
+            let before = entries.len();
+            self.take_key(slot, now, buckets, limits, &mut entries, &mut bytes);
+            if entries.len() > before {
+                self.keys[slot].in_flight = true;
+            }
+        }
+        if n > 0 {
+            self.cursor = (self.cursor + 1) % n;
+        }
+        (!entries.is_empty()).then_some(entries)
+    }
+
+    /// Adds what key `slot` may send now to `entries`.
+    fn take_key(
+        &self,
+        slot: usize,
+        now: Instant,
+        buckets: &mut [Bucket],
+        limits: &ShardLimits,
+        entries: &mut Vec<Entry>,
+        bytes: &mut usize,
+    ) {
+        let shape = self.shape;
+        let key = &self.keys[slot];
+        let mut bucket = buckets.get_mut(key.shard);
+        let mut admit = |size: usize| match bucket.as_deref_mut() {
+            Some(b) => b.try_take(limits, size, now),
+            None => true,
+        };
+        let fits = |entries: &Vec<Entry>, total: usize, size: usize| {
+            entries.len() < shape.max_entries
+                && (entries.is_empty() || total + size <= shape.max_request_bytes)
+        };
+        let head = key.head;
+        let head_bytes = plan::record_bytes(&self.records[head]);
+        let aggregate = shape.mode == OrderMode::Aggregated
+            && !key.plain
+            && !kpl::is_aggregated(&self.records[head].data);
+        if aggregate {
+            let key_text = self.records[head]
+                .partition_key
+                .as_deref()
+                .unwrap_or_default();
+            let mut size = AggregateSize::new(key_text.len());
+            let mut members = Vec::new();
+            let mut i = head;
+            while i < self.limit && i != NONE {
+                let data = &self.records[i].data;
+                if kpl::is_aggregated(data) {
+                    break;
+                }
+                let grown = size.with(data.len());
+                if !members.is_empty()
+                    && (grown + key_text.len() > shape.max_record_bytes
+                        || !fits(entries, *bytes, grown + key_text.len()))
+                {
+                    break;
+                }
+                size.add(data.len());
+                members.push(i);
+                i = self.next[i];
+            }
+            if members.len() > 1 {
+                let total = size.total() + key_text.len();
+                if !fits(entries, *bytes, total) || !admit(total) {
+                    return;
+                }
+                let mut agg = kpl::Aggregator::new();
+                for &m in &members {
+                    agg.add(key_text, None, &self.records[m].data);
+                }
+                *bytes += total;
+                entries.push(Entry {
+                    slot,
+                    records: members,
+                    payload: Payload::Aggregated(agg.finish()),
+                });
+                return;
+            }
+        }
+        let run = match shape.mode {
+            OrderMode::Runs => shape.run_length.max(1),
+            _ => 1,
+        };
+        let mut i = head;
+        let mut taken = 0;
+        while taken < run && i != NONE && i < self.limit {
+            let size = if i == head {
+                head_bytes
+            } else {
+                plan::record_bytes(&self.records[i])
+            };
+            if !fits(entries, *bytes, size) || !admit(size) {
+                break;
+            }
+            *bytes += size;
+            entries.push(Entry {
+                slot,
+                records: vec![i],
+                payload: Payload::Record(i),
+            });
+            taken += 1;
+            i = self.next[i];
+        }
+    }
+
+    /// The earliest time something that waits (a key's backoff, a shard's tokens) may go;
+    /// `None` when nothing waits.
+    pub fn next_wake(
+        &self,
+        now: Instant,
+        buckets: &mut [Bucket],
+        limits: &ShardLimits,
+    ) -> Option<Instant> {
+        let mut wake: Option<Instant> = None;
+        for key in &self.keys {
+            if key.in_flight || key.head >= self.limit {
+                continue;
+            }
+            let mut at = key.not_before.unwrap_or(now).max(now);
+            if let Some(b) = buckets.get_mut(key.shard) {
+                let size = plan::record_bytes(&self.records[key.head]);
+                at = at.max(now + b.wait_for(limits, size, now));
+            }
+            wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
+        }
+        wake
+    }
+
+    /// Record `index`, the head of key `slot`, is done (written or dead-lettered).
+    pub fn pop(&mut self, slot: usize, index: usize) {
+        let key = &mut self.keys[slot];
+        if key.head == index {
+            key.head = self.next[index];
+            key.attempts = 0;
+        }
+    }
+
+    /// Key `slot`'s request came back. `failed_at`: its head was not written, at that time;
+    /// the key then waits `backoff(its attempt count)`, and only this key waits.
+    pub fn settle(
+        &mut self,
+        slot: usize,
+        failed_at: Option<Instant>,
+        backoff: impl Fn(u32) -> std::time::Duration,
+    ) {
+        let key = &mut self.keys[slot];
+        key.in_flight = false;
+        if let Some(now) = failed_at {
+            key.attempts += 1;
+            key.not_before = Some(now + backoff(key.attempts));
+        } else {
+            key.not_before = None;
+        }
+    }
+
+    /// Aggregation was refused for this key: send its records one by one from now on.
+    pub fn send_plain(&mut self, slot: usize) {
+        self.keys[slot].plain = true;
+    }
+}
+
+/// The exact size of a KPL aggregated record of one partition key (index 0, no explicit hash
+/// key), grown record by record: magic, the key table, one `Record` message per record, MD5.
+#[derive(Clone, Copy, Debug)]
+pub struct AggregateSize {
+    bytes: usize,
+}
+
+fn varint_len(mut v: usize) -> usize {
+    let mut n = 1;
+    while v >= 0x80 {
+        v >>= 7;
+        n += 1;
+    }
+    n
+}
+
+impl AggregateSize {
+    pub fn new(key_len: usize) -> Self {
+        AggregateSize {
+            bytes: kpl::MAGIC.len() + 1 + varint_len(key_len) + key_len + 16,
+        }
+    }
+
+    fn record(data_len: usize) -> usize {
+        // partition_key_index = 0 (tag + varint), data (tag + length + bytes).
+        let inner = 2 + 1 + varint_len(data_len) + data_len;
+        1 + varint_len(inner) + inner
+    }
+
+    pub fn with(&self, data_len: usize) -> usize {
+        self.bytes + Self::record(data_len)
+    }
+
+    pub fn add(&mut self, data_len: usize) {
+        self.bytes += Self::record(data_len);
+    }
+
+    pub fn total(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pacing::TargetShard;
+    use crate::seq::SequenceNumber;
+    use std::time::Duration;
+
+    fn records(keys: &[&str], size: usize) -> Vec<SourceRecord> {
+        keys.iter()
+            .enumerate()
+            .map(|(i, k)| SourceRecord {
+                seq: SequenceNumber::parse(&(i + 1).to_string()).unwrap(),
+                partition_key: Some((*k).to_owned()),
+                data: vec![i as u8; size],
+                arrival_ms: None,
+                defect: None,
+            })
+            .collect()
+    }
+
+    fn shape(mode: OrderMode) -> Shape {
+        Shape {
+            mode,
+            max_entries: 500,
+            max_request_bytes: 5 << 20,
+            max_record_bytes: 1 << 20,
+            run_length: 3,
+        }
+    }
+
+    fn covered(entries: &[Entry]) -> Vec<Vec<usize>> {
+        entries.iter().map(|e| e.records.clone()).collect()
+    }
+
+    #[test]
+    fn each_mode_sends_what_a_key_may_have_in_flight() {
+        let recs = records(&["a", "a", "b", "a", "a", "b", "a"], 10);
+        let limits = ShardLimits::new(1000, 1 << 20, 0);
+        let now = Instant::now();
+        let cases: [(OrderMode, Vec<Vec<usize>>); 3] = [
+            (OrderMode::Strict, vec![vec![0], vec![2]]),
+            (
+                OrderMode::Runs,
+                vec![vec![0], vec![1], vec![3], vec![2], vec![5]],
+            ),
+            (OrderMode::Aggregated, vec![vec![0, 1, 3, 4, 6], vec![2, 5]]),
+        ];
+        for (mode, want) in cases {
+            let mut s = Schedule::new(&recs, 0..recs.len(), shape(mode), &ShardMap::default());
+            let req = s.next_request(now, &mut [], &limits).unwrap();
+            assert_eq!(covered(&req), want, "{mode}");
+            assert!(
+                s.next_request(now, &mut [], &limits).is_none(),
+                "{mode}: keys in flight"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_key_waits_its_own_backoff_while_others_go() {
+        let recs = records(&["a", "b", "a", "b"], 10);
+        let limits = ShardLimits::new(1000, 1 << 20, 0);
+        let now = Instant::now();
+        let mut s = Schedule::new(&recs, 0..4, shape(OrderMode::Strict), &ShardMap::default());
+        let req = s.next_request(now, &mut [], &limits).unwrap();
+        assert_eq!(covered(&req), vec![vec![0], vec![1]]);
+        // a's head failed, b's was written.
+        s.settle(0, Some(now), |_| Duration::from_millis(100));
+        s.pop(1, 1);
+        s.settle(1, None, |_| Duration::ZERO);
+        let req = s.next_request(now, &mut [], &limits).unwrap();
+        assert_eq!(covered(&req), vec![vec![3]], "b goes on while a waits");
+        s.pop(1, 3);
+        s.settle(1, None, |_| Duration::ZERO);
+        assert!(s.next_request(now, &mut [], &limits).is_none());
+        assert_eq!(
+            s.next_wake(now, &mut [], &limits),
+            Some(now + Duration::from_millis(100))
+        );
+        let later = now + Duration::from_millis(100);
+        assert_eq!(
+            covered(&s.next_request(later, &mut [], &limits).unwrap()),
+            vec![vec![0]]
+        );
+    }
+
+    #[test]
+    fn a_shard_without_tokens_holds_only_its_own_keys() {
+        // Two target shards; "a" and "b" hash to different halves.
+        let half = u128::MAX / 2;
+        let map = ShardMap::new(vec![
+            TargetShard {
+                shard_id: "s0".into(),
+                start: 0,
+                end: half,
+            },
+            TargetShard {
+                shard_id: "s1".into(),
+                start: half + 1,
+                end: u128::MAX,
+            },
+        ]);
+        let (ka, kb) = ("a", "b");
+        let (sa, sb) = (
+            map.shard_for(kpl::hash_key(ka)),
+            map.shard_for(kpl::hash_key(kb)),
+        );
+        assert_ne!(sa, sb, "test keys must land on different shards");
+        let keys: Vec<&str> = (0..20).map(|i| if i % 2 == 0 { ka } else { kb }).collect();
+        let recs = records(&keys, 10);
+        // 2 records/s per shard, bucket of 2.
+        let limits = ShardLimits::new(2, 1 << 20, 0);
+        let now = Instant::now();
+        let mut buckets = vec![Bucket::new(now), Bucket::new(now)];
+        buckets[sa].throttled(&limits, now);
+        let mut s = Schedule::new(&recs, 0..20, shape(OrderMode::Runs), &map);
+        let req = s.next_request(now, &mut buckets, &limits).unwrap();
+        assert!(
+            req.iter().all(|e| s.shard_of(e.slot) == sb),
+            "only b's shard has room"
+        );
+        assert_eq!(req.len(), 2, "b's run is cut to its shard's 2 tokens");
+    }
+
+    #[test]
+    fn aggregates_stay_within_the_record_limit_and_sizes_are_exact() {
+        let mut size = AggregateSize::new(3);
+        let mut agg = kpl::Aggregator::new();
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 70_000] {
+            size.add(len);
+            agg.add("key", None, &vec![7u8; len]);
+        }
+        assert_eq!(size.total(), agg.finish().len());
+
+        let recs = records(&["k"; 40], 100 * 1024);
+        let mut sh = shape(OrderMode::Aggregated);
+        sh.max_record_bytes = 1 << 20;
+        let mut s = Schedule::new(&recs, 0..40, sh, &ShardMap::default());
+        let req = s
+            .next_request(Instant::now(), &mut [], &ShardLimits::new(1000, 1 << 20, 0))
+            .unwrap();
+        assert_eq!(req.len(), 1);
+        assert_eq!(req[0].records.len(), 10, "ten 100 KiB records fit in 1 MiB");
+        match &req[0].payload {
+            Payload::Aggregated(bytes) => assert!(bytes.len() < 1 << 20),
+            other => panic!("{other:?}"),
+        }
+    }
+}
