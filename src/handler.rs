@@ -66,6 +66,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
     /// Names the writer of this handler's heartbeats (`runner:<owner>` for local runs).
     pub fn with_heartbeat_by(mut self, by: impl Into<String>) -> Self {
         self.heartbeat_by = by.into();
+        self.replicator = self.replicator.with_heartbeat_by(self.heartbeat_by.clone());
         self
     }
 
@@ -144,8 +145,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             .min(STATE_READ_TIMEOUT)
     }
 
-    /// Writes a heartbeat for every route of the batch; a failure is a warning, never a
-    /// failed batch.
+    /// Writes a heartbeat for every route of a batch that was not replicated (the route is held
+    /// or stopped); a failure is a warning, never a failed batch.
     async fn heartbeat(
         &self,
         batch: &SourceBatch,
@@ -290,9 +291,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             }
             _ => batch,
         };
+        // The replicator writes each route's heartbeat with its checkpoint.
         let report = self.replicator.replicate(&batch, deadline).await;
-        self.heartbeat(&batch, &report, Mode::Forward, deadline)
-            .await;
         if self.metrics == MetricsOutput::Stdout {
             for line in metrics::emf_lines(
                 &report,

@@ -19,13 +19,14 @@ use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use crate::config::Limits;
+use crate::control::machine::Mode;
 use crate::model::{
     AdvanceOutcome, CheckpointAdvance, DeadLetter, EntryResult, FailureClass, RequestError, Route,
     SourceBatch, SourceRecord, StoreError, TargetInfo,
 };
 use crate::pacing::{Bucket, ShardLimits, ShardMap};
 use crate::plan;
-use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, TargetWriter};
+use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, ShardHeartbeat, TargetWriter};
 use crate::seq::SequenceNumber;
 
 mod schedule;
@@ -112,7 +113,12 @@ pub struct Replicator<W, C, D> {
     /// Per target stream: its shard map and one pacing bucket per shard, kept across batches
     /// (a container's batches share the target shards' limits).
     targets: Mutex<HashMap<String, Arc<TargetPacing>>>,
+    /// Who the shard heartbeats say wrote them: `lambda`, or `runner:<owner>`.
+    heartbeat_by: String,
 }
+
+/// Longest wait for a heartbeat write: a slow state table must not eat the invocation.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a target's shard map is trusted before ListShards is called again (sooner when a
 /// write lands on a shard the map does not have: the target was resharded).
@@ -183,7 +189,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             limits,
             target_info: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
+            heartbeat_by: "lambda".to_owned(),
         }
+    }
+
+    /// Names the writer of this replicator's heartbeats.
+    pub fn with_heartbeat_by(mut self, by: impl Into<String>) -> Self {
+        self.heartbeat_by = by.into();
+        self
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -561,11 +574,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 let stop = StopReason::CheckpointUnreadable {
                     message: e.to_string(),
                 };
-                return self.stopped_before_start(route, batch, report, 0, stop);
+                return self
+                    .stopped_before_start(route, batch, report, 0, stop, send_by)
+                    .await;
             }
         };
         report.skipped = start;
         if start == records.len() {
+            self.heartbeat(route, batch, start, send_by).await;
             return report;
         }
 
@@ -588,7 +604,9 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     code: e.code.clone(),
                     message: e.message.clone(),
                 };
-                return self.stopped_before_start(route, batch, report, start, stop);
+                return self
+                    .stopped_before_start(route, batch, report, start, stop, send_by)
+                    .await;
             }
         };
         let max_record_bytes = self
@@ -796,7 +814,13 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     .count() as u64,
                 now_ms: chrono::Utc::now().timestamp_millis(),
             };
-            match within(deadline, self.checkpoints.advance(&advance)).await {
+            // The heartbeat goes with the checkpoint, at once: one round trip of waiting.
+            let heartbeat = self.heartbeat(route, batch, end, deadline);
+            let (advanced, ()) = tokio::join!(
+                within(deadline, self.checkpoints.advance(&advance)),
+                heartbeat
+            );
+            match advanced {
                 Ok(AdvanceOutcome::Moved) => {}
                 Ok(AdvanceOutcome::AlreadyFurther) => tracing::warn!(
                     route = %route.name,
@@ -814,6 +838,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     report.checkpoint_error = Some(e.to_string());
                 }
             }
+        } else {
+            self.heartbeat(route, batch, end, deadline).await;
         }
         if report.repairs > 0 {
             tracing::warn!(
@@ -831,18 +857,49 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         report
     }
 
-    fn stopped_before_start(
+    async fn stopped_before_start(
         &self,
         route: &Route,
         batch: &SourceBatch,
         mut report: RouteReport,
         at: usize,
         stop: StopReason,
+        until: Instant,
     ) -> RouteReport {
+        self.heartbeat(route, batch, at, until).await;
         report.first_unhandled = Some(batch.records[at].seq.clone());
         log_stop(route, batch, &report, &stop);
         report.stop = Some(stop);
         report
+    }
+
+    /// Writes the route's shard heartbeat: `handled` records of the batch are handled (skipped,
+    /// written or dead-lettered). A failure is a warning, never a failed batch.
+    async fn heartbeat(&self, route: &Route, batch: &SourceBatch, handled: usize, until: Instant) {
+        let done = &batch.records[..handled.min(batch.records.len())];
+        let hb = ShardHeartbeat {
+            route: route.name.clone(),
+            shard_id: batch.shard_id.clone(),
+            last_seq: done.last().map(|r| r.seq.clone()),
+            millis_behind: None,
+            newest_arrival_ms: done.iter().filter_map(|r| r.arrival_ms).max(),
+            records: batch.records.len() as u64,
+            mode: Mode::Forward,
+            by: self.heartbeat_by.clone(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let budget = until
+            .saturating_duration_since(Instant::now())
+            .min(HEARTBEAT_TIMEOUT);
+        match tokio::time::timeout(budget, self.checkpoints.heartbeat(&hb)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.name, shard = %batch.shard_id, error = %e, "Heartbeat not written.")
+            }
+            Err(_) => {
+                tracing::debug!(route = %route.name, shard = %batch.shard_id, "Heartbeat not written: no answer within {} ms.", budget.as_millis())
+            }
+        }
     }
 
     async fn dead_letter(

@@ -177,6 +177,7 @@ impl TargetWriter for FakeTarget {
 struct FakeCheckpoints {
     items: Arc<Mutex<HashMap<(String, String), SequenceNumber>>>,
     fail_load: bool,
+    heartbeats: Arc<Mutex<Vec<crate::ports::ShardHeartbeat>>>,
 }
 
 impl CheckpointStore for FakeCheckpoints {
@@ -208,6 +209,11 @@ impl CheckpointStore for FakeCheckpoints {
                 Ok(AdvanceOutcome::Moved)
             }
         }
+    }
+
+    async fn heartbeat(&self, hb: &crate::ports::ShardHeartbeat) -> Result<(), StoreError> {
+        self.heartbeats.lock().unwrap().push(hb.clone());
+        Ok(())
     }
 }
 
@@ -849,4 +855,32 @@ async fn aggregated_mode_writes_each_key_in_order_at_a_fraction_of_the_requests(
             assert_eq!(rr.requests, 1, "three keys, one aggregated record each");
         }
     }
+}
+
+#[tokio::test]
+async fn each_route_writes_its_heartbeat_with_its_checkpoint() {
+    let target = FakeTarget::new(|_, route, _| {
+        if route.ends_with("--bad") {
+            Fault::Systemic("ResourceNotFoundException")
+        } else {
+            Fault::None
+        }
+    });
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(
+        target,
+        cps.clone(),
+        FakeDeadLetters::default(),
+        vec![route("good"), route("bad")],
+        limits(),
+    )
+    .with_heartbeat_by("runner:test");
+    let b = batch(40, 4);
+    r.replicate(&b, far()).await;
+    let mut hbs = cps.heartbeats.lock().unwrap().clone();
+    hbs.sort_by(|a, b| a.route.cmp(&b.route));
+    assert_eq!(hbs.len(), 2, "one per route");
+    assert!(hbs[0].route.ends_with("--bad") && hbs[0].last_seq.is_none());
+    assert_eq!(hbs[1].last_seq.as_ref(), Some(&b.records[39].seq));
+    assert!(hbs.iter().all(|h| h.by == "runner:test" && h.records == 40));
 }
