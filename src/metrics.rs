@@ -14,13 +14,14 @@ pub fn emf_lines(report: &BatchReport, namespace: &str, now_ms: i64) -> Vec<Stri
             .newest_arrival_ms
             .map(|t| (now_ms - t).max(0))
             .unwrap_or(0);
-        let metrics: [(&str, &str, f64); 10] = [
+        let metrics: [(&str, &str, f64); 11] = [
             ("RecordsReplicated", "Count", r.written as f64),
             ("BytesReplicated", "Bytes", r.bytes_written as f64),
             ("RecordsDeadLettered", "Count", r.dead_lettered as f64),
             ("RecordsSkippedAlreadyReplicated", "Count", r.skipped as f64),
             ("PossibleDuplicates", "Count", r.possible_duplicates as f64),
             ("RunRepairs", "Count", r.repairs as f64),
+            ("AggregatedRecordsSplit", "Count", r.split_records as f64),
             ("PutRecordsRequests", "Count", r.requests as f64),
             (
                 "BatchDuration",

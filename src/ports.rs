@@ -16,6 +16,8 @@ use crate::seq::SequenceNumber;
 #[derive(Clone, Copy, Debug)]
 pub struct OutEntry<'a> {
     pub partition_key: &'a str,
+    /// Places the record on the shard owning this hash key instead of the key's MD5.
+    pub explicit_hash_key: Option<&'a str>,
     pub data: &'a [u8],
 }
 

@@ -82,6 +82,9 @@ pub struct RouteReport {
     /// `runs` mode: entries Kinesis accepted after an earlier entry of the same key failed,
     /// written again after it so that the last copy of every record is in order.
     pub repairs: usize,
+    /// KPL-aggregated source records re-aggregated per target shard, because the target's
+    /// shard map put some of their user records elsewhere than the record itself.
+    pub split_records: usize,
     pub requests: usize,
     pub first_unhandled: Option<SequenceNumber>,
     pub stop: Option<StopReason>,
@@ -149,8 +152,8 @@ struct Progress<'p, 'r> {
 /// What a settled request leaves to do: dead letters to store, a systemic stop to apply.
 #[derive(Default)]
 struct Settled {
-    /// (record index, key slot, error code, message)
-    dead_letters: Vec<(usize, usize, String, String)>,
+    /// (record index, queue item, key slot, error code, message)
+    dead_letters: Vec<(usize, usize, usize, String, String)>,
     systemic: Option<(usize, String, String)>,
 }
 
@@ -345,15 +348,24 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
     ) -> SentRequest {
         let out: Vec<OutEntry<'_>> = entries
             .iter()
-            .map(|e| OutEntry {
-                partition_key: e
-                    .records
-                    .first()
-                    .and_then(|&i| records[i].partition_key.as_deref())
-                    .unwrap_or_default(),
-                data: match &e.payload {
-                    Payload::Record(i) => &records[*i].data,
-                    Payload::Aggregated(bytes) => bytes,
+            .map(|e| match &e.payload {
+                Payload::Piece(p) => OutEntry {
+                    partition_key: &p.partition_key,
+                    explicit_hash_key: Some(&p.explicit_hash_key),
+                    data: &p.data,
+                },
+                payload => OutEntry {
+                    partition_key: e
+                        .records
+                        .first()
+                        .and_then(|&i| records[i].partition_key.as_deref())
+                        .unwrap_or_default(),
+                    explicit_hash_key: None,
+                    data: match payload {
+                        Payload::Aggregated(bytes) => bytes,
+                        Payload::Record(i) => &records[*i].data,
+                        Payload::Piece(p) => &p.data,
+                    },
                 },
             })
             .collect();
@@ -443,7 +455,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                             if target.map.is_known() && !target.map.contains(&shard_id) {
                                 target.stale.store(true, Ordering::Relaxed);
                             }
-                            for &i in &e.records {
+                            for (&item, &i) in e.items.iter().zip(&e.records) {
+                                if !sched.written(e.slot, item) {
+                                    continue; // a split record with pieces still to write
+                                }
                                 report.written += 1;
                                 report.bytes_written += records[i].data.len() as u64;
                                 if ambiguous[i] {
@@ -453,7 +468,6 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                                     shard_id: shard_id.clone(),
                                     seq: seq.clone(),
                                 };
-                                sched.pop(e.slot, i);
                             }
                         }
                         EntryResult::Failed {
@@ -480,9 +494,9 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                                     sched.send_plain(e.slot);
                                     *report.retries.entry(code).or_default() += 1;
                                 }
-                                FailureClass::Permanent => {
-                                    out.dead_letters.push((first, e.slot, code, message))
-                                }
+                                FailureClass::Permanent => out
+                                    .dead_letters
+                                    .push((first, e.items[0], e.slot, code, message)),
                                 FailureClass::Systemic => note_systemic(first, &code, &message),
                             }
                         }
@@ -678,6 +692,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             shape,
             &target.map,
         );
+        report.split_records = sched.split_records();
         let mut ambiguous = vec![false; records.len()];
         let mut in_flight = FuturesUnordered::new();
         let mut stopping = false;
@@ -748,7 +763,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 entries,
                 result,
             );
-            for (i, slot, code, message) in outcome.dead_letters {
+            for (i, item, slot, code, message) in outcome.dead_letters {
                 let reason = format!("the target refused the record ({code}: {message})");
                 let why = Refusal {
                     code: "TargetRejected",
@@ -759,7 +774,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     Ok(location) => {
                         state[i] = State::DeadLettered;
                         report.dead_letter_locations.push(location);
-                        sched.pop(slot, i);
+                        sched.pop(slot, item);
                     }
                     Err(message) => {
                         if i < limit {

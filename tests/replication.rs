@@ -301,7 +301,11 @@ fn check_order(users: &[(String, usize)], n: usize, last_arrivals: bool) -> usiz
 async fn each_order_mode_keeps_its_promise(order: &str) {
     let runs = order == "runs";
     // (name, what the proxy does, extra settings)
-    type Case = (&'static str, FaultPlan, &'static [(&'static str, &'static str)]);
+    type Case = (
+        &'static str,
+        FaultPlan,
+        &'static [(&'static str, &'static str)],
+    );
     let cases: [Case; 4] = [
         ("10%", FaultPlan::mixed_failures(0.1, 31), &[]),
         ("30%", FaultPlan::mixed_failures(0.3, 32), &[]),
@@ -391,6 +395,117 @@ async fn aggregated_mode_keeps_first_arrival_order_under_failures_and_shard_limi
 #[tokio::test]
 async fn runs_mode_keeps_last_arrival_order_under_failures_and_shard_limits() {
     each_order_mode_keeps_its_promise("runs").await;
+}
+
+/// Each open shard of `stream` with its hash range (start, end, shard id).
+async fn hash_ranges(sdk: &aws_config::SdkConfig, stream: &StreamArn) -> Vec<(u128, u128, String)> {
+    let out = aws_sdk_kinesis::Client::new(sdk)
+        .list_shards()
+        .stream_arn(stream.as_str())
+        .send()
+        .await
+        .expect("list shards");
+    out.shards()
+        .iter()
+        .filter(|s| {
+            s.sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_none())
+        })
+        .map(|s| {
+            let r = s.hash_key_range().expect("hash range");
+            (
+                r.starting_hash_key().parse().unwrap(),
+                r.ending_hash_key().parse().unwrap(),
+                s.shard_id().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A producer that uses the KPL writes 4 source shards; the target has 3. The KPL packs the
+/// user records of one source shard into each aggregated record, so many of them hold user
+/// records of two target shards. A consumer that deaggregates like the KCL keeps only the user
+/// records inside the hash range of the shard it reads: none may be lost, per-key order kept.
+#[tokio::test]
+async fn kpl_aggregated_source_records_survive_a_target_with_other_shards() {
+    use fanout::kpl::{hash_key, Aggregator};
+    let Some(world) = World::create(Backend::KinesisLocal, 4, 3).await else {
+        return;
+    };
+    let config = world.config();
+    let source_ranges = hash_ranges(&world.new_account, &world.source).await;
+    // 1,200 user records over 150 keys, aggregated per source shard, 20 per record, in order.
+    let mut pending: Vec<Vec<(String, String)>> = vec![Vec::new(); source_ranges.len()];
+    let mut aggregated: Vec<(String, Vec<u8>)> = Vec::new();
+    let flush = |users: &mut Vec<(String, String)>, out: &mut Vec<(String, Vec<u8>)>| {
+        if users.is_empty() {
+            return;
+        }
+        let mut agg = Aggregator::new();
+        for (k, d) in users.iter() {
+            agg.add(k, None, d.as_bytes());
+        }
+        out.push((users[0].0.clone(), agg.finish()));
+        users.clear();
+    };
+    for i in 0..1200 {
+        let key = format!("user-{}", (i * 7919) % 150);
+        let h = hash_key(&key);
+        let s = source_ranges
+            .iter()
+            .position(|(a, b, _)| *a <= h && h <= *b)
+            .unwrap();
+        pending[s].push((key.clone(), format!("{key}|{i}|")));
+        if pending[s].len() == 20 {
+            flush(&mut pending[s], &mut aggregated);
+        }
+    }
+    for users in &mut pending {
+        flush(users, &mut aggregated);
+    }
+    write_source(&world, &aggregated).await;
+
+    let handler = handler_for(&world, &config, &world.kinesis_endpoint).await;
+    let reports = invoke_per_shard(&world, &handler).await;
+    assert!(
+        reports.iter().all(|r| r.first_unhandled.is_none()),
+        "{reports:?}"
+    );
+    let split = total(&reports, |r| r.split_records);
+    assert!(split > 0, "some aggregated records straddle target shards");
+
+    // Read the target like the KCL: deaggregate, keep what the shard's range holds.
+    let target_ranges = hash_ranges(&world.new_account, &world.target).await;
+    let reader = KinesisSource::new(&world.new_account);
+    let mut kept: Vec<(String, usize)> = Vec::new();
+    let mut dropped = 0;
+    for (shard, r) in reader.read_all(&world.target).await.expect("read target") {
+        let (start, end, _) = target_ranges
+            .iter()
+            .find(|(_, _, id)| *id == shard)
+            .expect("a target shard");
+        let stored = [(r.partition_key.clone().unwrap_or_default(), r.data.clone())];
+        let Some(users) = support::deagg::user_records_with_hash_keys(&stored) else {
+            return;
+        };
+        for (key, ehk, data) in users {
+            let h = ehk.map_or_else(|| hash_key(&key), |e| e.parse().unwrap());
+            if h < *start || h > *end {
+                dropped += 1;
+                continue;
+            }
+            let text = String::from_utf8(data).unwrap();
+            let i: usize = text.split('|').nth(1).unwrap().parse().unwrap();
+            kept.push((key, i));
+        }
+    }
+    eprintln!(
+        "{} aggregated source records, {split} split by target shard, {} user records kept by a KCL-like reader, {dropped} dropped",
+        aggregated.len(),
+        kept.len()
+    );
+    assert_eq!(dropped, 0, "a KCL-like reader drops nothing");
+    assert_eq!(check_order(&kept, 1200, false), 0, "no duplicates");
 }
 
 async fn a_write_that_times_out_after_acceptance_is_resent_and_counted(backend: Backend) {

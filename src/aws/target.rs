@@ -147,6 +147,7 @@ impl TargetWriter for KinesisTarget {
             .map(|e| {
                 PutRecordsRequestEntry::builder()
                     .partition_key(e.partition_key)
+                    .set_explicit_hash_key(e.explicit_hash_key.map(str::to_owned))
                     .data(Blob::new(e.data.to_vec()))
                     .build()
                     .map_err(|err| RequestError {

@@ -7,6 +7,15 @@
 //! - `runs`: up to `run_length` consecutive records of the key, as separate entries;
 //! - `aggregated`: the key's consecutive records packed into one KPL aggregated record (a
 //!   single record, or a record that is itself KPL-aggregated, goes as it is).
+//!
+//! KPL-aggregated source records pass through unchanged when the target's shard map puts
+//! every user record they hold on the shard their own partition key lands on. When it does
+//! not (the target has other shards than the source), a consumer that deaggregates like the
+//! KCL would drop the user records outside that shard's hash range. Then the batch is
+//! scheduled per *target shard* instead of per key: each aggregated record is split into one
+//! piece per target shard (its user records, in order, re-aggregated, addressed to that shard
+//! by explicit hash key), and each target shard's queue keeps source order, so every user
+//! key keeps its order too.
 
 use tokio::time::Instant;
 
@@ -24,19 +33,41 @@ pub enum Payload {
     Record(usize),
     /// A KPL aggregated record made of several consecutive records of one key.
     Aggregated(Vec<u8>),
+    /// Part of a KPL-aggregated source record: its user records for one target shard.
+    Piece(Piece),
+}
+
+/// The user records of an aggregated source record that belong to one target shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Piece {
+    /// A KPL aggregated record of those user records.
+    pub data: Vec<u8>,
+    /// The first user record's partition key (consumers see it as the outer key).
+    pub partition_key: String,
+    /// A hash key inside the target shard, so the piece lands there whatever its key says.
+    pub explicit_hash_key: String,
 }
 
 /// One PutRecords entry and the source records it covers (in source order).
 #[derive(Debug)]
 pub struct Entry {
     pub slot: usize,
+    /// The queue items it carries; `records[i]` is `items[i]`'s source record.
+    pub items: Vec<usize>,
     pub records: Vec<usize>,
     pub payload: Payload,
 }
 
+/// What a key's queue holds: a whole source record, or one piece of one.
+#[derive(Debug)]
+struct Item {
+    record: usize,
+    piece: Option<Piece>,
+}
+
 #[derive(Clone, Debug)]
 struct Key {
-    /// First unwritten record, or `NONE`.
+    /// First unwritten item, or `NONE`.
     head: usize,
     in_flight: bool,
     attempts: u32,
@@ -61,13 +92,18 @@ pub struct Shape {
 pub struct Schedule<'a> {
     records: &'a [SourceRecord],
     shape: Shape,
+    items: Vec<Item>,
+    /// Per record: items not yet written (a split record has one per piece).
+    remaining: Vec<u32>,
     keys: Vec<Key>,
-    /// Per record index: the key's next record, or `NONE`.
+    /// Per item: the key's next item, or `NONE`.
     next: Vec<usize>,
     /// Records at or after this index are never sent (a systemic stop there).
     limit: usize,
     /// Round-robin start, so that no key is always last in line for a shard's tokens.
     cursor: usize,
+    /// The batch is scheduled per target shard (some aggregated record had to be split).
+    by_shard: bool,
 }
 
 impl<'a> Schedule<'a> {
@@ -78,29 +114,56 @@ impl<'a> Schedule<'a> {
         shape: Shape,
         map: &ShardMap,
     ) -> Self {
+        let pending: Vec<usize> = pending.into_iter().collect();
+        let (items, by_shard) = plan_items(records, &pending, map);
+        let mut remaining = vec![0u32; records.len()];
+        for item in &items {
+            remaining[item.record] += 1;
+        }
+        // Slots: one per partition key, or one per target shard.
         let mut by_key: std::collections::HashMap<&str, usize, foldhash::fast::RandomState> =
             Default::default();
+        let mut by_target: Vec<usize> = vec![NONE; map.len().max(1)];
         let mut keys: Vec<Key> = Vec::new();
         let mut tail: Vec<usize> = Vec::new();
-        let mut next = vec![NONE; records.len()];
-        for index in pending {
-            let key = records[index].partition_key.as_deref().unwrap_or_default();
-            let slot = *by_key.entry(key).or_insert_with(|| {
+        let mut next = vec![NONE; items.len()];
+        for (index, item) in items.iter().enumerate() {
+            let key = records[item.record]
+                .partition_key
+                .as_deref()
+                .unwrap_or_default();
+            let shard = match &item.piece {
+                Some(p) => kpl::parse_explicit_hash_key(&p.explicit_hash_key)
+                    .map_or(0, |h| map.shard_for(h)),
+                None if map.is_known() => map.shard_for(kpl::hash_key(key)),
+                None => 0,
+            };
+            let new_key = |keys: &mut Vec<Key>, tail: &mut Vec<usize>| {
                 keys.push(Key {
                     head: index,
                     in_flight: false,
                     attempts: 0,
                     not_before: None,
-                    shard: if map.is_known() {
-                        map.shard_for(kpl::hash_key(key))
-                    } else {
-                        0
-                    },
+                    shard,
                     plain: false,
                 });
                 tail.push(index);
                 keys.len() - 1
-            });
+            };
+            let slot = if by_shard {
+                match by_target[shard] {
+                    NONE => {
+                        let slot = new_key(&mut keys, &mut tail);
+                        by_target[shard] = slot;
+                        slot
+                    }
+                    slot => slot,
+                }
+            } else {
+                *by_key
+                    .entry(key)
+                    .or_insert_with(|| new_key(&mut keys, &mut tail))
+            };
             if tail[slot] != index {
                 next[tail[slot]] = index;
                 tail[slot] = index;
@@ -109,16 +172,39 @@ impl<'a> Schedule<'a> {
         Schedule {
             records,
             shape,
+            items,
+            remaining,
             keys,
             next,
             limit: records.len(),
             cursor: 0,
+            by_shard,
         }
+    }
+
+    /// Source records split into per-target-shard pieces (0 unless the batch had to be).
+    pub fn split_records(&self) -> usize {
+        if !self.by_shard {
+            return 0;
+        }
+        let mut split: Vec<usize> = self
+            .items
+            .iter()
+            .filter(|i| i.piece.is_some())
+            .map(|i| i.record)
+            .collect();
+        split.dedup();
+        split.len()
+    }
+
+    /// Whether `item` exists and its record is before the stop point.
+    fn live(&self, item: usize) -> bool {
+        item != NONE && self.items[item].record < self.limit
     }
 
     /// Some record is neither written nor given up (at or past the stop point).
     pub fn has_pending(&self) -> bool {
-        self.keys.iter().any(|k| k.head < self.limit)
+        self.keys.iter().any(|k| self.live(k.head))
     }
 
     /// Keys that could send now if their target shard has room.
@@ -136,7 +222,16 @@ impl<'a> Schedule<'a> {
     }
 
     fn ready(&self, key: &Key, now: Instant) -> bool {
-        !key.in_flight && key.head < self.limit && key.not_before.is_none_or(|t| t <= now)
+        !key.in_flight && self.live(key.head) && key.not_before.is_none_or(|t| t <= now)
+    }
+
+    /// Bytes an item counts for against request and shard limits.
+    fn item_bytes(&self, item: usize) -> usize {
+        let it = &self.items[item];
+        match &it.piece {
+            Some(p) => p.data.len() + p.partition_key.len(),
+            None => plan::record_bytes(&self.records[it.record]),
+        }
     }
 
     /// The next request: entries of keys that are ready, not in flight, and whose target shard
@@ -193,23 +288,20 @@ impl<'a> Schedule<'a> {
                 && (entries.is_empty() || total + size <= shape.max_request_bytes)
         };
         let head = key.head;
-        let head_bytes = plan::record_bytes(&self.records[head]);
-        let aggregate = shape.mode == OrderMode::Aggregated
-            && !key.plain
-            && !kpl::is_aggregated(&self.records[head].data);
+        let plain_item = |i: usize| {
+            self.items[i].piece.is_none()
+                && !kpl::is_aggregated(&self.records[self.items[i].record].data)
+        };
+        let aggregate =
+            shape.mode == OrderMode::Aggregated && !key.plain && !self.by_shard && plain_item(head);
         if aggregate {
-            let key_text = self.records[head]
-                .partition_key
-                .as_deref()
-                .unwrap_or_default();
+            let record = &self.records[self.items[head].record];
+            let key_text = record.partition_key.as_deref().unwrap_or_default();
             let mut size = AggregateSize::new(key_text.len());
             let mut members = Vec::new();
             let mut i = head;
-            while i < self.limit && i != NONE {
-                let data = &self.records[i].data;
-                if kpl::is_aggregated(data) {
-                    break;
-                }
+            while self.live(i) && plain_item(i) {
+                let data = &self.records[self.items[i].record].data;
                 let grown = size.with(data.len());
                 if !members.is_empty()
                     && (grown + key_text.len() > shape.max_record_bytes
@@ -228,12 +320,13 @@ impl<'a> Schedule<'a> {
                 }
                 let mut agg = kpl::Aggregator::new();
                 for &m in &members {
-                    agg.add(key_text, None, &self.records[m].data);
+                    agg.add(key_text, None, &self.records[self.items[m].record].data);
                 }
                 *bytes += total;
                 entries.push(Entry {
                     slot,
-                    records: members,
+                    records: members.iter().map(|&m| self.items[m].record).collect(),
+                    items: members,
                     payload: Payload::Aggregated(agg.finish()),
                 });
                 return;
@@ -245,20 +338,21 @@ impl<'a> Schedule<'a> {
         };
         let mut i = head;
         let mut taken = 0;
-        while taken < run && i != NONE && i < self.limit {
-            let size = if i == head {
-                head_bytes
-            } else {
-                plan::record_bytes(&self.records[i])
-            };
+        while taken < run && self.live(i) {
+            let size = self.item_bytes(i);
             if !fits(entries, *bytes, size) || !admit(size) {
                 break;
             }
             *bytes += size;
+            let item = &self.items[i];
             entries.push(Entry {
                 slot,
-                records: vec![i],
-                payload: Payload::Record(i),
+                items: vec![i],
+                records: vec![item.record],
+                payload: match &item.piece {
+                    Some(p) => Payload::Piece(p.clone()),
+                    None => Payload::Record(item.record),
+                },
             });
             taken += 1;
             i = self.next[i];
@@ -275,24 +369,32 @@ impl<'a> Schedule<'a> {
     ) -> Option<Instant> {
         let mut wake: Option<Instant> = None;
         for key in &self.keys {
-            if key.in_flight || key.head >= self.limit {
+            if key.in_flight || !self.live(key.head) {
                 continue;
             }
             let mut at = key.not_before.unwrap_or(now).max(now);
             if let Some(b) = buckets.get_mut(key.shard) {
-                let size = plan::record_bytes(&self.records[key.head]);
-                at = at.max(now + b.wait_for(limits, size, now));
+                at = at.max(now + b.wait_for(limits, self.item_bytes(key.head), now));
             }
             wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
         }
         wake
     }
 
-    /// Record `index`, the head of key `slot`, is done (written or dead-lettered).
-    pub fn pop(&mut self, slot: usize, index: usize) {
+    /// Item `item`, the head of key `slot`, is written. Returns whether its source record is
+    /// now wholly written (a split record: its last piece).
+    pub fn written(&mut self, slot: usize, item: usize) -> bool {
+        self.pop(slot, item);
+        let record = self.items[item].record;
+        self.remaining[record] = self.remaining[record].saturating_sub(1);
+        self.remaining[record] == 0
+    }
+
+    /// Item `item`, the head of key `slot`, is done without being written (dead-lettered).
+    pub fn pop(&mut self, slot: usize, item: usize) {
         let key = &mut self.keys[slot];
-        if key.head == index {
-            key.head = self.next[index];
+        if key.head == item {
+            key.head = self.next[item];
             key.attempts = 0;
         }
     }
@@ -319,6 +421,94 @@ impl<'a> Schedule<'a> {
     pub fn send_plain(&mut self, slot: usize) {
         self.keys[slot].plain = true;
     }
+}
+
+/// The queue items of a batch, and whether it must be scheduled per target shard: each
+/// pending record as it is, unless some KPL-aggregated record holds user records that the
+/// target's shard map puts elsewhere than the record itself; then every aggregated record is
+/// split into per-target-shard pieces.
+fn plan_items(records: &[SourceRecord], pending: &[usize], map: &ShardMap) -> (Vec<Item>, bool) {
+    let whole = || {
+        pending
+            .iter()
+            .map(|&record| Item {
+                record,
+                piece: None,
+            })
+            .collect()
+    };
+    if !map.is_known() || map.len() < 2 {
+        return (whole(), false);
+    }
+    // The user records of each aggregated record and their target shards.
+    let mut split: Vec<(usize, Vec<(usize, kpl::SubRecord)>)> = Vec::new();
+    let mut needed = false;
+    for &i in pending {
+        let data = &records[i].data;
+        if !kpl::is_aggregated(data) {
+            continue;
+        }
+        let Ok(users) = kpl::deaggregate(data) else {
+            continue;
+        };
+        let outer = map.shard_for(kpl::hash_key(
+            records[i].partition_key.as_deref().unwrap_or_default(),
+        ));
+        let users: Vec<(usize, kpl::SubRecord)> = users
+            .into_iter()
+            .map(|u| (map.shard_for(user_hash(&u)), u))
+            .collect();
+        needed |= users.iter().any(|(s, _)| *s != outer);
+        split.push((i, users));
+    }
+    if !needed {
+        return (whole(), false);
+    }
+    let mut users_of: std::collections::HashMap<usize, Vec<(usize, kpl::SubRecord)>> =
+        split.into_iter().collect();
+    let mut items = Vec::new();
+    for &record in pending {
+        let Some(users) = users_of.remove(&record) else {
+            items.push(Item {
+                record,
+                piece: None,
+            });
+            continue;
+        };
+        // One piece per target shard, in the order the shards first appear.
+        let mut shards: Vec<usize> = Vec::new();
+        for (s, _) in &users {
+            if !shards.contains(s) {
+                shards.push(*s);
+            }
+        }
+        for shard in shards {
+            let mut agg = kpl::Aggregator::new();
+            let mut first: Option<&kpl::SubRecord> = None;
+            for (_, u) in users.iter().filter(|(s, _)| *s == shard) {
+                first.get_or_insert(u);
+                agg.add(&u.partition_key, u.explicit_hash_key.as_deref(), &u.data);
+            }
+            let Some(first) = first else { continue };
+            items.push(Item {
+                record,
+                piece: Some(Piece {
+                    data: agg.finish(),
+                    partition_key: first.partition_key.clone(),
+                    explicit_hash_key: user_hash(first).to_string(),
+                }),
+            });
+        }
+    }
+    (items, true)
+}
+
+/// The hash key that places a user record: its explicit hash key, else its key's MD5.
+fn user_hash(u: &kpl::SubRecord) -> u128 {
+    u.explicit_hash_key
+        .as_deref()
+        .and_then(kpl::parse_explicit_hash_key)
+        .unwrap_or_else(|| kpl::hash_key(&u.partition_key))
 }
 
 /// The exact size of a KPL aggregated record of one partition key (index 0, no explicit hash

@@ -124,7 +124,11 @@ impl TargetWriter for FakeTarget {
             st.enforced = vec![crate::pacing::Bucket::new(now); map.len()];
         }
         for e in entries {
-            let shard = map.shard_for(crate::kpl::hash_key(e.partition_key));
+            let hash = e
+                .explicit_hash_key
+                .and_then(crate::kpl::parse_explicit_hash_key)
+                .unwrap_or_else(|| crate::kpl::hash_key(e.partition_key));
+            let shard = map.shard_for(hash);
             let over = self.enforce_per_shard > 0 && !st.enforced[shard].try_take(&enforce, 0, now);
             let fault = if over {
                 st.throttled += 1;
@@ -883,4 +887,57 @@ async fn each_route_writes_its_heartbeat_with_its_checkpoint() {
     assert!(hbs[0].route.ends_with("--bad") && hbs[0].last_seq.is_none());
     assert_eq!(hbs[1].last_seq.as_ref(), Some(&b.records[39].seq));
     assert!(hbs.iter().all(|h| h.by == "runner:test" && h.records == 40));
+}
+
+#[tokio::test]
+async fn aggregated_source_records_are_split_where_the_target_shards_differ() {
+    // Source records are KPL aggregated records of 10 user records each (keys u0..u59); the
+    // target has 3 shards, so most aggregated records hold user records of several target
+    // shards. A consumer that deaggregates like the KCL keeps only the user records whose hash
+    // is in the range of the shard it reads: all of them must survive, in per-key order.
+    let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(3, 0);
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        Limits {
+            max_record_bytes_override: Some(1 << 20),
+            ..limits()
+        },
+    );
+    let mut b = batch(30, 30);
+    for (n, rec) in b.records.iter_mut().enumerate() {
+        let mut agg = crate::kpl::Aggregator::new();
+        for j in 0..10 {
+            let i = n * 10 + j;
+            let key = format!("u{}", i % 60);
+            agg.add(&key, None, format!("{key}:{i}").as_bytes());
+        }
+        rec.partition_key = Some(format!("u{}", (n * 10) % 60));
+        rec.data = agg.finish();
+    }
+    let rep = r.replicate(&b, far()).await;
+    let rr = &rep.routes[0];
+    assert_eq!(rep.first_unhandled, None);
+    assert_eq!(
+        rr.written, 30,
+        "every source record counts once, when all its pieces are in"
+    );
+    assert_eq!(rr.split_records, 30);
+    let shards = target.shards.clone();
+    let landed = target.landed();
+    let written = target.written(&route("t").name);
+    // The KCL's filter: a user record counts only on the shard whose range holds its hash.
+    let mut kept: Vec<(String, Vec<u8>)> = Vec::new();
+    for ((_, shard), (_, data)) in landed.iter().zip(&written) {
+        let range = &shards[*shard];
+        for u in crate::kpl::deaggregate(data).unwrap() {
+            let h = crate::kpl::hash_key(&u.partition_key);
+            if range.start <= h && h <= range.end {
+                kept.push((u.partition_key, u.data));
+            }
+        }
+    }
+    assert_complete_and_ordered(&kept, 300, &[]);
 }

@@ -11,6 +11,19 @@ use base64::Engine;
 /// The user records in `records` ((partition key, data) as Kinesis stored them), in order, as
 /// AWS's deaggregator sees them; `None` (after `not_running`) when it is not installed.
 pub fn user_records(records: &[(String, Vec<u8>)]) -> Option<Vec<(String, Vec<u8>)>> {
+    Some(
+        user_records_with_hash_keys(records)?
+            .into_iter()
+            .map(|(k, _, d)| (k, d))
+            .collect(),
+    )
+}
+
+/// A user record: partition key, explicit hash key (if it has one), data.
+pub type UserRecord = (String, Option<String>, Vec<u8>);
+
+/// Like [`user_records`], with each user record's explicit hash key when it has one.
+pub fn user_records_with_hash_keys(records: &[(String, Vec<u8>)]) -> Option<Vec<UserRecord>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let python = root.join(".local/venv/bin/python");
     if !python.exists() {
@@ -56,6 +69,7 @@ pub fn user_records(records: &[(String, Vec<u8>)]) -> Option<Vec<(String, Vec<u8
                 let v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
                 (
                     v["partition_key"].as_str().expect("key").to_owned(),
+                    v["explicit_hash_key"].as_str().map(str::to_owned),
                     B64.decode(v["data"].as_str().expect("data"))
                         .expect("base64"),
                 )
