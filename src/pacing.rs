@@ -138,6 +138,12 @@ impl Bucket {
         }
     }
 
+    /// The bytes left in the bucket now: the most an aggregate built now should take.
+    pub fn room(&mut self, limits: &ShardLimits, now: Instant) -> usize {
+        self.refill(limits, now);
+        self.bytes.max(0.0) as usize
+    }
+
     /// How long until a record of `bytes` may go (zero if it may now).
     pub fn wait_for(&mut self, limits: &ShardLimits, bytes: usize, now: Instant) -> Duration {
         self.refill(limits, now);

@@ -724,7 +724,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             let wake = if stopping {
                 None
             } else {
-                sched.next_wake(now, &mut lock(&target.buckets), &shard_limits)
+                sched
+                    .next_wake(now, &mut lock(&target.buckets), &shard_limits)
+                    // A key ready now but held back for a fuller request waits for an answer.
+                    .filter(|&at| at > now || in_flight.is_empty())
             };
             if in_flight.is_empty() {
                 match wake {

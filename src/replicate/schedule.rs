@@ -278,6 +278,11 @@ impl<'a> Schedule<'a> {
     ) {
         let shape = self.shape;
         let key = &self.keys[slot];
+        // An aggregate is no bigger than the shard's bucket has room for now, or the key would
+        // wait for tokens the bucket may never hold at once.
+        let room = buckets
+            .get_mut(key.shard)
+            .map_or(usize::MAX, |b| b.room(limits, now));
         let mut bucket = buckets.get_mut(key.shard);
         let mut admit = |size: usize| match bucket.as_deref_mut() {
             Some(b) => b.try_take(limits, size, now),
@@ -304,7 +309,7 @@ impl<'a> Schedule<'a> {
                 let data = &self.records[self.items[i].record].data;
                 let grown = size.with(data.len());
                 if !members.is_empty()
-                    && (grown + key_text.len() > shape.max_record_bytes
+                    && (grown + key_text.len() > shape.max_record_bytes.min(room)
                         || !fits(entries, *bytes, grown + key_text.len()))
                 {
                     break;

@@ -941,3 +941,40 @@ async fn aggregated_source_records_are_split_where_the_target_shards_differ() {
     }
     assert_complete_and_ordered(&kept, 300, &[]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_aggregated_key_is_paced_by_bytes_without_waiting_for_a_bucket_it_cannot_fill() {
+    // One key of 200 × 500-byte records, 2 target shards at 10 KiB/s each: aggregates are cut
+    // to what the bucket holds, so the key moves at the shard's byte rate (about 10 s for
+    // 100 KB, 10 KiB at once), never stalls, and Kinesis never throttles.
+    let mut target = FakeTarget::new(|_, _, _| Fault::None).with_shards(2, 0);
+    target.max_record_bytes = 1 << 20;
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route_in("t", crate::model::OrderMode::Aggregated)],
+        Limits {
+            shard_bytes_per_sec: 10 * 1024,
+            shard_headroom_pct: 0,
+            ..limits()
+        },
+    );
+    let mut b = batch(200, 1);
+    for rec in &mut b.records {
+        rec.data.resize(500, b'.');
+    }
+    let run = r.replicate(&b, Instant::now() + Duration::from_secs(120));
+    let rep = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("finished, no stall");
+    assert_eq!(rep.first_unhandled, None);
+    let took = rep.duration.as_secs_f64();
+    assert!((7.0..13.0).contains(&took), "took {took:.1} s");
+    let written = target.written(&route("t").name);
+    let users: usize = written
+        .iter()
+        .map(|(_, d)| crate::kpl::deaggregate(d).map_or(1, |u| u.len()))
+        .sum();
+    assert_eq!(users, 200);
+}
