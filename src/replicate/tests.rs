@@ -723,6 +723,11 @@ async fn writes_are_paced_under_each_target_shards_limit() {
         0,
         "pacing, not throttling"
     );
+    let requests = rep.routes[0].requests;
+    assert!(
+        requests < 400,
+        "{requests} requests: tokens are gathered, not spent one request each"
+    );
     assert_complete_and_ordered(&target.written(&route("t").name), 2000, &[]);
     // No shard took more than its bucket plus its rate in any second.
     for shard in 0..4 {
