@@ -1,7 +1,7 @@
-//! Pure planning of the write path: which records may be sent now, how they are packed into
-//! PutRecords requests, which records can never be written, and how long to back off.
+//! Pure planning of the write path: how records are packed into PutRecords requests, which
+//! records can never be written, and how long to back off. Which records may be sent now is
+//! `replicate::schedule`'s.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::model::{RecordDefect, SourceRecord};
@@ -54,92 +54,6 @@ pub fn permanent_defect(
         ));
     }
     None
-}
-
-/// Holds, per partition key, the records not yet written, in source order.
-///
-/// Only the head of each key is ever eligible: a later record of a key is offered only after
-/// every earlier one is written or dead-lettered. So a partial PutRecords failure can never let
-/// a later record of a key arrive in the target before an earlier one.
-#[derive(Debug, Default)]
-pub struct KeyQueues {
-    /// Per key: the index of its first waiting record, or `NONE`.
-    head: Vec<usize>,
-    /// Per record index: the key's next record, or `NONE`.
-    next: Vec<usize>,
-    /// Per record index: its key's slot in `head`.
-    slot_of: Vec<usize>,
-    /// Records at or after this index are never offered (a systemic stop there).
-    limit: usize,
-}
-
-const NONE: usize = usize::MAX;
-
-impl KeyQueues {
-    /// Builds the queues from `(index, key)` pairs given in source (ascending index) order.
-    pub fn new<'a>(items: impl IntoIterator<Item = (usize, &'a str)>) -> Self {
-        // foldhash: SipHash's DoS resistance buys nothing for keys of one batch, and costs.
-        let mut by_key: HashMap<&str, usize, foldhash::fast::RandomState> = HashMap::default();
-        let mut head: Vec<usize> = Vec::new();
-        let mut tail: Vec<usize> = Vec::new();
-        let mut next = Vec::new();
-        let mut slot_of = Vec::new();
-        for (index, key) in items {
-            if next.len() <= index {
-                next.resize(index + 1, NONE);
-                slot_of.resize(index + 1, NONE);
-            }
-            let slot = *by_key.entry(key).or_insert_with(|| {
-                head.push(index);
-                tail.push(index);
-                head.len() - 1
-            });
-            if tail[slot] != index {
-                next[tail[slot]] = index;
-                tail[slot] = index;
-            }
-            slot_of[index] = slot;
-        }
-        KeyQueues {
-            head,
-            next,
-            slot_of,
-            limit: usize::MAX,
-        }
-    }
-
-    /// The records that may be sent now: the head of every key, in source order.
-    pub fn heads(&self) -> Vec<usize> {
-        let mut heads: Vec<usize> = self
-            .head
-            .iter()
-            .copied()
-            .filter(|&i| i < self.limit)
-            .collect();
-        heads.sort_unstable();
-        heads
-    }
-
-    /// Marks the head `index` as done (written or dead-lettered), exposing the key's next record.
-    pub fn pop(&mut self, index: usize) {
-        let Some(&slot) = self.slot_of.get(index) else {
-            return;
-        };
-        if let Some(h) = self.head.get_mut(slot) {
-            if *h == index {
-                *h = self.next[index];
-            }
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.head.iter().all(|&i| i >= self.limit)
-    }
-
-    /// Drops every record at or after `limit` (a systemic stop there).
-    pub fn truncate_at(&mut self, limit: usize) {
-        self.limit = self.limit.min(limit);
-    }
 }
 
 /// Packs `(index, bytes)` items, in the given order, into requests of at most `max_entries`
@@ -232,23 +146,6 @@ mod tests {
         let big: Vec<(usize, usize)> = (0..12).map(|i| (i, 1024 * 1024)).collect();
         let reqs = pack_requests(&big, 500, 5 * 1024 * 1024);
         assert_eq!(reqs.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5, 2]);
-    }
-
-    #[test]
-    fn only_the_head_of_each_key_is_eligible() {
-        let keys = ["a", "b", "a", "c", "a", "b"];
-        let mut q = KeyQueues::new(keys.iter().copied().enumerate());
-        assert_eq!(q.heads(), vec![0, 1, 3]);
-        q.pop(1); // b written; a failed
-        assert_eq!(q.heads(), vec![0, 3, 5]);
-        q.pop(0);
-        q.pop(3);
-        q.pop(5);
-        assert_eq!(q.heads(), vec![2]);
-        q.truncate_at(3);
-        assert_eq!(q.heads(), vec![2]);
-        q.pop(2);
-        assert!(q.is_empty());
     }
 
     #[test]
