@@ -8,6 +8,7 @@
 //! - [`config`]: every setting, from `FANOUT_*` environment variables, validated.
 //! - [`plan`]: pure planning: per-key heads, request packing, defects, backoff.
 //! - [`pacing`]: the target's shard map and per-target-shard write pacing.
+//! - [`kpl`]: the KPL aggregated record format (aggregate, deaggregate, hash keys).
 //! - [`ports`]: the traits between the write path and AWS.
 //! - [`replicate`]: the write path (skip, dead-letter, write in rounds, checkpoint).
 //! - [`event`]: Lambda Kinesis events in, `batchItemFailures` out.
