@@ -207,6 +207,8 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/source.rs::KinesisSource::list_shards",
             "src/aws/source.rs::KinesisSource::shard_iterator",
             "src/aws/source.rs::KinesisSource::get_records",
+            # the capacity guard reads the newest window of each source shard
+            "src/aws/capacity.rs::open_shards",
         ],
     },
     "writer": {
@@ -217,6 +219,9 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/target.rs::KinesisTarget::target_shards",  # the shard map pacing follows
             "src/aws/target.rs::KinesisTarget::put_records",
             "src/aws/control.rs::AwsControl::stream_facts",  # the streams guard
+            # the capacity guard: the target's shards (and, with reverse, its newest window)
+            "src/aws/capacity.rs::open_shards",
+            "src/aws/capacity.rs::open_shard_count",
         ],
     },
     # With `start --reverse` the lag probe reads the old streams too.

@@ -123,6 +123,28 @@ impl ReplicatorConfig {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// FANOUT_ROUTES as `get` has it, `None` when unset or blank.
+    pub fn routes_var(get: impl Fn(&str) -> Option<String>) -> Option<String> {
+        get("FANOUT_ROUTES").filter(|v| !v.trim().is_empty())
+    }
+
+    /// The routes and limits only, for a check that writes nothing (the capacity check):
+    /// `routes` stands for FANOUT_ROUTES, every other variable is read through `get`, and
+    /// FANOUT_TABLE and FANOUT_DEAD_LETTER_BUCKET are not required (their placeholders are
+    /// never used).
+    pub fn routes_and_limits(
+        routes: &str,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| match name {
+            "FANOUT_ROUTES" => Some(routes.to_owned()),
+            "FANOUT_TABLE" | "FANOUT_DEAD_LETTER_BUCKET" => {
+                get(name).or_else(|| Some("unused".to_owned()))
+            }
+            _ => get(name),
+        })
+    }
+
     /// Reads configuration through `get` (a map in tests, the environment otherwise).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());

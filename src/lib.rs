@@ -21,10 +21,12 @@
 //! - [`redrive`]: replaying dead letters into their target, in order, removing each once written.
 //! - [`progress`]: per-shard progress on stderr (bars on a terminal, plain lines otherwise).
 //! - [`runner`]: a local event-source runner with the event source mapping's rules.
+//! - [`capacity`]: whether each order mode keeps up with a route's traffic (a pure model).
 //! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
 //! - [`routing`]: the routing document producers follow, and the client a producer embeds.
 
 pub mod aws;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -8,6 +8,8 @@
 //! - [`control`]: the controller's items (state, history, modes, heartbeats, acknowledgements).
 //! - [`verifications`]: `fanoutctl verify` results in the state table (store, latest).
 //! - [`routing`]: the routing document in S3 (publish, and read as a routing source).
+//! - [`capacity`]: what a capacity check reads (source and target windows, the target's
+//!   round trip and shard count).
 
 /// DynamoDB attribute values, written the same way everywhere.
 pub(crate) mod ddb {
@@ -22,6 +24,7 @@ pub(crate) mod ddb {
     }
 }
 
+pub mod capacity;
 pub mod checkpoints;
 pub mod control;
 pub mod dead_letters;

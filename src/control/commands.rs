@@ -16,10 +16,12 @@ use super::record::{
     ApprovalRequest, HistoryEntry, LogicalStream, Migration, Outcome, PendingFlip, Settings,
     StoredState,
 };
+use crate::aws::capacity::{measure_route, CapacityOptions, RoundTrip};
 use crate::aws::control::{AwsControl, Write};
 use crate::aws::dead_letters::S3DeadLetters;
 use crate::aws::routing::S3Routing;
 use crate::aws::verifications;
+use crate::capacity::{configured_routes, RouteCapacity};
 use crate::model::{StoreError, StreamArn};
 use crate::routing::{RoutingDocument, StreamMode, StreamRouting};
 
@@ -52,6 +54,11 @@ pub struct Request {
     /// controller Lambda invoked by a chat-ops bot, say). The identity itself always comes
     /// from STS.
     pub on_behalf_of: Option<String>,
+    /// `plan cutover` / `cutover`: for testing what-ifs, the capacity guard takes this round
+    /// trip to the target (ms) instead of measuring it ("what if the target were 30 ms
+    /// away"). A cutover that is not a dry run takes the larger of it and the measured one:
+    /// an assumption can make the guard stricter, never more lenient.
+    pub assume_rtt_ms: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -102,6 +109,9 @@ pub struct Report {
     pub guards: Vec<GuardResult>,
     pub status: Option<StatusView>,
     pub history: Vec<HistoryEntry>,
+    /// A cutover's capacity check, route by route (what the `capacity` guard decided on).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub capacity: Vec<RouteCapacity>,
 }
 
 impl Report {
@@ -118,6 +128,7 @@ impl Report {
             guards: Vec::new(),
             status: None,
             history: Vec::new(),
+            capacity: Vec::new(),
         }
     }
 
@@ -588,15 +599,23 @@ async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
     .await
 }
 
+/// What [`evaluate_guards`] found: each guard's verdict, and the facts some were drawn from.
+struct Evaluated {
+    guards: Vec<GuardResult>,
+    capacity: Vec<RouteCapacity>,
+}
+
 /// The guards an action needs. A rollback is what an engineer reaches for when something
 /// looks wrong, so it is not held back by dead letters or a missing verification; it still
-/// needs replication to be able to catch up and the streams to be usable.
+/// needs replication to be able to catch up and the streams to be usable. A cutover also
+/// needs forward replication to keep up with the traffic producers bring (`capacity`).
 async fn evaluate_guards(
     ctx: &Context,
+    req: &Request,
     st: &StoredState,
     action: Action,
     t: &Transition,
-) -> Result<(Vec<GuardResult>, Vec<ShardLag>), StoreError> {
+) -> Result<Evaluated, StoreError> {
     let now = now_ms();
     let s = &st.migration.settings;
     // The lag that matters is the direction that must catch up.
@@ -628,7 +647,69 @@ async fn evaluate_guards(
             s.verification_max_age_ms,
         ));
     }
-    Ok((out, lags))
+    let mut capacity = Vec::new();
+    if action == Action::Cutover {
+        let (guard, checked) = capacity_guard(ctx, req, st).await;
+        out.push(guard);
+        capacity = checked;
+    }
+    Ok(Evaluated {
+        guards: out,
+        capacity,
+    })
+}
+
+/// [`measure_route`], with the route's name (an `async fn`, not a closure's `async` block,
+/// so the future stays `Send` for every lifetime).
+async fn measure_named(
+    sdk: &aws_config::SdkConfig,
+    r: &crate::capacity::ConfiguredRoute,
+    opts: &CapacityOptions,
+    now: i64,
+) -> (String, Result<RouteCapacity, String>) {
+    (r.route.name.clone(), measure_route(sdk, r, opts, now).await)
+}
+
+/// The `capacity` guard: each forward route, as the replicator runs it (FANOUT_ROUTES and the
+/// limits, from this process's environment), against the newest 30 s of its streams. After
+/// the cutover the new streams take what producers write now: before the first cutover that
+/// is the old streams (the routes' targets, read with the writer role), so both are read and,
+/// per key, the busier side counts.
+async fn capacity_guard(
+    ctx: &Context,
+    req: &Request,
+    st: &StoredState,
+) -> (GuardResult, Vec<RouteCapacity>) {
+    let routes = match configured_routes(&st.migration.streams, |k| std::env::var(k).ok()) {
+        Ok(r) => r,
+        Err(e) => {
+            let failed: Vec<(String, Result<RouteCapacity, String>)> = st
+                .migration
+                .streams
+                .iter()
+                .map(|s| (s.forward_route.clone(), Err(e.clone())))
+                .collect();
+            return (guards::capacity(&failed), Vec::new());
+        }
+    };
+    let opts = CapacityOptions {
+        round_trip: match req.assume_rtt_ms {
+            None => RoundTrip::Measure,
+            Some(ms) if req.dry_run => RoundTrip::Assume(f64::from(ms)),
+            Some(ms) => RoundTrip::AtLeast(f64::from(ms)),
+        },
+        ..CapacityOptions::default()
+    };
+    let now = now_ms();
+    let mut measuring = Vec::with_capacity(routes.len());
+    for r in &routes {
+        measuring.push(measure_named(ctx.control.sdk(), r, &opts, now));
+    }
+    let results: Vec<(String, Result<RouteCapacity, String>)> =
+        futures::future::join_all(measuring).await;
+    let guard = guards::capacity(&results);
+    let checked = results.into_iter().filter_map(|(_, r)| r.ok()).collect();
+    (guard, checked)
 }
 
 /// Dead-letter keys of the migration's routes not yet acknowledged (nor redriven).
@@ -733,7 +814,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
         }
         Decision::Go(t) => t,
     };
-    let (guards, _) = evaluate_guards(ctx, &st, action, &t).await?;
+    let Evaluated { guards, capacity } = evaluate_guards(ctx, req, &st, action, &t).await?;
     let refused: Vec<&GuardResult> = guards.iter().filter(|g| !g.passed).collect();
     let refused_names = refused
         .iter()
@@ -766,6 +847,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
         let mut r = Report::new(req, outcome, format!("{abandoned}{msg}"));
         r.plan = Some(t);
         r.guards = guards;
+        r.capacity = capacity;
         r.state = Some(st.state);
         r.version = Some(st.version);
         return Ok(r);
@@ -784,7 +866,9 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
             &guards,
             msg.clone(),
         );
-        return finish(ctx, req, e, msg).await;
+        let mut r = finish(ctx, req, e, msg).await?;
+        r.capacity = capacity;
+        return Ok(r);
     }
     // The two-person rule: a request, then a different identity's approval.
     if st.migration.settings.two_person {
@@ -1014,6 +1098,7 @@ async fn flip(ctx: &Context, req: &Request, action: Action) -> Result<Report, St
     )
     .await?;
     r.plan = Some(t);
+    r.capacity = capacity;
     Ok(r)
 }
 
@@ -1537,6 +1622,31 @@ impl Report {
                 g.name,
                 g.detail
             ));
+        }
+        for c in &self.capacity {
+            out.push_str(&format!(
+                "  capacity of {} ({}): read the newest {} s of {}; target {} shard(s), round \
+                 trip {} ({})\n",
+                c.route,
+                c.order,
+                c.window_ms / 1000,
+                c.sampled.join(", "),
+                c.target_facts.shards,
+                crate::capacity::fmt_ms(c.target_facts.rtt_ms),
+                c.round_trip
+            ));
+            for s in c
+                .assessment
+                .shards
+                .iter()
+                .filter(|s| s.hottest_key.is_some())
+            {
+                out.push_str(&format!(
+                    "      {}: {}\n",
+                    s.shard_id,
+                    s.line(&c.target_facts)
+                ));
+            }
         }
         out.push_str(&self.message);
         out.push('\n');

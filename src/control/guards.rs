@@ -3,12 +3,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::capacity::RouteCapacity;
 use crate::verify::VerificationRecord;
 
 /// One guard's verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuardResult {
-    /// `lag`, `dead_letters`, `streams`, `verification`.
+    /// `lag`, `dead_letters`, `streams`, `verification`, `capacity`.
     pub name: String,
     pub passed: bool,
     /// What the guard saw, and when it failed, what to do.
@@ -230,6 +231,48 @@ pub fn verification(
     }
 }
 
+/// Each route's configured order mode keeps up with its traffic ([`crate::capacity`]): the
+/// newest window of the streams, the target's round trip and shards, the replicator's limits.
+/// A route that could not be checked fails the guard: it fails closed, saying why.
+pub fn capacity(routes: &[(String, Result<RouteCapacity, String>)]) -> GuardResult {
+    let mut problems = Vec::new();
+    let mut ok = Vec::new();
+    for (route, result) in routes {
+        match result {
+            Ok(c) => {
+                let mut line = c.verdict.clone();
+                for n in &c.notes {
+                    line.push_str(&format!(" [note: {n}]"));
+                }
+                if c.keeps_up {
+                    ok.push(line);
+                } else {
+                    problems.push(line);
+                }
+            }
+            Err(e) => problems.push(format!(
+                "{route}: could not be checked, so the guard refuses: {e}"
+            )),
+        }
+    }
+    if routes.is_empty() {
+        return GuardResult::new("capacity", false, "no routes to check".to_owned());
+    }
+    if problems.is_empty() {
+        GuardResult::new("capacity", true, ok.join("; "))
+    } else {
+        GuardResult::new(
+            "capacity",
+            false,
+            format!(
+                "{}. See `fanoutctl capacity` for every shard and mode; or override with --force \
+                 --reason \"...\" (recorded)",
+                problems.join("; ")
+            ),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +370,78 @@ mod tests {
                 r.detail
             );
         }
+    }
+
+    fn route_capacity(rate: u64) -> crate::capacity::RouteCapacity {
+        use crate::capacity::{RouteCapacity, SampledRecord, ShardSample, TargetFacts};
+        use crate::model::{OrderMode, Route, StreamArn};
+        let route = Route {
+            name: "orders".into(),
+            source: StreamArn::parse("arn:aws:kinesis:us-east-1:123456789012:stream/a").unwrap(),
+            target: StreamArn::parse("arn:aws:kinesis:us-east-1:222222222222:stream/b").unwrap(),
+            writer_role: None,
+            order: OrderMode::Strict,
+        };
+        let records = (0..rate * 30)
+            .map(|i| SampledRecord {
+                key: "hot".into(),
+                bytes: 100,
+                arrival_ms: (i * 1000 / rate) as i64,
+            })
+            .collect();
+        RouteCapacity::new(
+            &route,
+            &crate::config::Limits::default(),
+            &[ShardSample {
+                shard_id: "shardId-000000000000".into(),
+                window_ms: 30_000,
+                records,
+            }],
+            0,
+            30_000,
+            TargetFacts {
+                rtt_ms: 25.0,
+                shards: 1,
+                max_record_bytes: 1 << 20,
+            },
+            "assumed".into(),
+            vec![],
+            vec!["checked as strict".into()],
+        )
+    }
+
+    #[test]
+    fn capacity_refuses_a_route_that_cannot_keep_up_or_could_not_be_checked() {
+        let ok = capacity(&[("orders".into(), Ok(route_capacity(30)))]);
+        assert!(ok.passed, "{}", ok.detail);
+        assert!(
+            ok.detail
+                .starts_with("orders (strict): keeps up, 1.3× margin")
+                && ok.detail.ends_with("[note: checked as strict]"),
+            "{}",
+            ok.detail
+        );
+        let slow = capacity(&[
+            ("orders".into(), Ok(route_capacity(30))),
+            ("hot".into(), Ok(route_capacity(190))),
+        ]);
+        assert!(!slow.passed);
+        assert!(
+            slow.detail
+                .starts_with("orders (strict): CANNOT KEEP UP on shardId-000000000000")
+                && slow.detail.contains("--force --reason"),
+            "{}",
+            slow.detail
+        );
+        let unknown = capacity(&[("orders".into(), Err("cannot read the source".into()))]);
+        assert!(!unknown.passed);
+        assert!(
+            unknown.detail.starts_with(
+                "orders: could not be checked, so the guard refuses: cannot read the source"
+            ),
+            "{}",
+            unknown.detail
+        );
+        assert!(!capacity(&[]).passed, "no routes proves nothing");
     }
 }

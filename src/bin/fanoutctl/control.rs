@@ -43,6 +43,12 @@ pub struct FlipArgs {
     /// Print the plan and every guard's result; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// cutover: the capacity guard's round trip to the target, in ms. With --dry-run, for
+    /// testing what-ifs: used instead of measuring it ("what if the target were 30 ms
+    /// away"). Otherwise the larger of it and the measured one counts: it can make the guard
+    /// stricter, never more lenient.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub assume_rtt_ms: Option<u32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -90,6 +96,10 @@ pub struct PlanArgs {
     /// cutover, rollback or commit.
     #[arg(value_parser = parse_action)]
     pub action: Action,
+    /// plan cutover, for testing what-ifs: the capacity guard uses this round trip to the
+    /// target (ms) instead of measuring it ("what if the target were 30 ms away").
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub assume_rtt_ms: Option<u32>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -196,7 +206,14 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, String> {
 }
 
 pub async fn flip(args: FlipArgs, command: CommandName) -> Result<ExitCode, String> {
+    if args.assume_rtt_ms.is_some() && command != CommandName::Cutover {
+        return Err(format!(
+            "--assume-rtt-ms is for cutover (its capacity guard); {} has no capacity guard",
+            command.as_str()
+        ));
+    }
     let mut req = request(&args.common, command);
+    req.assume_rtt_ms = args.assume_rtt_ms;
     req.reason = args.reason;
     req.force = args.force;
     req.dry_run = args.dry_run;
@@ -204,7 +221,11 @@ pub async fn flip(args: FlipArgs, command: CommandName) -> Result<ExitCode, Stri
 }
 
 pub async fn plan(args: PlanArgs) -> Result<ExitCode, String> {
+    if args.assume_rtt_ms.is_some() && args.action != Action::Cutover {
+        return Err("--assume-rtt-ms is for plan cutover (its capacity guard)".to_owned());
+    }
     let mut req = request(&args.common, CommandName::Plan);
+    req.assume_rtt_ms = args.assume_rtt_ms;
     req.action = Some(args.action);
     run(&args.common, req).await
 }

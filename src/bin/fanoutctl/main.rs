@@ -11,12 +11,14 @@ use fanout::aws::source::StartPosition;
 use fanout::control::commands::CommandName;
 
 mod backfill;
+mod capacity;
 mod control;
 mod redrive;
 mod replicate;
 mod verify;
 
 use backfill::BackfillArgs;
+use capacity::CapacityArgs;
 use redrive::RedriveArgs;
 use replicate::ReplicateArgs;
 use verify::VerifyArgs;
@@ -66,6 +68,21 @@ enum Command {
     /// Example:
     ///   fanoutctl verify --from 2026-11-22T03:00:00Z --until 2026-11-22T04:00:00Z
     Verify(VerifyArgs),
+    /// Whether each route's order mode keeps up with its traffic: reads the newest --window
+    /// of every open shard (the source, and the target where producers write before the
+    /// first cutover), measures the round trip to the target through the writer role, and
+    /// says per shard and per mode (strict, runs, aggregated) what is needed, what the mode
+    /// sustains, and the margin. Writes nothing.
+    /// Exit code 0: every route keeps up in its configured mode; 1: one does not (the
+    /// verdict names the shard, the key and the mode that would); 2: a route could not be
+    /// checked (the reason and the fix).
+    ///
+    /// Example:
+    ///   fanoutctl capacity
+    ///   fanoutctl capacity --route orders--222222222222--orders --window 2m
+    ///   fanoutctl capacity --assume-rtt-ms 30      # what if the target were 30 ms away
+    #[command(verbatim_doc_comment)]
+    Capacity(CapacityArgs),
     /// Start a migration: one logical stream per route of FANOUT_ROUTES, producers on the old
     /// streams, replication forward; publishes the routing document.
     ///
@@ -124,6 +141,7 @@ async fn main() -> ExitCode {
         Command::Backfill(args) => report("backfill", backfill::backfill(args).await),
         Command::Redrive(args) => report("redrive", redrive::redrive(args).await),
         Command::Verify(args) => report("verify", verify::verify(args).await),
+        Command::Capacity(args) => report("capacity", capacity::capacity(args).await),
         Command::Start(args) => report("start", control::start(args).await),
         Command::Status(args) => report("status", control::status(args).await),
         Command::Plan(args) => report("plan", control::plan(args).await),
