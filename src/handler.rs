@@ -181,7 +181,9 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
             let budget = self.state_budget(deadline);
             let write = tokio::time::timeout(budget, self.replicator.checkpoints().heartbeat(&hb));
             match write.await {
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => self
+                    .replicator
+                    .heartbeat_written(&route.name, &batch.shard_id, mode),
                 Ok(Err(e)) => {
                     tracing::warn!(route = %route.name, shard = %batch.shard_id, error = %e, "Heartbeat not written.")
                 }

@@ -118,10 +118,18 @@ pub struct Replicator<W, C, D> {
     targets: Mutex<HashMap<String, Arc<TargetPacing>>>,
     /// Who the shard heartbeats say wrote them: `lambda`, or `runner:<owner>`.
     heartbeat_by: String,
+    /// Per (route, shard): when this container last wrote the shard's heartbeat, and the mode
+    /// it said. A `forward` heartbeat younger than [`HEARTBEAT_EVERY`] is not written again.
+    heartbeats: Mutex<HashMap<(String, String), (Instant, Mode)>>,
 }
 
 /// Longest wait for a heartbeat write: a slow state table must not eat the invocation.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A shard's `forward` heartbeat is written at most this often by one container (the
+/// checkpoint, written every batch, says how far it got; the heartbeat only says the
+/// replicator is alive and in which mode, and `status` calls a shard stuck after 60 s
+/// without one). A mode change is always written at once.
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a target's shard map is trusted before ListShards is called again (sooner when a
 /// write lands on a shard the map does not have: the target was resharded).
@@ -193,7 +201,18 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             target_info: Mutex::new(HashMap::new()),
             targets: Mutex::new(HashMap::new()),
             heartbeat_by: "lambda".to_owned(),
+            heartbeats: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Notes that a heartbeat of `route`'s `shard_id` saying `mode` was written (by the
+    /// handler, for the modes in which it does not replicate): the next `forward` heartbeat
+    /// is then written at once.
+    pub fn heartbeat_written(&self, route: &str, shard_id: &str, mode: Mode) {
+        lock(&self.heartbeats).insert(
+            (route.to_owned(), shard_id.to_owned()),
+            (Instant::now(), mode),
+        );
     }
 
     /// Names the writer of this replicator's heartbeats.
@@ -894,6 +913,13 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
     /// Writes the route's shard heartbeat: `handled` records of the batch are handled (skipped,
     /// written or dead-lettered). A failure is a warning, never a failed batch.
     async fn heartbeat(&self, route: &Route, batch: &SourceBatch, handled: usize, until: Instant) {
+        let key = (route.name.clone(), batch.shard_id.clone());
+        let recent = lock(&self.heartbeats)
+            .get(&key)
+            .is_some_and(|(at, mode)| *mode == Mode::Forward && at.elapsed() < HEARTBEAT_EVERY);
+        if recent {
+            return;
+        }
         let done = &batch.records[..handled.min(batch.records.len())];
         let hb = ShardHeartbeat {
             route: route.name.clone(),
@@ -910,7 +936,9 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             .saturating_duration_since(Instant::now())
             .min(HEARTBEAT_TIMEOUT);
         match tokio::time::timeout(budget, self.checkpoints.heartbeat(&hb)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => {
+                lock(&self.heartbeats).insert(key, (Instant::now(), Mode::Forward));
+            }
             Ok(Err(e)) => {
                 tracing::warn!(route = %route.name, shard = %batch.shard_id, error = %e, "Heartbeat not written.")
             }

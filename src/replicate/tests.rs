@@ -894,6 +894,66 @@ async fn each_route_writes_its_heartbeat_with_its_checkpoint() {
     assert!(hbs.iter().all(|h| h.by == "runner:test" && h.records == 40));
 }
 
+/// `n` records of `keys` keys whose sequence numbers start at `first`.
+fn batch_from(first: usize, n: usize, keys: usize) -> SourceBatch {
+    let mut b = batch(n, keys);
+    for (i, r) in b.records.iter_mut().enumerate() {
+        r.seq = SequenceNumber::parse(&(first + i).to_string()).unwrap();
+    }
+    b
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_shard_writes_its_heartbeat_every_few_seconds_and_a_mode_change_at_once() {
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(
+        FakeTarget::new(|_, _, _| Fault::None),
+        cps.clone(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
+    let written = || cps.heartbeats.lock().unwrap().len();
+    let mut next = 1000;
+    let mut run = |n: usize| {
+        let b = batch_from(next, n, 4);
+        next += n;
+        b
+    };
+    // Back-to-back batches: the first writes a heartbeat, the next ones within
+    // HEARTBEAT_EVERY only their checkpoints.
+    for _ in 0..3 {
+        r.replicate(&run(10), far()).await;
+    }
+    assert_eq!(written(), 1, "one heartbeat for three batches in a row");
+    assert_eq!(
+        cps.items
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .map(|c| c.to_string()),
+        Some("1029".to_owned()),
+        "every batch still advances the checkpoint"
+    );
+    // Past the interval: written again, with the newest batch.
+    tokio::time::advance(HEARTBEAT_EVERY).await;
+    let b = run(10);
+    r.replicate(&b, far()).await;
+    assert_eq!(written(), 2);
+    assert_eq!(
+        cps.heartbeats.lock().unwrap()[1].last_seq.as_ref(),
+        Some(&b.records[9].seq)
+    );
+    // The handler wrote a `hold` heartbeat in between: the next forward batch says so at once.
+    let name = r.routes()[0].name.clone();
+    r.heartbeat_written(&name, &b.shard_id, Mode::Hold);
+    r.replicate(&run(10), far()).await;
+    assert_eq!(written(), 3, "forward again is written at once");
+    r.replicate(&run(10), far()).await;
+    assert_eq!(written(), 3);
+}
+
 #[tokio::test]
 async fn aggregated_source_records_are_split_where_the_target_shards_differ() {
     // Source records are KPL aggregated records of 10 user records each (keys u0..u59); the
