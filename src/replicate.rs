@@ -453,14 +453,23 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 // This key's later entries are not progress: an earlier one was not written.
                 let mut broken = false;
                 let mut failed = false;
+                // Entries of this key written before its first failure.
+                let mut through = 0;
+                let done = |sched: &mut Schedule<'_>, slot: usize, failed: bool, through| {
+                    if failed {
+                        sched.run_failed(slot, through);
+                    }
+                    sched.settle(slot, failed.then_some(now), backoff);
+                };
                 for (e, r) in entries.iter().zip(results) {
                     if current != Some(e.slot) {
                         if let Some(slot) = current {
-                            sched.settle(slot, failed.then_some(now), backoff);
+                            done(sched, slot, failed, through);
                         }
                         current = Some(e.slot);
                         broken = false;
                         failed = false;
+                        through = 0;
                     }
                     let first = e.records[0];
                     match r {
@@ -471,6 +480,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                             report.possible_duplicates += e.records.len();
                         }
                         EntryResult::Written { shard_id, seq } => {
+                            through += 1;
                             if target.map.is_known() && !target.map.contains(&shard_id) {
                                 target.stale.store(true, Ordering::Relaxed);
                             }
@@ -522,7 +532,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     }
                 }
                 if let Some(slot) = current {
-                    sched.settle(slot, failed.then_some(now), backoff);
+                    done(sched, slot, failed, through);
                 }
             }
             Ok(results) => {

@@ -4,7 +4,13 @@
 //! A key never has more than one request in flight. What that request carries depends on
 //! the route's order mode:
 //! - `strict`: the key's head record;
-//! - `runs`: up to `run_length` consecutive records of the key, as separate entries;
+//! - `runs`: up to `run_length` consecutive records of the key, as separate entries. A key
+//!   starts at `run_length`; a run that came back with a failure makes the key's next one at
+//!   most half as long and no longer than what got through before the failure (at least
+//!   one), and each answer without a failure doubles it back, up to `run_length`. Where a
+//!   tenth of the entries fail, runs settle near ten records, about what gets through
+//!   whole: every entry of a run after a failed one is written again (a repair), so under
+//!   failures long runs mostly buy repairs.
 //! - `aggregated`: the key's consecutive records packed into one KPL aggregated record (a
 //!   single record, or a record that is itself KPL-aggregated, goes as it is).
 //!
@@ -79,6 +85,8 @@ struct Key {
     shard: usize,
     /// Aggregation failed for this key: send its records one by one.
     plain: bool,
+    /// `runs`: how many records the key's next request may carry.
+    run: usize,
 }
 
 /// Limits that shape requests.
@@ -149,6 +157,7 @@ impl<'a> Schedule<'a> {
                     not_before: None,
                     shard,
                     plain: false,
+                    run: shape.run_length.max(1),
                 });
                 tail.push(index);
                 keys.len() - 1
@@ -341,7 +350,7 @@ impl<'a> Schedule<'a> {
             }
         }
         let run = match shape.mode {
-            OrderMode::Runs => shape.run_length.max(1),
+            OrderMode::Runs => key.run,
             _ => 1,
         };
         let mut i = head;
@@ -411,6 +420,14 @@ impl<'a> Schedule<'a> {
         }
     }
 
+    /// `runs`: key `slot`'s run came back with a failure after `written` of its entries got
+    /// through: its next run is at most half as long, and no longer than what got through
+    /// (at least one record).
+    pub fn run_failed(&mut self, slot: usize, written: usize) {
+        let key = &mut self.keys[slot];
+        key.run = (key.run / 2).min(written).max(1);
+    }
+
     /// Key `slot`'s request came back. `failed_at`: its head was not written, at that time;
     /// the key then waits `backoff(its attempt count)`, and only this key waits.
     pub fn settle(
@@ -419,6 +436,7 @@ impl<'a> Schedule<'a> {
         failed_at: Option<Instant>,
         backoff: impl Fn(u32) -> std::time::Duration,
     ) {
+        let most = self.shape.run_length.max(1);
         let key = &mut self.keys[slot];
         key.in_flight = false;
         if let Some(now) = failed_at {
@@ -426,6 +444,7 @@ impl<'a> Schedule<'a> {
             key.not_before = Some(now + backoff(key.attempts));
         } else {
             key.not_before = None;
+            key.run = key.run.saturating_mul(2).min(most);
         }
     }
 
