@@ -160,6 +160,12 @@ impl Bucket {
         }
     }
 
+    /// How long a shard takes to gather `records` records' tokens at its configured rate
+    /// (the bucket's own rate, lowered by throttles, is enforced by [`Bucket::wait_for`]).
+    pub fn time_to_gather(limits: &ShardLimits, records: usize) -> Duration {
+        Duration::from_secs_f64(records as f64 / limits.records_per_sec.max(1.0))
+    }
+
     /// Kinesis throttled a write to this shard: someone else writes to it too, or the limits
     /// are set too high. Slow down and empty the bucket.
     pub fn throttled(&mut self, limits: &ShardLimits, now: Instant) {

@@ -33,6 +33,7 @@ use crate::plan;
 const NONE: usize = usize::MAX;
 
 /// Shortest wait for a paced shard's tokens: a shard at 1,000 records/s gathers about 20.
+/// Shorter where the shard gathers a full request's entries sooner.
 const PACING_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What one PutRecords entry carries.
@@ -393,8 +394,11 @@ impl<'a> Schedule<'a> {
             if let Some(b) = buckets.get_mut(key.shard) {
                 let wait = b.wait_for(limits, self.item_bytes(key.head), now);
                 if !wait.is_zero() {
-                    // Tokens trickle in: gather a tick's worth rather than a request per token.
-                    at = at.max(now + wait.max(PACING_TICK));
+                    // Tokens trickle in: gather a tick's worth rather than a request per token
+                    // (no longer than a full request's entries take at the configured rate).
+                    let tick =
+                        PACING_TICK.min(Bucket::time_to_gather(limits, self.shape.max_entries));
+                    at = at.max(now + wait.max(tick));
                 }
             }
             wake = Some(wake.map_or(at, |w: Instant| w.min(at)));

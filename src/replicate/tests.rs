@@ -782,6 +782,44 @@ async fn a_shard_that_throttles_below_the_configured_limit_is_slowed_down() {
     assert!(took < 14.0, "took {took:.1} s for 2,000 records at 200/s");
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_throttle_far_under_a_high_limit_costs_a_round_trip_not_a_pacing_tick() {
+    // Configured far above the load (1,000,000 records/s): a throttle empties the shard's
+    // bucket, which refills in microseconds at that rate, so the retry must not wait the 20 ms
+    // that gathering tokens takes at Kinesis's 1,000/s.
+    let target = FakeTarget::new(|call, _, _| {
+        if call % 2 == 1 {
+            Fault::Throttle
+        } else {
+            Fault::None
+        }
+    })
+    .with_shards(1, 0);
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        Limits {
+            shard_records_per_sec: 1_000_000,
+            shard_bytes_per_sec: 1 << 30,
+            ..limits()
+        },
+    );
+    let rep = r
+        .replicate(&batch(40, 1), Instant::now() + Duration::from_secs(60))
+        .await;
+    assert_eq!(rep.first_unhandled, None);
+    assert_complete_and_ordered(&target.written(&route("t").name), 40, &[]);
+    let throttled = rep.routes[0].retries[THROTTLED];
+    assert!(throttled >= 20, "{throttled} throttles");
+    assert!(
+        rep.duration < Duration::from_millis(50),
+        "{:?} for {throttled} throttles",
+        rep.duration
+    );
+}
+
 #[tokio::test]
 async fn runs_mode_keeps_the_last_copies_in_order_and_counts_repairs() {
     for (fraction, seed) in [(0.1, 11u64), (0.3, 12), (0.5, 13)] {
