@@ -208,7 +208,7 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/source.rs::KinesisSource::shard_iterator",
             "src/aws/source.rs::KinesisSource::get_records",
             # the capacity guard reads the newest window of each source shard
-            "src/aws/capacity.rs::open_shards",
+            "src/aws/target.rs::list_open_shards",
         ],
     },
     "writer": {
@@ -216,11 +216,10 @@ IDENTITIES: dict[str, dict] = {
         "locals": "writer_actions",
         "functions": [
             "src/aws/target.rs::KinesisTarget::target_info",
-            "src/aws/target.rs::KinesisTarget::target_shards",  # the shard map pacing follows
+            "src/aws/target.rs::list_open_shards",  # the shard map pacing follows (and capacity)
             "src/aws/target.rs::KinesisTarget::put_records",
             "src/aws/control.rs::AwsControl::stream_facts",  # the streams guard
-            # the capacity guard: the target's shards (and, with reverse, its newest window)
-            "src/aws/capacity.rs::open_shards",
+            # the capacity guard: the target's shard count
             "src/aws/capacity.rs::open_shard_count",
         ],
     },

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::classify_sdk_error;
 use super::source::{KinesisSource, StartPosition};
-use super::target::KinesisTarget;
+use super::target::{list_open_shards, KinesisTarget};
 use super::verifications::assumed_role_config;
 use crate::capacity::{
     combine, ConfiguredRoute, RouteCapacity, SampledRecord, ShardRead, Sides, TargetFacts,
@@ -348,40 +348,12 @@ async fn open_shard_count(config: &SdkConfig, stream: &StreamArn) -> Result<u32,
         .max(0) as u32)
 }
 
-/// The stream's open shards and their hash ranges.
+/// The stream's open shards and their hash ranges, by shard id.
 async fn open_shards(
     client: &aws_sdk_kinesis::Client,
     stream: &StreamArn,
 ) -> Result<Vec<TargetShard>, RequestError> {
-    let mut shards = Vec::new();
-    let mut token: Option<String> = None;
-    // Bounded: a stream has at most a few thousand shards, 1,000 a page.
-    for _ in 0..100 {
-        let req = match &token {
-            Some(t) => client.list_shards().next_token(t),
-            None => client.list_shards().stream_arn(stream.as_str()),
-        };
-        let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
-        for s in out.shards() {
-            let open = s
-                .sequence_number_range()
-                .is_some_and(|r| r.ending_sequence_number().is_none());
-            let range = s.hash_key_range();
-            let start = range.and_then(|r| r.starting_hash_key().parse::<u128>().ok());
-            let end = range.and_then(|r| r.ending_hash_key().parse::<u128>().ok());
-            if let (true, Some(start), Some(end)) = (open, start, end) {
-                shards.push(TargetShard {
-                    shard_id: s.shard_id().to_owned(),
-                    start,
-                    end,
-                });
-            }
-        }
-        token = out.next_token().map(str::to_owned);
-        if token.is_none() {
-            break;
-        }
-    }
+    let mut shards = list_open_shards(client, stream).await?;
     shards.sort_by(|a, b| a.shard_id.cmp(&b.shard_id));
     Ok(shards)
 }

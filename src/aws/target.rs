@@ -12,7 +12,9 @@ use aws_smithy_types::timeout::TimeoutConfig;
 
 use super::{classify_entry_code, classify_sdk_error, CONNECT_TIMEOUT};
 use crate::config::Limits;
-use crate::model::{EntryResult, FailureClass, RequestError, Route, TargetInfo, WriterRole};
+use crate::model::{
+    EntryResult, FailureClass, RequestError, Route, StreamArn, TargetInfo, WriterRole,
+};
 use crate::pacing::TargetShard;
 use crate::ports::{OutEntry, TargetWriter};
 
@@ -104,37 +106,7 @@ impl TargetWriter for KinesisTarget {
     }
 
     async fn target_shards(&self, route: &Route) -> Result<Vec<TargetShard>, RequestError> {
-        let client = self.client(route)?;
-        let mut shards = Vec::new();
-        let mut token: Option<String> = None;
-        // Bounded: a stream has at most a few thousand shards, 1,000 a page.
-        for _ in 0..100 {
-            let req = match &token {
-                Some(t) => client.list_shards().next_token(t),
-                None => client.list_shards().stream_arn(route.target.as_str()),
-            };
-            let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
-            for s in out.shards() {
-                let open = s
-                    .sequence_number_range()
-                    .is_some_and(|r| r.ending_sequence_number().is_none());
-                let range = s.hash_key_range();
-                let start = range.and_then(|r| r.starting_hash_key().parse::<u128>().ok());
-                let end = range.and_then(|r| r.ending_hash_key().parse::<u128>().ok());
-                if let (true, Some(start), Some(end)) = (open, start, end) {
-                    shards.push(TargetShard {
-                        shard_id: s.shard_id().to_owned(),
-                        start,
-                        end,
-                    });
-                }
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                break;
-            }
-        }
-        Ok(shards)
+        list_open_shards(self.client(route)?, &route.target).await
     }
 
     async fn put_records(
@@ -183,4 +155,42 @@ impl TargetWriter for KinesisTarget {
             })
             .collect())
     }
+}
+
+/// The stream's open shards and their hash ranges (ListShards, every page), in the order
+/// Kinesis lists them.
+pub(crate) async fn list_open_shards(
+    client: &Client,
+    stream: &StreamArn,
+) -> Result<Vec<TargetShard>, RequestError> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    // Bounded: a stream has at most a few thousand shards, 1,000 a page.
+    for _ in 0..100 {
+        let req = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_arn(stream.as_str()),
+        };
+        let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
+        for s in out.shards() {
+            let open = s
+                .sequence_number_range()
+                .is_some_and(|r| r.ending_sequence_number().is_none());
+            let range = s.hash_key_range();
+            let start = range.and_then(|r| r.starting_hash_key().parse::<u128>().ok());
+            let end = range.and_then(|r| r.ending_hash_key().parse::<u128>().ok());
+            if let (true, Some(start), Some(end)) = (open, start, end) {
+                shards.push(TargetShard {
+                    shard_id: s.shard_id().to_owned(),
+                    start,
+                    end,
+                });
+            }
+        }
+        token = out.next_token().map(str::to_owned);
+        if token.is_none() {
+            break;
+        }
+    }
+    Ok(shards)
 }
