@@ -96,7 +96,16 @@ pub struct Bucket {
     records: f64,
     bytes: f64,
     at: Instant,
+    /// The pacer's takes emptied the bucket: it gives out tokens again once it holds a
+    /// gathering's worth ([`GATHER`]), so that a paced shard gets a few fuller requests rather
+    /// than one request per token.
+    dry: bool,
 }
+
+/// How much a paced shard that ran dry gathers before it sends again: this long at its
+/// rate, at most a full request's entries (500), at least one record.
+pub const GATHER: Duration = Duration::from_millis(20);
+const GATHER_MOST: f64 = 500.0;
 
 impl Bucket {
     pub fn new(now: Instant) -> Self {
@@ -105,7 +114,36 @@ impl Bucket {
             records: f64::MAX,
             bytes: f64::MAX,
             at: now,
+            dry: false,
         }
+    }
+
+    /// Records a dry bucket must hold before the pacer takes from it again: [`GATHER`] at the
+    /// configured rate, at most a full request's entries and the bucket's capacity.
+    fn gathered(&self, limits: &ShardLimits) -> f64 {
+        let (cap_records, _) = self.capacity(limits);
+        (limits.records_per_sec * GATHER.as_secs_f64())
+            .min(GATHER_MOST)
+            .min(cap_records)
+            .max(1.0)
+    }
+
+    /// The pacer's take: like [`Bucket::try_take`], but a bucket the pacer's takes emptied
+    /// gives out nothing until it has gathered [`GATHER`]'s worth of records.
+    pub fn take_paced(&mut self, limits: &ShardLimits, bytes: usize, now: Instant) -> bool {
+        self.refill(limits, now);
+        if self.dry {
+            if self.records < self.gathered(limits) {
+                return false;
+            }
+            self.dry = false;
+        }
+        let taken = self.try_take(limits, bytes, now);
+        // Emptied by the pacer's own takes (not by a throttle, which only slows the rate).
+        if taken && self.records < 1.0 {
+            self.dry = true;
+        }
+        taken
     }
 
     fn refill(&mut self, limits: &ShardLimits, now: Instant) {
@@ -149,7 +187,8 @@ impl Bucket {
         self.refill(limits, now);
         let (cap_records, cap_bytes) = self.capacity(limits);
         let need_bytes = (bytes as f64).min(cap_bytes);
-        let records_wait = (1.0 - self.records).max(0.0) / cap_records;
+        let need_records = if self.dry { self.gathered(limits) } else { 1.0 };
+        let records_wait = (need_records - self.records).max(0.0) / cap_records;
         let bytes_wait = (need_bytes - self.bytes).max(0.0) / cap_bytes;
         let wait = records_wait.max(bytes_wait);
         if wait > 0.0 {
@@ -242,6 +281,36 @@ mod tests {
             (595..=605).contains(&n),
             "{n} records: 100 at once, then 100/s for 5 s"
         );
+    }
+
+    #[test]
+    fn a_paced_shard_that_ran_dry_gathers_before_it_sends_again() {
+        let start = Instant::now();
+        let limits = ShardLimits::new(1000, 10 << 20, 0);
+        let mut b = Bucket::new(start);
+        let mut n = 0;
+        while b.take_paced(&limits, 100, start) {
+            n += 1;
+        }
+        assert_eq!(n, 1000, "the full bucket first");
+        // 2 ms later two tokens are back: a plain take would send them one request each.
+        let soon = start + Duration::from_millis(2);
+        assert!(!b.take_paced(&limits, 100, soon), "gathering");
+        let wait = b.wait_for(&limits, 100, soon);
+        assert!(
+            wait >= Duration::from_millis(17) && wait <= Duration::from_millis(19),
+            "{wait:?}: until 20 records are there"
+        );
+        let ready = soon + wait;
+        let mut m = 0;
+        while b.take_paced(&limits, 100, ready) {
+            m += 1;
+        }
+        assert_eq!(m, 20, "a gathering's worth in one go");
+        // A throttle empties the bucket without making it gather: its lowered rate paces it.
+        let mut t = Bucket::new(start);
+        t.throttled(&limits, start);
+        assert!(t.take_paced(&limits, 100, start + Duration::from_millis(2)));
     }
 
     #[test]

@@ -298,7 +298,7 @@ impl<'a> Schedule<'a> {
             .map_or(usize::MAX, |b| b.room(limits, now));
         let mut bucket = buckets.get_mut(key.shard);
         let mut admit = |size: usize| match bucket.as_deref_mut() {
-            Some(b) => b.try_take(limits, size, now),
+            Some(b) => b.take_paced(limits, size, now),
             None => true,
         };
         let fits = |entries: &Vec<Entry>, total: usize, size: usize| {
