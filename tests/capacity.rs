@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use fanout::aws::control::AwsControl;
@@ -19,29 +18,14 @@ use fanout::verify::{Totals, Verdict, VerificationRecord};
 use serde_json::Value;
 use support::stack::{unique, Backend, World};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fanoutctl");
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 /// Runs fanoutctl against the world, with `extra` variables; returns exit code and stdout.
 fn fanoutctl(world: &World, extra: &[(&str, String)], args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(world.process_env())
-        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .env_remove("AWS_PROFILE")
-        .env("FANOUT_LOG", "warn")
-        .output()
-        .expect("run fanoutctl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "$ fanoutctl {}\n{text}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    support::fanoutctl(world, &extra, args)
 }
 
 /// `hot` records of one key ("hot-key") and `cold` records over 20 other keys, 100 bytes each.

@@ -678,21 +678,7 @@ fn echoes<'a>(
 }
 
 fn fanoutctl(world: &World, migration: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .envs(world.process_env())
-        .env("FANOUT_MIGRATION", migration)
-        .env_remove("AWS_PROFILE")
-        .env("FANOUT_LOG", "warn")
-        .output()
-        .expect("run fanoutctl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "$ fanoutctl {}\n{text}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.code().unwrap_or(-1), text)
+    support::fanoutctl(world, &[("FANOUT_MIGRATION", migration)], args)
 }
 
 fn rfc3339(ms: i64) -> String {

@@ -27,14 +27,10 @@ use tokio::time::Instant;
 
 use crate::kpl;
 use crate::model::{OrderMode, SourceRecord};
-use crate::pacing::{Bucket, ShardLimits, ShardMap};
+use crate::pacing::{Bucket, ShardLimits, ShardMap, GATHER};
 use crate::plan;
 
 const NONE: usize = usize::MAX;
-
-/// Shortest wait for a paced shard's tokens: a shard at 1,000 records/s gathers about 20.
-/// Shorter where the shard gathers a full request's entries sooner.
-const PACING_TICK: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What one PutRecords entry carries.
 #[derive(Debug)]
@@ -396,8 +392,7 @@ impl<'a> Schedule<'a> {
                 if !wait.is_zero() {
                     // Tokens trickle in: gather a tick's worth rather than a request per token
                     // (no longer than a full request's entries take at the configured rate).
-                    let tick =
-                        PACING_TICK.min(Bucket::time_to_gather(limits, self.shape.max_entries));
+                    let tick = GATHER.min(Bucket::time_to_gather(limits, self.shape.max_entries));
                     at = at.max(now + wait.max(tick));
                 }
             }
