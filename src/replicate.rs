@@ -737,8 +737,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     // While requests are out, send only full ones: small requests sent as each
                     // answer comes back would multiply the requests (and their per-request
                     // costs) without moving any key faster; the rest go when the answers are in.
+                    // Keys that a shard's tokens held back are the exception: they go as the
+                    // tokens come, not a round trip later.
+                    let most = self.limits.max_request_entries;
                     if !in_flight.is_empty()
-                        && sched.ready_keys(now) < self.limits.max_request_entries
+                        && !sched.awaits_tokens()
+                        && sched.ready_keys(now, most) < most
                     {
                         break;
                     }

@@ -108,8 +108,12 @@ pub struct Schedule<'a> {
     next: Vec<usize>,
     /// Records at or after this index are never sent (a systemic stop there).
     limit: usize,
-    /// Round-robin start, so that no key is always last in line for a shard's tokens.
-    cursor: usize,
+    /// The slots that may still send, longest queue first (see [`Schedule::new`]); slots
+    /// found finished are dropped as requests are built.
+    active: Vec<usize>,
+    /// The last [`Schedule::next_request`] left a ready key behind because its target shard
+    /// had no tokens: it may go as soon as they come, without waiting for an answer.
+    held: bool,
     /// The batch is scheduled per target shard (some aggregated record had to be split).
     by_shard: bool,
 }
@@ -135,18 +139,20 @@ impl<'a> Schedule<'a> {
         let mut keys: Vec<Key> = Vec::new();
         let mut tail: Vec<usize> = Vec::new();
         let mut next = vec![NONE; items.len()];
+        let mut count: Vec<u32> = Vec::new();
         for (index, item) in items.iter().enumerate() {
             let key = records[item.record]
                 .partition_key
                 .as_deref()
                 .unwrap_or_default();
-            let shard = match &item.piece {
+            // The target shard: a piece says it; otherwise the key's hash (once per key).
+            let shard_of = || match &item.piece {
                 Some(p) => kpl::parse_explicit_hash_key(&p.explicit_hash_key)
                     .map_or(0, |h| map.shard_for(h)),
                 None if map.is_known() => map.shard_for(kpl::hash_key(key)),
                 None => 0,
             };
-            let new_key = |keys: &mut Vec<Key>, tail: &mut Vec<usize>| {
+            let new_key = |keys: &mut Vec<Key>, tail: &mut Vec<usize>, shard: usize| {
                 keys.push(Key {
                     head: index,
                     in_flight: false,
@@ -160,9 +166,10 @@ impl<'a> Schedule<'a> {
                 keys.len() - 1
             };
             let slot = if by_shard {
+                let shard = shard_of();
                 match by_target[shard] {
                     NONE => {
-                        let slot = new_key(&mut keys, &mut tail);
+                        let slot = new_key(&mut keys, &mut tail, shard);
                         by_target[shard] = slot;
                         slot
                     }
@@ -171,13 +178,23 @@ impl<'a> Schedule<'a> {
             } else {
                 *by_key
                     .entry(key)
-                    .or_insert_with(|| new_key(&mut keys, &mut tail))
+                    .or_insert_with(|| new_key(&mut keys, &mut tail, shard_of()))
             };
             if tail[slot] != index {
                 next[tail[slot]] = index;
                 tail[slot] = index;
             }
+            if slot == count.len() {
+                count.push(0);
+            }
+            count[slot] += 1;
         }
+        // Longest queue first: a batch is done when its longest queue is, so when a shard's
+        // tokens or a request's entries run short, the keys with the most records left go
+        // first (ties in source order). A key moves about one step per round in strict mode, so the order
+        // at the start stays close to the order by records left.
+        let mut active: Vec<usize> = (0..keys.len()).collect();
+        active.sort_by_key(|&slot| std::cmp::Reverse(count[slot]));
         Schedule {
             records,
             shape,
@@ -186,7 +203,8 @@ impl<'a> Schedule<'a> {
             keys,
             next,
             limit: records.len(),
-            cursor: 0,
+            active,
+            held: false,
             by_shard,
         }
     }
@@ -213,12 +231,23 @@ impl<'a> Schedule<'a> {
 
     /// Some record is neither written nor given up (at or past the stop point).
     pub fn has_pending(&self) -> bool {
-        self.keys.iter().any(|k| self.live(k.head))
+        self.active
+            .iter()
+            .any(|&slot| self.live(self.keys[slot].head))
     }
 
-    /// Keys that could send now if their target shard has room.
-    pub fn ready_keys(&self, now: Instant) -> usize {
-        self.keys.iter().filter(|k| self.ready(k, now)).count()
+    /// Keys that could send now if their target shard has room, counted up to `most`.
+    pub fn ready_keys(&self, now: Instant, most: usize) -> usize {
+        self.active
+            .iter()
+            .filter(|&&slot| self.ready(&self.keys[slot], now))
+            .take(most)
+            .count()
+    }
+
+    /// The last request left a ready key behind for its target shard's tokens (see `held`).
+    pub fn awaits_tokens(&self) -> bool {
+        self.held
     }
 
     /// Never send records at or after `limit` again.
@@ -244,8 +273,8 @@ impl<'a> Schedule<'a> {
     }
 
     /// The next request: entries of keys that are ready, not in flight, and whose target shard
-    /// has room; `None` when nothing may be sent now. Marks the keys in flight.
-    /// `buckets`: one per target shard, or empty when pacing is off.
+    /// has room, longest queue first; `None` when nothing may be sent now. Marks the keys in
+    /// flight. `buckets`: one per target shard, or empty when pacing is off.
     pub fn next_request(
         &mut self,
         now: Instant,
@@ -254,28 +283,36 @@ impl<'a> Schedule<'a> {
     ) -> Option<Vec<Entry>> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut bytes = 0usize;
-        let n = self.keys.len();
-        for step in 0..n {
-            if entries.len() >= self.shape.max_entries {
-                break;
+        self.held = false;
+        let mut active = std::mem::take(&mut self.active);
+        let mut kept = 0;
+        for at in 0..active.len() {
+            let slot = active[at];
+            let key = &self.keys[slot];
+            // Finished for good: its head only moves forward and the stop point only back.
+            if !key.in_flight && !self.live(key.head) {
+                continue;
             }
-            let slot = (self.cursor + step) % n;
-            if !self.ready(&self.keys[slot], now) {
+            active[kept] = slot;
+            kept += 1;
+            if entries.len() >= self.shape.max_entries || !self.ready(key, now) {
                 continue;
             }
             let before = entries.len();
-            self.take_key(slot, now, buckets, limits, &mut entries, &mut bytes);
+            if self.take_key(slot, now, buckets, limits, &mut entries, &mut bytes) {
+                self.held = true;
+            }
             if entries.len() > before {
                 self.keys[slot].in_flight = true;
             }
         }
-        if n > 0 {
-            self.cursor = (self.cursor + 1) % n;
-        }
+        active.truncate(kept);
+        self.active = active;
         (!entries.is_empty()).then_some(entries)
     }
 
-    /// Adds what key `slot` may send now to `entries`.
+    /// Adds what key `slot` may send now to `entries`. Returns whether its target shard's
+    /// tokens held back a record that the request had room for.
     fn take_key(
         &self,
         slot: usize,
@@ -284,7 +321,7 @@ impl<'a> Schedule<'a> {
         limits: &ShardLimits,
         entries: &mut Vec<Entry>,
         bytes: &mut usize,
-    ) {
+    ) -> bool {
         let shape = self.shape;
         let key = &self.keys[slot];
         // An aggregate is no bigger than the shard's bucket has room for now, or the key would
@@ -293,9 +330,14 @@ impl<'a> Schedule<'a> {
             .get_mut(key.shard)
             .map_or(usize::MAX, |b| b.room(limits, now));
         let mut bucket = buckets.get_mut(key.shard);
-        let mut admit = |size: usize| match bucket.as_deref_mut() {
-            Some(b) => b.take_paced(limits, size, now),
-            None => true,
+        let mut held = false;
+        let mut admit = |size: usize| {
+            let taken = match bucket.as_deref_mut() {
+                Some(b) => b.take_paced(limits, size, now),
+                None => true,
+            };
+            held |= !taken;
+            taken
         };
         let fits = |entries: &Vec<Entry>, total: usize, size: usize| {
             entries.len() < shape.max_entries
@@ -330,7 +372,7 @@ impl<'a> Schedule<'a> {
             if members.len() > 1 {
                 let total = size.total() + key_text.len();
                 if !fits(entries, *bytes, total) || !admit(total) {
-                    return;
+                    return held;
                 }
                 let mut agg = kpl::Aggregator::new();
                 for &m in &members {
@@ -343,7 +385,7 @@ impl<'a> Schedule<'a> {
                     items: members,
                     payload: Payload::Aggregated(agg.finish()),
                 });
-                return;
+                return held;
             }
         }
         let run = match shape.mode {
@@ -371,6 +413,7 @@ impl<'a> Schedule<'a> {
             taken += 1;
             i = self.next[i];
         }
+        held
     }
 
     /// The earliest time something that waits (a key's backoff, a shard's tokens) may go;
@@ -381,24 +424,44 @@ impl<'a> Schedule<'a> {
         buckets: &mut [Bucket],
         limits: &ShardLimits,
     ) -> Option<Instant> {
-        let mut wake: Option<Instant> = None;
-        for key in &self.keys {
-            if key.in_flight || !self.live(key.head) {
-                continue;
+        let waiting = |key: &Key| !key.in_flight && self.live(key.head);
+        // Per target shard, the smallest head that could go now but for tokens: one token
+        // computation per shard. (A key still backing off wakes at its own time and is
+        // counted then.)
+        let mut smallest: Vec<usize> = vec![usize::MAX; buckets.len()];
+        for &slot in &self.active {
+            let key = &self.keys[slot];
+            if self.ready(key, now) && key.shard < smallest.len() {
+                smallest[key.shard] = smallest[key.shard].min(self.item_bytes(key.head));
             }
-            let mut at = key.not_before.unwrap_or(now).max(now);
-            if let Some(b) = buckets.get_mut(key.shard) {
-                let wait = b.wait_for(limits, self.item_bytes(key.head), now);
-                if !wait.is_zero() {
-                    // Tokens trickle in: gather a tick's worth rather than a request per token
-                    // (no longer than a full request's entries take at the configured rate).
-                    let tick = GATHER.min(Bucket::time_to_gather(limits, self.shape.max_entries));
-                    at = at.max(now + wait.max(tick));
-                }
-            }
-            wake = Some(wake.map_or(at, |w: Instant| w.min(at)));
         }
-        wake
+        // Tokens trickle in: gather a tick's worth rather than a request per token (no longer
+        // than a full request's entries take at the configured rate).
+        let tick = GATHER.min(Bucket::time_to_gather(limits, self.shape.max_entries));
+        let tokens_at: Vec<Instant> = smallest
+            .iter()
+            .zip(buckets.iter_mut())
+            .map(|(&bytes, b)| {
+                if bytes == usize::MAX {
+                    return now;
+                }
+                let wait = b.wait_for(limits, bytes, now);
+                if wait.is_zero() {
+                    now
+                } else {
+                    now + wait.max(tick)
+                }
+            })
+            .collect();
+        self.active
+            .iter()
+            .map(|&slot| &self.keys[slot])
+            .filter(|key| waiting(key))
+            .map(|key| {
+                let at = key.not_before.unwrap_or(now).max(now);
+                tokens_at.get(key.shard).map_or(at, |&t| at.max(t))
+            })
+            .min()
     }
 
     /// Item `item`, the head of key `slot`, is written. Returns whether its source record is
@@ -705,6 +768,40 @@ mod tests {
             "only b's shard has room"
         );
         assert_eq!(req.len(), 2, "b's run is cut to its shard's 2 tokens");
+    }
+
+    #[test]
+    fn when_tokens_run_short_the_longest_queue_goes_first_and_the_rest_wait_for_tokens() {
+        // "x" comes first in the batch, "hot" has the most records; one shard, 1 record/s,
+        // its bucket emptied by a throttle and refilled for one second: one token.
+        let recs = records(&["x", "hot", "y", "hot", "hot", "y"], 10);
+        let limits = ShardLimits::new(1, 1 << 20, 0);
+        let now = Instant::now();
+        let mut buckets = vec![Bucket::new(now)];
+        buckets[0].throttled(&limits, now);
+        let later = now + Duration::from_secs(1);
+        let mut s = Schedule::new(&recs, 0..6, shape(OrderMode::Strict), &ShardMap::default());
+        let req = s.next_request(later, &mut buckets, &limits).unwrap();
+        assert_eq!(
+            covered(&req),
+            vec![vec![1]],
+            "hot (3 records) before y (2) and x (1)"
+        );
+        assert!(s.awaits_tokens(), "y and x are ready but for tokens");
+        let wake = s.next_wake(later, &mut buckets, &limits).unwrap();
+        assert!(
+            wake > later,
+            "they wait for the next token, not for an answer"
+        );
+        // Nothing held back for tokens: a later call with nothing ready says so.
+        let mut free: Vec<Bucket> = vec![];
+        assert_eq!(
+            covered(&s.next_request(later, &mut free, &limits).unwrap()),
+            vec![vec![2], vec![0]]
+        );
+        assert!(!s.awaits_tokens());
+        assert!(s.next_request(later, &mut free, &limits).is_none());
+        assert!(!s.awaits_tokens());
     }
 
     #[test]

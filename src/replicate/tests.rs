@@ -46,6 +46,8 @@ struct FakeTarget {
     shards: Arc<Vec<crate::pacing::TargetShard>>,
     /// Records per second each shard takes before it throttles (0: no limit).
     enforce_per_shard: u32,
+    /// How long each PutRecords takes to answer (the entries land when it is called).
+    round_trip: Duration,
 }
 
 impl FakeTarget {
@@ -57,7 +59,13 @@ impl FakeTarget {
             max_record_bytes: 1024,
             shards: Arc::new(vec![]),
             enforce_per_shard: 0,
+            round_trip: Duration::ZERO,
         }
+    }
+
+    fn with_round_trip(mut self, round_trip: Duration) -> Self {
+        self.round_trip = round_trip;
+        self
     }
 
     /// `n` shards splitting the hash space evenly, named shardId-0…
@@ -113,6 +121,25 @@ impl TargetWriter for FakeTarget {
         route: &Route,
         entries: &[OutEntry<'_>],
     ) -> Result<Vec<EntryResult>, RequestError> {
+        let (call, out) = self.apply(route, entries);
+        if !self.round_trip.is_zero() {
+            tokio::time::sleep(self.round_trip).await;
+        }
+        if self.ambiguous_calls.contains(&call) {
+            return Err(RequestError {
+                class: FailureClass::Transient,
+                ambiguous: true,
+                code: "Timeout".into(),
+                message: "timed out".into(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+impl FakeTarget {
+    /// Applies one request at once: (its call number, each entry's result).
+    fn apply(&self, route: &Route, entries: &[OutEntry<'_>]) -> (usize, Vec<EntryResult>) {
         let mut st = self.state.lock().unwrap();
         st.calls += 1;
         let call = st.calls;
@@ -165,15 +192,7 @@ impl TargetWriter for FakeTarget {
                 }),
             }
         }
-        if self.ambiguous_calls.contains(&call) {
-            return Err(RequestError {
-                class: FailureClass::Transient,
-                ambiguous: true,
-                code: "Timeout".into(),
-                message: "timed out".into(),
-            });
-        }
-        Ok(out)
+        (call, out)
     }
 }
 
@@ -817,6 +836,82 @@ async fn a_throttle_far_under_a_high_limit_costs_a_round_trip_not_a_pacing_tick(
         rep.duration < Duration::from_millis(50),
         "{:?} for {throttled} throttles",
         rep.duration
+    );
+}
+
+/// A skewed batch: key "k<j>" has about 200 / (j + 1) records (j < 40; 855 records in all),
+/// in a seeded random order.
+fn skewed_batch() -> SourceBatch {
+    let mut keys: Vec<String> = (0..40)
+        .flat_map(|j| std::iter::repeat_n(format!("k{j}"), (200 / (j + 1)).max(1)))
+        .collect();
+    rand::seq::SliceRandom::shuffle(
+        keys.as_mut_slice(),
+        &mut rand::rngs::StdRng::seed_from_u64(5),
+    );
+    let mut b = batch(keys.len(), 1);
+    for (i, (r, key)) in b.records.iter_mut().zip(keys).enumerate() {
+        r.data = format!("{key}:{i}").into_bytes();
+        r.partition_key = Some(key);
+    }
+    b
+}
+
+#[tokio::test(start_paused = true)]
+async fn random_throttles_under_a_high_limit_cost_a_hot_key_about_a_tenth() {
+    // Strict, a skewed batch (the hottest key has 200 records of 855), 25 ms round trips, 4
+    // target shards, limits far above the load: the hot key's records take 200 round trips. With 10% of entries throttled
+    // at random, each throttled head costs its key a round trip (and a back-off from the
+    // second in a row); the throttles must not also hold the other keys of those shards, the
+    // hot one among them, back until the next answer.
+    let run = |fraction: f64| async move {
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(21)));
+        let target = FakeTarget::new(move |_, _, _| {
+            if rng.lock().unwrap().random_bool(fraction) {
+                Fault::Throttle
+            } else {
+                Fault::None
+            }
+        })
+        .with_shards(4, 0)
+        .with_round_trip(Duration::from_millis(25));
+        let r = Replicator::new(
+            target.clone(),
+            FakeCheckpoints::default(),
+            FakeDeadLetters::default(),
+            vec![route("t")],
+            Limits {
+                shard_records_per_sec: 1_000_000,
+                shard_bytes_per_sec: 1 << 30,
+                // Short back-offs: the few keys that fail twice in a row add little (and
+                // their random jitter little noise).
+                backoff_base: Duration::from_millis(5),
+                deadline_margin: Duration::from_millis(50),
+                ..Limits::default()
+            },
+        );
+        let b = skewed_batch();
+        let rep = r
+            .replicate(&b, Instant::now() + Duration::from_secs(600))
+            .await;
+        assert_eq!(rep.first_unhandled, None, "at {fraction}");
+        assert_complete_and_ordered(&target.written(&route("t").name), b.records.len(), &[]);
+        (rep.duration, rep.routes[0].requests)
+    };
+    let (clean, clean_requests) = run(0.0).await;
+    let (failing, failing_requests) = run(0.1).await;
+    let share = clean.as_secs_f64() / failing.as_secs_f64();
+    assert!(
+        clean >= Duration::from_millis(200 * 25),
+        "clean: {clean:?}, the hot key's 200 round trips"
+    );
+    // At best 90% (a tenth of the hot key's attempts fail); 80% while throttled shards held
+    // their keys back until the next answer.
+    assert!(
+        share >= 0.84,
+        "10% throttled: {failing:?} ({failing_requests} requests) against {clean:?} \
+         ({clean_requests}) without: {:.0}%",
+        share * 100.0
     );
 }
 
