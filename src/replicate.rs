@@ -422,9 +422,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         } = p;
         let now = Instant::now();
         let limits = &self.limits;
-        // A key's first retry goes with the next request: a one-off failure (internal error,
-        // a throttle the shard's bucket now answers for) costs one round trip, not a sleep.
-        // From the second failure in a row the key backs off exponentially.
+        // A key's first retry goes with the next request: a one-off failure costs one round
+        // trip, not a sleep. From the second failure in a row the key backs off exponentially,
+        // unless every failure was a throttle and the target's shards are paced: a throttled
+        // shard is slowed and its bucket emptied (below), so its keys go again as its tokens
+        // come, and a per-key sleep on top would only idle the shard.
+        let paced_shards = target.map.is_known();
         let backoff = |attempt: u32| match attempt {
             0 | 1 => Duration::ZERO,
             n => plan::backoff(
@@ -434,6 +437,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 rand::random::<f64>(),
             ),
         };
+        let paced = |_: u32| Duration::ZERO;
         let mut out = Settled::default();
         let mut note_systemic = |i: usize, code: &str, message: &str| {
             if out.systemic.as_ref().is_none_or(|(j, _, _)| i < *j) {
@@ -455,21 +459,32 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 let mut failed = false;
                 // Entries of this key written before its first failure.
                 let mut through = 0;
-                let done = |sched: &mut Schedule<'_>, slot: usize, failed: bool, through| {
+                // This key's failures were all throttles.
+                let mut only_throttled = true;
+                let done = |sched: &mut Schedule<'_>,
+                            slot: usize,
+                            failed: bool,
+                            through,
+                            only_throttled: bool| {
                     if failed {
                         sched.run_failed(slot, through);
                     }
-                    sched.settle(slot, failed.then_some(now), backoff);
+                    if only_throttled && paced_shards {
+                        sched.settle(slot, failed.then_some(now), paced);
+                    } else {
+                        sched.settle(slot, failed.then_some(now), backoff);
+                    }
                 };
                 for (e, r) in entries.iter().zip(results) {
                     if current != Some(e.slot) {
                         if let Some(slot) = current {
-                            done(sched, slot, failed, through);
+                            done(sched, slot, failed, through, only_throttled);
                         }
                         current = Some(e.slot);
                         broken = false;
                         failed = false;
                         through = 0;
+                        only_throttled = true;
                     }
                     let first = e.records[0];
                     match r {
@@ -510,6 +525,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                                     failed = true;
                                     if code == THROTTLED {
                                         throttled.push(sched.shard_of(e.slot));
+                                    } else {
+                                        only_throttled = false;
                                     }
                                     *report.retries.entry(code).or_default() += 1;
                                 }
@@ -532,7 +549,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     }
                 }
                 if let Some(slot) = current {
-                    done(sched, slot, failed, through);
+                    done(sched, slot, failed, through, only_throttled);
                 }
             }
             Ok(results) => {
@@ -561,7 +578,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                         }
                     }
                     for slot in slots {
-                        sched.settle(slot, Some(now), backoff);
+                        if e.code == THROTTLED && paced_shards {
+                            sched.settle(slot, Some(now), paced);
+                        } else {
+                            sched.settle(slot, Some(now), backoff);
+                        }
                     }
                 }
                 FailureClass::Systemic => {

@@ -15,6 +15,8 @@ const SRC: &str = "arn:aws:kinesis:us-east-1:123456789012:stream/src";
 enum Fault {
     None,
     Throttle,
+    /// A transient failure that is not a throttle (InternalFailure).
+    Internal,
     Systemic(&'static str),
 }
 
@@ -183,6 +185,11 @@ impl FakeTarget {
                 Fault::Throttle => out.push(EntryResult::Failed {
                     code: "ProvisionedThroughputExceededException".into(),
                     message: "Rate exceeded".into(),
+                    class: FailureClass::Transient,
+                }),
+                Fault::Internal => out.push(EntryResult::Failed {
+                    code: "InternalFailure".into(),
+                    message: "Internal service failure.".into(),
                     class: FailureClass::Transient,
                 }),
                 Fault::Systemic(code) => out.push(EntryResult::Failed {
@@ -670,7 +677,8 @@ fn assert_last_arrivals_in_order(written: &[(String, Vec<u8>)], n: usize) {
 
 #[tokio::test(start_paused = true)]
 async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
-    // k0's head is throttled on its first 4 attempts; every other entry goes through.
+    // k0's head fails (InternalFailure) on its first 4 attempts; every other entry goes
+    // through.
     let attempts = Arc::new(Mutex::new(0usize));
     let seen = attempts.clone();
     let target = FakeTarget::new(move |_, _, data| {
@@ -678,7 +686,7 @@ async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
             let mut n = seen.lock().unwrap();
             *n += 1;
             if *n <= 4 {
-                return Fault::Throttle;
+                return Fault::Internal;
             }
         }
         Fault::None
@@ -711,6 +719,51 @@ async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
     assert_eq!(
         landed[349].0, started,
         "no other key slept (virtual time did not move)"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_throttled_key_goes_again_with_its_shards_tokens_without_a_back_off_of_its_own() {
+    // k0's head is throttled on its first 4 attempts. The target's shards are paced (limits
+    // far above the load), so the throttles slow k0's shard instead of putting k0 to sleep:
+    // no 100 + 200 + 400 ms of back-off, and the other keys are not held either.
+    let attempts = Arc::new(Mutex::new(0usize));
+    let seen = attempts.clone();
+    let target = FakeTarget::new(move |_, _, data| {
+        if data.starts_with(b"k0:0") && data.len() == 4 {
+            let mut n = seen.lock().unwrap();
+            *n += 1;
+            if *n <= 4 {
+                return Fault::Throttle;
+            }
+        }
+        Fault::None
+    })
+    .with_shards(2, 0);
+    let r = Replicator::new(
+        target.clone(),
+        FakeCheckpoints::default(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        Limits {
+            backoff_base: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(1),
+            shard_records_per_sec: 1_000_000,
+            shard_bytes_per_sec: 1 << 30,
+            ..limits()
+        },
+    );
+    let rep = r
+        .replicate(&batch(400, 8), Instant::now() + Duration::from_secs(60))
+        .await;
+    assert_eq!(rep.first_unhandled, None);
+    assert_eq!(*attempts.lock().unwrap(), 5);
+    assert_eq!(rep.routes[0].retries[THROTTLED], 4);
+    assert_complete_and_ordered(&target.written(&route("t").name), 400, &[]);
+    assert!(
+        rep.duration < Duration::from_millis(20),
+        "{:?}: the throttled key waited for its shard's tokens only",
+        rep.duration
     );
 }
 
