@@ -81,12 +81,18 @@ struct SalvageKinesis {
 }
 
 /// Reads a Lambda Kinesis event into one batch (the event source mapping sends one shard per
-/// invocation). Records are returned in sequence order.
-pub fn parse_event(payload: &[u8]) -> Result<SourceBatch, EventError> {
+/// invocation). Records are returned in sequence order. `Ok(None)`: the event holds no
+/// records (there is nothing to do, and nothing to retry).
+pub fn read_event(payload: &[u8]) -> Result<Option<SourceBatch>, EventError> {
     if let Some(batch) = parse_well_formed(payload) {
-        return Ok(batch);
+        return Ok(Some(batch));
     }
     parse_leniently(payload)
+}
+
+/// [`read_event`] for callers that need records: an event without any is an error.
+pub fn parse_event(payload: &[u8]) -> Result<SourceBatch, EventError> {
+    read_event(payload)?.ok_or_else(|| EventError("the event has no records".to_owned()))
 }
 
 /// The event as Lambda sends it, borrowed from the payload where no escapes get in the way.
@@ -160,14 +166,14 @@ fn parse_well_formed(payload: &[u8]) -> Option<SourceBatch> {
 }
 
 /// Reads record by record, so that one bad record becomes a defect instead of failing all.
-fn parse_leniently(payload: &[u8]) -> Result<SourceBatch, EventError> {
+fn parse_leniently(payload: &[u8]) -> Result<Option<SourceBatch>, EventError> {
     let raw: RawEvent<'_> = serde_json::from_slice(payload).map_err(|e| {
         EventError(format!(
             "{e}; expected a Kinesis event {{\"Records\": [...]}} as Lambda's event source mapping sends"
         ))
     })?;
     if raw.records.is_empty() {
-        return Err(EventError("the event has no records".to_owned()));
+        return Ok(None);
     }
     // (eventSourceARN as sent, shard id) of record 0; every other record must match it.
     let mut origin: Option<(String, String)> = None;
@@ -200,14 +206,29 @@ fn parse_leniently(payload: &[u8]) -> Result<SourceBatch, EventError> {
     let (arn, shard_id) = origin.ok_or_else(|| EventError("the event has no records".into()))?;
     let source = StreamArn::parse(&arn).map_err(|e| EventError(format!("eventSourceARN: {e}")))?;
     if !records.windows(2).all(|w| w[0].seq < w[1].seq) {
-        records.sort_by(|a, b| a.seq.cmp(&b.seq));
-        records.dedup_by(|a, b| a.seq == b.seq);
+        // Out of order: put them in order. Twice the same sequence number: say so, rather
+        // than guess which of the two is the record.
+        let mut order: Vec<usize> = (0..records.len()).collect();
+        order.sort_by(|&a, &b| records[a].seq.cmp(&records[b].seq).then(a.cmp(&b)));
+        if let Some(w) = order
+            .windows(2)
+            .find(|w| records[w[0]].seq == records[w[1]].seq)
+        {
+            return Err(EventError(format!(
+                "records {} and {} of the event both have sequence number {} (shard {shard_id} of {arn}); \
+                 an event source mapping never sends one record twice. Nothing was written; the \
+                 batch is left for retry. Check what invoked the function with this event.",
+                w[0], w[1], records[w[0]].seq
+            )));
+        }
+        let mut slots: Vec<Option<SourceRecord>> = records.into_iter().map(Some).collect();
+        records = order.iter().filter_map(|&i| slots[i].take()).collect();
     }
-    Ok(SourceBatch {
+    Ok(Some(SourceBatch {
         source,
         shard_id,
         records,
-    })
+    }))
 }
 
 type ReadRecord = (SourceRecord, Option<String>, Option<String>);
@@ -351,6 +372,7 @@ mod tests {
             ("{\"Records\": []}", "no records"),
             ("{\"records\": 5}", "missing field `Records`"),
         ];
+        assert_eq!(read_event(b"{\"Records\": []}"), Ok(None), "nothing to do");
         for (payload, words) in cases {
             let e = parse_event(payload.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(words), "{e}");
@@ -363,10 +385,35 @@ mod tests {
     }
 
     #[test]
+    fn records_out_of_order_are_sorted_but_a_sequence_number_twice_is_an_error() {
+        let batch = parse_event(FIXTURE.as_bytes()).unwrap();
+        let seqs: Vec<String> = batch.records.iter().map(|r| r.seq.to_string()).collect();
+        // The last two records swapped: read back in sequence order.
+        let swapped = FIXTURE
+            .replacen(&seqs[1], "SWAP", 2)
+            .replacen(&seqs[2], &seqs[1], 2)
+            .replacen("SWAP", &seqs[2], 2);
+        let again = parse_event(swapped.as_bytes()).unwrap();
+        let got: Vec<String> = again.records.iter().map(|r| r.seq.to_string()).collect();
+        assert_eq!(got, seqs);
+        assert_ne!(
+            again.records[1].data, batch.records[1].data,
+            "records moved with their data"
+        );
+        // Record 2 given record 0's sequence number: named, not collapsed.
+        let twice = FIXTURE.replacen(&seqs[2], &seqs[0], 2);
+        let e = parse_event(twice.as_bytes()).unwrap_err().to_string();
+        assert!(
+            e.contains("records 0 and 2") && e.contains(&seqs[0]) && e.contains("left for retry"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_fast_reader_agrees_with_the_lenient_one_and_leaves_oddities_to_it() {
         assert_eq!(
             parse_well_formed(FIXTURE.as_bytes()),
-            Some(parse_leniently(FIXTURE.as_bytes()).unwrap())
+            parse_leniently(FIXTURE.as_bytes()).unwrap()
         );
         let odd = [
             FIXTURE.replacen("SGVsbG8sIHRoaXMgaXMgYSB0ZXN0Lg==", "%%%", 1),

@@ -199,15 +199,19 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
     }
 
     /// Handles one invocation. An event that cannot be read at all is an error (Lambda retries
-    /// the whole batch; nothing is lost). A source with no route stops the shard at its first
+    /// the whole batch; nothing is lost); an event without records is answered at once. A source with no route stops the shard at its first
     /// record with one ERROR line.
     pub async fn handle(
         &self,
         payload: &[u8],
         deadline: Instant,
     ) -> Result<(KinesisEventResponse, BatchReport), EventError> {
-        let batch = match event::parse_event(payload) {
-            Ok(b) => b,
+        let batch = match event::read_event(payload) {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                tracing::info!("The event holds no records; nothing to replicate.");
+                return Ok((event::response(None), BatchReport::default()));
+            }
             Err(e) => {
                 tracing::error!(
                     error = %e,

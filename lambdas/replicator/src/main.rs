@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fanout::aws::{build_handler, load_sdk_config, AwsHandler};
 use fanout::config::ReplicatorConfig;
 use fanout::handler::MetricsOutput;
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+use lambda_runtime::{service_fn, Diagnostic, Error, LambdaEvent};
 use serde_json::value::RawValue;
 
 // One thread: Lambda hands the function one event at a time, and the handler's concurrency is
@@ -26,11 +26,13 @@ async fn main() -> Result<(), Error> {
     .await
 }
 
-/// Converts Lambda's wall-clock deadline into a monotonic one and calls the handler.
+/// Converts Lambda's wall-clock deadline into a monotonic one and calls the handler. A failed
+/// invocation reports a readable `errorType` (`InvalidEvent`); the handler has already logged
+/// its one ERROR line.
 async fn handle(
     handler: &AwsHandler,
     event: LambdaEvent<Box<RawValue>>,
-) -> Result<serde_json::Value, Error> {
+) -> Result<serde_json::Value, Diagnostic> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -43,8 +45,15 @@ async fn handle(
     let deadline = tokio::time::Instant::now() + left;
     let (response, _) = handler
         .handle(event.payload.get().as_bytes(), deadline)
-        .await?;
-    Ok(serde_json::to_value(response)?)
+        .await
+        .map_err(|e| Diagnostic {
+            error_type: "InvalidEvent".to_owned(),
+            error_message: e.to_string(),
+        })?;
+    serde_json::to_value(response).map_err(|e| Diagnostic {
+        error_type: "InternalError".to_owned(),
+        error_message: format!("cannot encode the batch response: {e}"),
+    })
 }
 
 /// Time left before the invocation's deadline. Lambda sends the deadline as epoch
@@ -107,6 +116,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_empty_event_succeeds_and_a_bad_one_fails_as_invalid_event() {
+        let handler = offline_handler("arn:aws:kinesis:us-east-1:123456789012:stream/other").await;
+        let out = handle(
+            handler,
+            invocation(r#"{"Records": []}"#, Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out, serde_json::json!({"batchItemFailures": []}));
+        let e = handle(handler, invocation("[1, 2]", Duration::from_secs(30)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.error_type, "InvalidEvent");
+        assert!(
+            e.error_message.contains("expected a Kinesis event"),
+            "{}",
+            e.error_message
+        );
+    }
+
+    #[tokio::test]
     async fn a_source_without_a_route_reports_its_first_record() {
         let handler = offline_handler("arn:aws:kinesis:us-east-1:123456789012:stream/other").await;
         let out = handle(handler, invocation(FIXTURE, Duration::from_secs(30)))
@@ -156,6 +186,11 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.to_string().contains("Malformed Kinesis event"), "{err}");
+        assert_eq!(err.error_type, "InvalidEvent");
+        assert!(
+            err.error_message.contains("Malformed Kinesis event"),
+            "{}",
+            err.error_message
+        );
     }
 }
