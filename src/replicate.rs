@@ -34,6 +34,11 @@ use schedule::{Entry, Payload, Schedule, Shape};
 
 /// How long a target's `DescribeStreamSummary` answer is trusted.
 const TARGET_INFO_TTL: Duration = Duration::from_secs(300);
+/// After a refresh that failed without a definite answer, the last known value is used this
+/// long before the next try.
+const TARGET_INFO_RETRY: Duration = Duration::from_secs(30);
+/// The longest a `DescribeStreamSummary` may take before it counts as failed.
+const TARGET_INFO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a route stopped before handling its whole batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,19 +271,57 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         }
     }
 
-    async fn target_info(&self, route: &Route) -> Result<TargetInfo, RequestError> {
-        if let Ok(cache) = self.target_info.lock() {
-            if let Some((info, at)) = cache.get(&route.name) {
-                if at.elapsed() < TARGET_INFO_TTL {
-                    return Ok(*info);
-                }
+    /// The target's limits (`DescribeStreamSummary`), cached for [`TARGET_INFO_TTL`]. A refresh
+    /// that fails without a definite answer (a timeout, a throttle, a server or network error)
+    /// keeps the last known value and tries again after [`TARGET_INFO_RETRY`]; only a definite
+    /// answer (the stream is gone, access is denied, no credentials), or no value to keep,
+    /// is an error.
+    async fn target_info(&self, route: &Route, by: Instant) -> Result<TargetInfo, RequestError> {
+        let cached = lock(&self.target_info).get(&route.name).copied();
+        if let Some((info, fresh_until)) = cached {
+            if Instant::now() < fresh_until {
+                return Ok(info);
             }
         }
-        let info = self.writer.target_info(route).await?;
-        if let Ok(mut cache) = self.target_info.lock() {
-            cache.insert(route.name.clone(), (info, Instant::now()));
+        let wait = TARGET_INFO_TIMEOUT.min(by.saturating_duration_since(Instant::now()));
+        let error = match tokio::time::timeout(wait, self.writer.target_info(route)).await {
+            Ok(Ok(info)) => {
+                lock(&self.target_info)
+                    .insert(route.name.clone(), (info, Instant::now() + TARGET_INFO_TTL));
+                return Ok(info);
+            }
+            Ok(Err(e)) => e,
+            Err(_) => RequestError {
+                class: FailureClass::Transient,
+                ambiguous: false,
+                code: "Timeout".to_owned(),
+                message: format!(
+                    "DescribeStreamSummary on {} did not answer within {} ms",
+                    route.target,
+                    wait.as_millis()
+                ),
+            },
+        };
+        match cached {
+            Some((info, _)) if error.class != FailureClass::Systemic => {
+                tracing::warn!(
+                    route = %route.name,
+                    target = %route.target,
+                    error_code = %error.code,
+                    "Could not refresh the limits of {} ({}: {}); keeping the last known ones and trying again in {} s.",
+                    route.target,
+                    error.code,
+                    error.message,
+                    TARGET_INFO_RETRY.as_secs()
+                );
+                lock(&self.target_info).insert(
+                    route.name.clone(),
+                    (info, Instant::now() + TARGET_INFO_RETRY),
+                );
+                Ok(info)
+            }
+            _ => Err(error),
         }
-        Ok(info)
     }
 
     /// The target's shard map and pacing buckets, read with ListShards when missing, older
@@ -649,19 +692,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             return report;
         }
 
-        let info = match tokio::time::timeout_at(send_by, self.target_info(route))
-            .await
-            .unwrap_or_else(|_| {
-                Err(RequestError {
-                    class: FailureClass::Systemic,
-                    ambiguous: false,
-                    code: "Timeout".to_owned(),
-                    message: format!(
-                        "DescribeStreamSummary on {} did not answer in time",
-                        route.target
-                    ),
-                })
-            }) {
+        let info = match self.target_info(route, send_by).await {
             Ok(info) => info,
             Err(e) => {
                 let stop = StopReason::Systemic {
@@ -1122,6 +1153,19 @@ pub fn fix_for(code: &str, route: &Route) -> String {
         ),
         "CredentialsUnavailable" | "AssumeRoleFailed" => format!(
             "Could not get credentials for {role}; check its trust policy, the external id and sts:AssumeRole permission."
+        ),
+        "Timeout" | "NetworkError" | "UnreadableResponse" => format!(
+            "Kinesis at the target's endpoint did not answer in time (the network, or the endpoint \
+             is overloaded; not a permission problem). Check this function's network path to \
+             Kinesis in {}; the shard retries by itself.",
+            route.target.region()
+        ),
+        "LimitExceededException" | "ThrottlingException" | "InternalFailure"
+        | "ServiceUnavailable" | "InternalServerError" | "InternalError" => format!(
+            "Kinesis throttled or failed a call on {} ({code}: a passing condition, not a \
+             permission problem); the shard retries by itself. If it repeats, check how many \
+             functions call DescribeStreamSummary or ListShards on that stream.",
+            route.target
         ),
         _ => "Check the target stream and the writer role, then let the shard retry.".to_owned(),
     }

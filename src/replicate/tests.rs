@@ -50,6 +50,14 @@ struct FakeTarget {
     enforce_per_shard: u32,
     /// How long each PutRecords takes to answer (the entries land when it is called).
     round_trip: Duration,
+    /// What DescribeStreamSummary does instead of answering, when set.
+    info_fault: Arc<Mutex<Option<InfoFault>>>,
+}
+
+#[derive(Clone, Debug)]
+enum InfoFault {
+    Fail(RequestError),
+    Hang,
 }
 
 impl FakeTarget {
@@ -62,6 +70,7 @@ impl FakeTarget {
             shards: Arc::new(vec![]),
             enforce_per_shard: 0,
             round_trip: Duration::ZERO,
+            info_fault: Arc::default(),
         }
     }
 
@@ -106,9 +115,14 @@ impl FakeTarget {
 
 impl TargetWriter for FakeTarget {
     async fn target_info(&self, _route: &Route) -> Result<TargetInfo, RequestError> {
-        Ok(TargetInfo {
-            max_record_bytes: self.max_record_bytes,
-        })
+        let fault = self.info_fault.lock().unwrap().clone();
+        match fault {
+            Some(InfoFault::Fail(e)) => Err(e),
+            Some(InfoFault::Hang) => std::future::pending().await,
+            None => Ok(TargetInfo {
+                max_record_bytes: self.max_record_bytes,
+            }),
+        }
     }
 
     async fn target_shards(
@@ -1239,4 +1253,56 @@ async fn an_aggregated_key_is_paced_by_bytes_without_waiting_for_a_bucket_it_can
         .map(|(_, d)| crate::kpl::deaggregate(d).map_or(1, |u| u.len()))
         .sum();
     assert_eq!(users, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_refresh_of_the_targets_limits_keeps_the_last_known_ones() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let r = one_route(&target);
+    let fault = |f: Option<InfoFault>| *target.info_fault.lock().unwrap() = f;
+    let fail = |class, code: &str| {
+        Some(InfoFault::Fail(RequestError {
+            class,
+            ambiguous: false,
+            code: code.to_owned(),
+            message: "injected".to_owned(),
+        }))
+    };
+    let far = || Instant::now() + Duration::from_secs(60);
+    let rep = r.replicate(&batch_from(1000, 20, 4), far()).await;
+    assert_eq!(rep.first_unhandled, None);
+
+    // The cached limits expire; the refresh is throttled, then hangs: both keep the last ones.
+    for (first, f) in [
+        (2000, fail(FailureClass::Transient, "LimitExceededException")),
+        (2100, Some(InfoFault::Hang)),
+    ] {
+        tokio::time::advance(Duration::from_secs(301)).await;
+        fault(f);
+        let rep = r.replicate(&batch_from(first, 20, 4), far()).await;
+        assert_eq!(rep.first_unhandled, None, "{:?}", rep.routes[0].stop);
+        assert_eq!(rep.routes[0].written, 20);
+    }
+
+    // A definite answer stops the route: the stream is gone.
+    tokio::time::advance(Duration::from_secs(301)).await;
+    fault(fail(FailureClass::Systemic, "ResourceNotFoundException"));
+    let rep = r.replicate(&batch_from(3000, 20, 4), far()).await;
+    assert!(matches!(
+        &rep.routes[0].stop,
+        Some(StopReason::Systemic { code, .. }) if code == "ResourceNotFoundException"
+    ));
+
+    // Nothing to keep (a cold container): a throttled refresh stops the route, and the fix says
+    // it is passing, not a permission problem.
+    let cold = one_route(&target);
+    fault(fail(FailureClass::Transient, "LimitExceededException"));
+    let rep = cold.replicate(&batch_from(3000, 20, 4), far()).await;
+    assert!(matches!(
+        &rep.routes[0].stop,
+        Some(StopReason::Systemic { code, .. }) if code == "LimitExceededException"
+    ));
+    let fix = fix_for("LimitExceededException", &route("t"));
+    assert!(fix.contains("not a permission problem"), "{fix}");
+    assert_eq!(target.written(&route("t").name).len(), 60);
 }
