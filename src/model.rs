@@ -186,7 +186,9 @@ pub struct TargetInfo {
 pub enum FailureClass {
     /// Throttling, internal failure: retry the same record later.
     Transient,
-    /// This record can never be written to this target: dead-letter it and go on.
+    /// This record can never be written to this target: dead-letter it and go on. For a whole
+    /// request: the target refused what the request holds (a partition key, a record), so
+    /// the records at fault are found by sending fewer at a time.
     Permanent,
     /// Nothing on this route can be written until someone acts (access, missing stream, KMS):
     /// stop the shard at its first unwritten record.

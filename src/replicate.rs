@@ -80,9 +80,10 @@ pub struct RouteReport {
     pub dead_letter_locations: Vec<String>,
     /// Entries re-sent, by error code.
     pub retries: BTreeMap<String, u64>,
-    /// Records that may now be in the target twice: re-sent after an ambiguous write, or
-    /// written past the first unhandled record (the event source mapping will send them again),
-    /// or repaired (below).
+    /// Copies that may be in the target more than once: one per ambiguous write (a timeout,
+    /// a server error after sending) of a record that was then sent again, one per record
+    /// written past the first unhandled record (the event source mapping will send them
+    /// again), one per repair (below).
     pub possible_duplicates: usize,
     /// `runs` mode: entries Kinesis accepted after an earlier entry of the same key failed,
     /// written again after it so that the last copy of every record is in order.
@@ -158,7 +159,8 @@ struct Progress<'p, 'r> {
     target: &'p TargetPacing,
     sched: &'p mut Schedule<'r>,
     state: &'p mut [State],
-    ambiguous: &'p mut [bool],
+    /// Per record: the ambiguous writes it was in.
+    ambiguous: &'p mut [u32],
     report: &'p mut RouteReport,
 }
 
@@ -176,8 +178,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The entries of one PutRecords request and what came back.
-type SentRequest = (Vec<Entry>, Result<Vec<EntryResult>, RequestError>);
+/// What one PutRecords request got back.
+type RequestResult = Result<Vec<EntryResult>, RequestError>;
+
+/// The entries of one PutRecords request and what came back: one part, or several when the
+/// target refused the request for its contents and it was split to find the records at fault.
+type SentRequest = Vec<(Vec<Entry>, RequestResult)>;
 
 /// Kinesis's answer for a shard over its write limits.
 const THROTTLED: &str = "ProvisionedThroughputExceededException";
@@ -431,18 +437,71 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 },
             })
             .collect();
-        let result = match tokio::time::timeout(timeout, self.writer.put_records(route, &out)).await
-        {
-            Ok(r) => r,
-            Err(_) => Err(RequestError {
-                class: FailureClass::Transient,
-                ambiguous: true,
-                code: "Timeout".to_owned(),
-                message: format!("PutRecords did not answer within {timeout:?}"),
-            }),
-        };
+        let deadline = Instant::now() + timeout;
+        // Ranges of `entries` still to send (the next one last) and those answered, in order.
+        let mut to_send: Vec<std::ops::Range<usize>> = Vec::with_capacity(2);
+        to_send.push(0..entries.len());
+        let mut answered: Vec<(std::ops::Range<usize>, RequestResult)> = Vec::new();
+        while let Some(range) = to_send.pop() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = if left.is_zero() {
+                Err(RequestError {
+                    class: FailureClass::Transient,
+                    ambiguous: false,
+                    code: "Timeout".to_owned(),
+                    message: format!("not sent: the request's {timeout:?} were used up"),
+                })
+            } else {
+                let put = self.writer.put_records(route, &out[range.clone()]);
+                tokio::time::timeout(left, put).await.unwrap_or_else(|_| {
+                    Err(RequestError {
+                        class: FailureClass::Transient,
+                        ambiguous: true,
+                        code: "Timeout".to_owned(),
+                        message: format!("PutRecords did not answer within {timeout:?}"),
+                    })
+                })
+            };
+            match result {
+                // The target refused the request for what it holds (a partition key or record
+                // it will not take): halve it at a key boundary until the keys at fault are
+                // alone, so that everything else is written and only those are refused.
+                Err(e) if e.class == FailureClass::Permanent => {
+                    match key_boundary_near_middle(&entries[range.clone()]) {
+                        Some(mid) => {
+                            to_send.push(range.start + mid..range.end);
+                            to_send.push(range.start..range.start + mid);
+                        }
+                        None => {
+                            // One key: its one entry is refused (dead-lettered, or sent record
+                            // by record if it is an aggregate); several entries (a run) are
+                            // failed, and the key's next run is a single record.
+                            let class = if range.len() == 1 {
+                                FailureClass::Permanent
+                            } else {
+                                FailureClass::Transient
+                            };
+                            let failed = EntryResult::Failed {
+                                code: e.code.clone(),
+                                message: e.message.clone(),
+                                class,
+                            };
+                            answered.push((range.clone(), Ok(vec![failed; range.len()])));
+                        }
+                    }
+                }
+                other => answered.push((range, other)),
+            }
+        }
         drop(out);
-        (entries, result)
+        // The ranges were answered in order and cover every entry: cut `entries` into them.
+        let mut entries = entries;
+        let mut parts: SentRequest = Vec::with_capacity(answered.len());
+        for (range, result) in answered.into_iter().rev() {
+            parts.push((entries.split_off(range.start), result));
+        }
+        parts.reverse();
+        parts
     }
 
     /// Applies one request's answer: written records leave their key's queue, a failed head
@@ -548,9 +607,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                                 }
                                 report.written += 1;
                                 report.bytes_written += records[i].data.len() as u64;
-                                if ambiguous[i] {
-                                    report.possible_duplicates += 1;
-                                }
+                                report.possible_duplicates += ambiguous[i] as usize;
                                 state[i] = State::Written {
                                     shard_id: shard_id.clone(),
                                     seq: seq.clone(),
@@ -613,7 +670,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     for entry in &entries {
                         if e.ambiguous {
                             for &i in &entry.records {
-                                ambiguous[i] = true;
+                                ambiguous[i] += 1;
                             }
                         }
                         if e.code == THROTTLED {
@@ -774,7 +831,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             &target.map,
         );
         report.split_records = sched.split_records();
-        let mut ambiguous = vec![false; records.len()];
+        let mut ambiguous = vec![0u32; records.len()];
         let mut in_flight = FuturesUnordered::new();
         let mut stopping = false;
         loop {
@@ -835,47 +892,49 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 },
                 _ => in_flight.next().await,
             };
-            let Some((entries, result)) = done else {
+            let Some(parts) = done else {
                 continue;
             };
-            let outcome = self.settle(
-                Progress {
-                    records,
-                    target: &target,
-                    sched: &mut sched,
-                    state: &mut state,
-                    ambiguous: &mut ambiguous,
-                    report: &mut report,
-                },
-                &shard_limits,
-                entries,
-                result,
-            );
-            for (i, item, slot, code, message) in outcome.dead_letters {
-                let reason = format!("the target refused the record ({code}: {message})");
-                let why = Refusal {
-                    code: "TargetRejected",
-                    reason,
-                    attempts: 1,
-                };
-                match self.dead_letter(route, batch, i, why, send_by).await {
-                    Ok(location) => {
-                        state[i] = State::DeadLettered;
-                        report.dead_letter_locations.push(location);
-                        sched.pop(slot, item);
-                    }
-                    Err(message) => {
-                        if i < limit {
-                            limit = i;
-                            stop = Some(StopReason::DeadLetterFailed { message });
+            for (entries, result) in parts {
+                let outcome = self.settle(
+                    Progress {
+                        records,
+                        target: &target,
+                        sched: &mut sched,
+                        state: &mut state,
+                        ambiguous: &mut ambiguous,
+                        report: &mut report,
+                    },
+                    &shard_limits,
+                    entries,
+                    result,
+                );
+                for (i, item, slot, code, message) in outcome.dead_letters {
+                    let reason = format!("the target refused the record ({code}: {message})");
+                    let why = Refusal {
+                        code: "TargetRejected",
+                        reason,
+                        attempts: 1,
+                    };
+                    match self.dead_letter(route, batch, i, why, send_by).await {
+                        Ok(location) => {
+                            state[i] = State::DeadLettered;
+                            report.dead_letter_locations.push(location);
+                            sched.pop(slot, item);
+                        }
+                        Err(message) => {
+                            if i < limit {
+                                limit = i;
+                                stop = Some(StopReason::DeadLetterFailed { message });
+                            }
                         }
                     }
                 }
-            }
-            if let Some((i, code, message)) = outcome.systemic {
-                if i < limit {
-                    limit = i;
-                    stop = Some(StopReason::Systemic { code, message });
+                if let Some((i, code, message)) = outcome.systemic {
+                    if i < limit {
+                        limit = i;
+                        stop = Some(StopReason::Systemic { code, message });
+                    }
                 }
             }
             sched.truncate_at(limit);
@@ -1169,6 +1228,15 @@ pub fn fix_for(code: &str, route: &Route) -> String {
         ),
         _ => "Check the target stream and the writer role, then let the shard retry.".to_owned(),
     }
+}
+
+/// Where to halve a request's entries without splitting a key's entries (they are next to
+/// each other): the key boundary nearest the middle, or `None` when all are one key's.
+fn key_boundary_near_middle(entries: &[Entry]) -> Option<usize> {
+    let middle = entries.len() / 2;
+    (1..entries.len())
+        .filter(|&i| entries[i].slot != entries[i - 1].slot)
+        .min_by_key(|&i| i.abs_diff(middle))
 }
 
 #[cfg(test)]

@@ -546,6 +546,111 @@ async fn a_write_that_times_out_after_acceptance_is_resent_and_counted_on_moto()
     a_write_that_times_out_after_acceptance_is_resent_and_counted(Backend::Moto).await;
 }
 
+async fn a_write_answered_with_a_server_error_after_acceptance_is_resent_and_counted(
+    backend: Backend,
+    status: u16,
+    error_type: &str,
+) {
+    let Some(world) = World::create(backend, 1, 2).await else {
+        return;
+    };
+    let config = world.config();
+    write_source(&world, &records(400, 30, 100)).await;
+    let proxy = FaultProxy::start(&world.kinesis_endpoint);
+    proxy.set_plan(FaultPlan::AcceptThenError {
+        requests: 2,
+        status,
+        error_type: error_type.to_owned(),
+    });
+    let handler = handler_for(&world, &config, &proxy.endpoint()).await;
+    let reports = invoke_per_shard(&world, &handler).await;
+    assert!(reports.iter().all(|r| r.first_unhandled.is_none()));
+    let counted = total(&reports, |r| r.possible_duplicates);
+    let c = compare(&world, &config).await;
+    assert_eq!(proxy.hangs(), 2);
+    assert!(c.is_clean(), "{c:?}");
+    assert!(
+        c.duplicates > 0,
+        "the requests accepted then answered {status} were re-sent"
+    );
+    assert_eq!(
+        counted, c.duplicates,
+        "every duplicate in the target is counted ({status} {error_type})"
+    );
+}
+
+#[tokio::test]
+async fn a_write_answered_500_or_503_after_acceptance_is_resent_and_counted_on_kinesis_local() {
+    for (status, code) in [(500, "InternalFailure"), (503, "ServiceUnavailable")] {
+        a_write_answered_with_a_server_error_after_acceptance_is_resent_and_counted(
+            Backend::KinesisLocal,
+            status,
+            code,
+        )
+        .await;
+    }
+}
+
+async fn a_record_the_target_refuses_is_dead_lettered_alone_and_the_rest_flows(backend: Backend) {
+    let Some(world) = World::create(backend, 1, 2).await else {
+        return;
+    };
+    let config = world.config();
+    let mut recs = records(300, 30, 100);
+    // Two records a target refuses whole requests for (a partition key over its limit, as
+    // counted by that target); the proxy refuses any request holding them.
+    for i in [40, 222] {
+        recs[i].1 = format!("{}|{i}|REFUSED-BY-TARGET", recs[i].0).into_bytes();
+    }
+    write_source(&world, &recs).await;
+    let proxy = FaultProxy::start(&world.kinesis_endpoint);
+    proxy.set_plan(FaultPlan::RefuseHolding {
+        needle: "REFUSED-BY-TARGET".to_owned(),
+    });
+    let handler = handler_for(&world, &config, &proxy.endpoint()).await;
+    let reports = invoke_per_shard(&world, &handler).await;
+    assert!(
+        reports.iter().all(|r| r.first_unhandled.is_none()),
+        "the shard is not blocked: {:?}",
+        reports
+            .iter()
+            .flat_map(|r| &r.routes)
+            .map(|r| &r.stop)
+            .collect::<Vec<_>>()
+    );
+    let letters = dead_letters(&world, &config).await;
+    let mut refused: Vec<String> = letters
+        .iter()
+        .map(|(_, e)| {
+            use base64::Engine;
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(&e.data_base64)
+                .unwrap();
+            assert_eq!(e.error_code, "TargetRejected");
+            assert!(
+                e.reason.contains("InvalidArgumentException") && e.reason.contains("records."),
+                "the target's own message: {}",
+                e.reason
+            );
+            String::from_utf8(data).unwrap()
+        })
+        .collect();
+    refused.sort();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused.iter().all(|d| d.ends_with("|REFUSED-BY-TARGET")));
+    let c = compare(&world, &config).await;
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!((c.target_records, c.dead_lettered), (298, 2));
+    assert!(proxy.refused() >= 2, "the target refused requests");
+    eprintln!("{} requests refused to isolate 2 records", proxy.refused());
+}
+
+#[tokio::test]
+async fn a_record_the_target_refuses_is_dead_lettered_alone_and_the_rest_flows_on_kinesis_local() {
+    a_record_the_target_refuses_is_dead_lettered_alone_and_the_rest_flows(Backend::KinesisLocal)
+        .await;
+}
+
 async fn the_same_batch_invoked_twice_is_skipped_the_second_time(backend: Backend) {
     let Some(world) = World::create(backend, 2, 2).await else {
         return;

@@ -183,8 +183,9 @@ pub fn classify_entry_code(code: &str) -> FailureClass {
     }
 }
 
-/// Classifies an SDK error of any operation. Service errors use the modeled code; transport
-/// errors after the request may have reached the service are marked ambiguous.
+/// Classifies an SDK error of any operation. Service errors use the modeled code; server
+/// errors (5xx) and transport errors after the request may have reached the service are
+/// marked ambiguous.
 pub fn classify_sdk_error<E>(err: &SdkError<E, HttpResponse>) -> RequestError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
@@ -234,7 +235,9 @@ where
             };
             RequestError {
                 class,
-                ambiguous: false,
+                // A server error answers a request that reached the service: it may have been
+                // applied (a PutRecords whose records were stored), so a resend may duplicate.
+                ambiguous: se.raw().status().is_server_error(),
                 code,
                 message,
             }

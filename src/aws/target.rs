@@ -137,7 +137,7 @@ impl TargetWriter for KinesisTarget {
             .set_records(Some(records))
             .send()
             .await
-            .map_err(|e| classify_sdk_error(&e))?;
+            .map_err(|e| put_records_error(&classify_sdk_error(&e)))?;
         // Consumes the output: its strings move into the results instead of being copied.
         Ok(out
             .records
@@ -155,6 +155,22 @@ impl TargetWriter for KinesisTarget {
             })
             .collect())
     }
+}
+
+/// A whole PutRecords refused for what it holds (a partition key or record the target will
+/// not take: Kinesis says `InvalidArgumentException` or `ValidationException`, naming the
+/// member) is `Permanent`: the write path then sends fewer records at a time until the ones
+/// at fault are alone. Everything else keeps its class; a missing stream, denied access or
+/// KMS trouble have their own codes and stay systemic.
+fn put_records_error(e: &RequestError) -> RequestError {
+    let mut e = e.clone();
+    if matches!(
+        e.code.as_str(),
+        "InvalidArgumentException" | "ValidationException"
+    ) {
+        e.class = FailureClass::Permanent;
+    }
+    e
 }
 
 /// The stream's open shards and their hash ranges (ListShards, every page), in the order
@@ -193,4 +209,30 @@ pub(crate) async fn list_open_shards(
         }
     }
     Ok(shards)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_refused_for_its_contents_is_permanent_and_access_stays_systemic() {
+        let error = |code: &str| RequestError {
+            class: FailureClass::Systemic,
+            ambiguous: false,
+            code: code.to_owned(),
+            message: String::new(),
+        };
+        let cases = [
+            ("InvalidArgumentException", FailureClass::Permanent),
+            ("ValidationException", FailureClass::Permanent),
+            ("AccessDeniedException", FailureClass::Systemic),
+            ("ResourceNotFoundException", FailureClass::Systemic),
+            ("KMSAccessDeniedException", FailureClass::Systemic),
+            ("ExpiredTokenException", FailureClass::Systemic),
+        ];
+        for (code, class) in cases {
+            assert_eq!(put_records_error(&error(code)).class, class, "{code}");
+        }
+    }
 }

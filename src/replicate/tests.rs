@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::model::{Checkpoint, SourceRecord, StoreError, StreamArn};
+use crate::model::{Checkpoint, OrderMode, SourceRecord, StoreError, StreamArn};
 
 const SRC: &str = "arn:aws:kinesis:us-east-1:123456789012:stream/src";
 
@@ -32,6 +32,8 @@ struct TargetState {
     /// Per shard: a token bucket the fake enforces like Kinesis (records/s), when set.
     enforced: Vec<crate::pacing::Bucket>,
     throttled: usize,
+    /// Requests refused whole for a record they held.
+    refused: usize,
 }
 
 type EntryScript = dyn Fn(usize, &str, &[u8]) -> Fault + Send + Sync;
@@ -137,6 +139,23 @@ impl TargetWriter for FakeTarget {
         route: &Route,
         entries: &[OutEntry<'_>],
     ) -> Result<Vec<EntryResult>, RequestError> {
+        // A record the target will not take refuses the whole request, as Kinesis does for a
+        // partition key or record over its limits; nothing of it is written.
+        if let Some(at) = entries
+            .iter()
+            .position(|e| e.data.windows(6).any(|w| w == b"POISON"))
+        {
+            self.state.lock().unwrap().refused += 1;
+            return Err(RequestError {
+                class: FailureClass::Permanent,
+                ambiguous: false,
+                code: "InvalidArgumentException".into(),
+                message: format!(
+                    "Value at 'records.{}.member.partitionKey' failed to satisfy constraint",
+                    at + 1
+                ),
+            });
+        }
         let (call, out) = self.apply(route, entries);
         if !self.round_trip.is_zero() {
             tokio::time::sleep(self.round_trip).await;
@@ -1274,7 +1293,10 @@ async fn a_failed_refresh_of_the_targets_limits_keeps_the_last_known_ones() {
 
     // The cached limits expire; the refresh is throttled, then hangs: both keep the last ones.
     for (first, f) in [
-        (2000, fail(FailureClass::Transient, "LimitExceededException")),
+        (
+            2000,
+            fail(FailureClass::Transient, "LimitExceededException"),
+        ),
         (2100, Some(InfoFault::Hang)),
     ] {
         tokio::time::advance(Duration::from_secs(301)).await;
@@ -1305,4 +1327,68 @@ async fn a_failed_refresh_of_the_targets_limits_keeps_the_last_known_ones() {
     let fix = fix_for("LimitExceededException", &route("t"));
     assert!(fix.contains("not a permission problem"), "{fix}");
     assert_eq!(target.written(&route("t").name).len(), 60);
+}
+
+#[tokio::test]
+async fn a_request_refused_for_a_record_is_split_until_that_record_is_alone() {
+    // Two records the target refuses (request-level InvalidArgumentException) among 300 over
+    // 30 keys, in each order mode: exactly those two are dead-lettered with the target's own
+    // message, every other record is written in its key's order, and the route goes on.
+    for mode in [OrderMode::Strict, OrderMode::Aggregated, OrderMode::Runs] {
+        let target = FakeTarget::new(|_, _, _| Fault::None);
+        let letters = FakeDeadLetters::default();
+        let r = Replicator::new(
+            target.clone(),
+            FakeCheckpoints::default(),
+            letters.clone(),
+            vec![route_in("t", mode)],
+            limits(),
+        );
+        let mut b = batch(300, 30);
+        for i in [37, 161] {
+            let r = &mut b.records[i];
+            r.data = format!("{}:{i}:POISON", r.partition_key.as_deref().unwrap()).into_bytes();
+        }
+        let rep = r.replicate(&b, far()).await;
+        let rr = &rep.routes[0];
+        assert_eq!(rep.first_unhandled, None, "{mode}: {:?}", rr.stop);
+        assert_eq!(rr.dead_lettered, 2, "{mode}");
+        let letters = letters.letters.lock().unwrap().clone();
+        let refused: Vec<String> = letters
+            .iter()
+            .map(|(_, _, data)| String::from_utf8(data.clone()).unwrap())
+            .collect();
+        assert_eq!(refused, vec!["k7:37:POISON", "k11:161:POISON"], "{mode}");
+        assert!(letters.iter().all(|(_, code, _)| code == "TargetRejected"));
+        // Per key, the order of first arrivals (strict, aggregated) or last ones (runs).
+        let all = arrivals(&target.written(&route_in("t", mode).name));
+        let mut kept: Vec<(String, usize)> = Vec::new();
+        for (at, (key, pos)) in all.iter().enumerate() {
+            let first = !all[..at].iter().any(|(_, p)| p == pos);
+            let last = !all[at + 1..].iter().any(|(_, p)| p == pos);
+            if (mode == OrderMode::Runs && last) || (mode != OrderMode::Runs && first) {
+                kept.push((key.clone(), *pos));
+            }
+        }
+        let mut present: Vec<usize> = kept.iter().map(|(_, p)| *p).collect();
+        present.sort_unstable();
+        let want: Vec<usize> = (0..300).filter(|i| ![37, 161].contains(i)).collect();
+        assert_eq!(present, want, "{mode}: every other record, once");
+        for key in (0..30).map(|k| format!("k{k}")) {
+            let order: Vec<usize> = kept
+                .iter()
+                .filter(|(k, _)| *k == key)
+                .map(|(_, p)| *p)
+                .collect();
+            assert!(
+                order.windows(2).all(|w| w[0] < w[1]),
+                "{mode}: {key} {order:?}"
+            );
+        }
+        let refused_requests = target.state.lock().unwrap().refused;
+        assert!(
+            refused_requests <= 40,
+            "{mode}: {refused_requests} refused requests to find 2 records"
+        );
+    }
 }

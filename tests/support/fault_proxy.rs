@@ -59,6 +59,20 @@ pub enum FaultPlan {
     /// response back for `hang`, so a client with a shorter timeout sees a timeout after a write
     /// that happened. Afterwards behave as [`FaultPlan::Pass`].
     AcceptThenHang { requests: usize, hang: Duration },
+    /// For the next `requests` PutRecords: forward (so the records are stored), then answer
+    /// with this whole-request error instead of the emulator's answer (e.g. 500
+    /// `InternalFailure`, 503 `ServiceUnavailable`): a write that happened, reported as failed.
+    /// Afterwards behave as [`FaultPlan::Pass`].
+    AcceptThenError {
+        requests: usize,
+        status: u16,
+        error_type: String,
+    },
+    /// Refuse, whole, every PutRecords holding an entry whose partition key or data contains
+    /// `needle` (400 `InvalidArgumentException` naming that entry, as Kinesis does for a
+    /// partition key or record over its limits); nothing of such a request is written. Others
+    /// pass.
+    RefuseHolding { needle: String },
     /// Enforce Kinesis's per-shard write limits: each target shard (found by hashing the
     /// partition key, or the explicit hash key, against the stream's hash ranges, read once
     /// with ListShards from the upstream) takes `records_per_sec` entries and `bytes_per_sec`
@@ -115,7 +129,7 @@ pub struct ProxyStats {
     pub entries_failed_injected: u64,
     /// PutRecords entries sent upstream.
     pub entries_forwarded: u64,
-    /// PutRecords responses held back by `AcceptThenHang`.
+    /// PutRecords responses held back by `AcceptThenHang` or replaced by `AcceptThenError`.
     pub hangs: u64,
 }
 
@@ -178,6 +192,7 @@ impl FaultProxy {
             entries_failed_injected: AtomicU64::new(0),
             entries_forwarded: AtomicU64::new(0),
             hangs: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             request_ids: AtomicU64::new(0),
             read_faults: Mutex::new(Default::default()),
             get_records_requests: AtomicU64::new(0),
@@ -233,6 +248,11 @@ impl FaultProxy {
         self.shared.hangs.load(Ordering::SeqCst)
     }
 
+    /// PutRecords requests refused whole by [`FaultPlan::RefuseHolding`].
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::SeqCst)
+    }
+
     /// Answers the next `n` GetRecords requests (any shard) with `status` and `error_type`
     /// (e.g. 400 `ExpiredIteratorException`, 400 `ProvisionedThroughputExceededException`,
     /// 400 `AccessDeniedException`) instead of forwarding them.
@@ -273,6 +293,8 @@ struct Shared {
     entries_failed_injected: AtomicU64,
     entries_forwarded: AtomicU64,
     hangs: AtomicU64,
+    /// PutRecords refused whole by `RefuseHolding`.
+    refused: AtomicU64,
     request_ids: AtomicU64,
     /// Errors to answer the next GetRecords requests with, first first: (status, error type).
     read_faults: Mutex<std::collections::VecDeque<(u16, String)>>,
@@ -293,7 +315,8 @@ impl PlanState {
     fn new(plan: FaultPlan) -> Self {
         let (seed, hangs_left) = match &plan {
             FaultPlan::PartialFailures { seed, .. } => (*seed, 0),
-            FaultPlan::AcceptThenHang { requests, .. } => (0, *requests),
+            FaultPlan::AcceptThenHang { requests, .. }
+            | FaultPlan::AcceptThenError { requests, .. } => (0, *requests),
             _ => (0, 0),
         };
         PlanState {
@@ -310,6 +333,11 @@ enum Action {
     /// One entry per request entry: `Some(code)` fails it.
     Fail(Vec<Option<String>>),
     Hang(Duration),
+    /// Forward, then answer with this error.
+    ForwardThenReject {
+        status: u16,
+        error_type: String,
+    },
     Reject {
         status: u16,
         error_type: String,
@@ -356,8 +384,23 @@ impl PlanState {
                     Action::Hang(*hang)
                 }
             }
+            FaultPlan::AcceptThenError {
+                status, error_type, ..
+            } => {
+                if self.hangs_left == 0 {
+                    Action::Forward
+                } else {
+                    self.hangs_left -= 1;
+                    Action::ForwardThenReject {
+                        status: *status,
+                        error_type: error_type.clone(),
+                    }
+                }
+            }
             // Needs the shard map, which is read outside the plan lock.
             FaultPlan::ShardLimits { .. } => Action::Forward,
+            // Needs the entries, decided in `put_records`.
+            FaultPlan::RefuseHolding { .. } => Action::Forward,
             FaultPlan::RequestError {
                 status,
                 error_type,
@@ -465,14 +508,41 @@ async fn put_records(
             bytes_per_sec,
         },
         Some(request),
-    ) = (plan, request.as_ref())
+    ) = (&plan, request.as_ref())
     {
-        let codes = over_limit(shared, parts, request, records_per_sec, bytes_per_sec).await?;
+        let codes = over_limit(shared, parts, request, *records_per_sec, *bytes_per_sec).await?;
         if codes.iter().all(Option::is_none) {
             shared.count_forwarded(codes.len());
             return forward(shared, parts, body).await;
         }
         return partial_failure(shared, parts, request.clone(), codes).await;
+    }
+    if let (FaultPlan::RefuseHolding { needle }, Some(request)) = (&plan, request.as_ref()) {
+        use base64::Engine;
+        let holds = |e: &Value| {
+            let key = e.get("PartitionKey").and_then(Value::as_str).unwrap_or("");
+            let data = e
+                .get("Data")
+                .and_then(Value::as_str)
+                .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+                .unwrap_or_default();
+            key.contains(needle.as_str())
+                || data
+                    .windows(needle.len().max(1))
+                    .any(|w| w == needle.as_bytes())
+        };
+        let at = request
+            .get("Records")
+            .and_then(Value::as_array)
+            .and_then(|r| r.iter().position(holds));
+        if let Some(at) = at {
+            shared.refused.fetch_add(1, Ordering::SeqCst);
+            let message = format!(
+                "1 validation error detected: Value at 'records.{}.member.partitionKey' failed to satisfy constraint: injected by the fault proxy",
+                at + 1
+            );
+            return reject(shared, 400, "InvalidArgumentException", &message);
+        }
     }
     let action = shared.plan.lock().expect("plan lock").decide(entries);
     match action {
@@ -487,26 +557,45 @@ async fn put_records(
             tokio::time::sleep(hang).await;
             Ok(response)
         }
+        Action::ForwardThenReject { status, error_type } => {
+            shared.count_forwarded(entries.unwrap_or(0));
+            forward(shared, parts, body).await?;
+            shared.hangs.fetch_add(1, Ordering::SeqCst);
+            reject(
+                shared,
+                status,
+                &error_type,
+                "injected after the write by the fault proxy",
+            )
+        }
         Action::Reject {
             status,
             error_type,
             message,
-        } => {
-            let status = StatusCode::from_u16(status)
-                .map_err(|e| format!("fault plan has a bad status {status}: {e}"))?;
-            let body = json!({ "__type": error_type, "message": message });
-            let mut response = json_response(status, &body, HeaderMap::new());
-            if let Ok(v) = HeaderValue::from_str(&error_type) {
-                response.headers_mut().insert("x-amzn-errortype", v);
-            }
-            shared.add_request_id(response.headers_mut());
-            Ok(response)
-        }
+        } => reject(shared, status, &error_type, &message),
         Action::Fail(codes) => {
             let request = request.expect("Fail is only decided for a parsed request");
             partial_failure(shared, parts, request, codes).await
         }
     }
+}
+
+/// A whole-request error answer, as Kinesis sends one.
+fn reject(
+    shared: &Shared,
+    status: u16,
+    error_type: &str,
+    message: &str,
+) -> Result<Response<Full<Bytes>>, String> {
+    let status = StatusCode::from_u16(status)
+        .map_err(|e| format!("fault plan has a bad status {status}: {e}"))?;
+    let body = json!({ "__type": error_type, "message": message });
+    let mut response = json_response(status, &body, HeaderMap::new());
+    if let Ok(v) = HeaderValue::from_str(error_type) {
+        response.headers_mut().insert("x-amzn-errortype", v);
+    }
+    shared.add_request_id(response.headers_mut());
+    Ok(response)
 }
 
 async fn partial_failure(
