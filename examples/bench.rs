@@ -943,6 +943,7 @@ async fn checkpoint_round_trips(
         written: 1,
         dead_lettered: 0,
         now_ms: chrono::Utc::now().timestamp_millis(),
+        beyond: None,
     };
     store.advance(&advance).await.map_err(err)?;
     Ok(ms(started.elapsed()))

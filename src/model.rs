@@ -234,6 +234,70 @@ pub struct Checkpoint {
     /// Every record at or below this sequence number has been handled.
     pub last_seq: SequenceNumber,
     pub updated_at_ms: i64,
+    /// Records handled after the first unhandled one, when the last batch stopped.
+    pub beyond: Option<HandledBeyond>,
+}
+
+/// Which records past a stopped batch's first unhandled record were handled anyway (written
+/// or dead-lettered), so that the retry, which starts at that record, skips them instead of
+/// writing them again. Positions count the shard's records from `anchor` (position 0, never
+/// handled) on: an event source mapping retries with the shard's consecutive records from
+/// there, so position i is the same record in both batches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandledBeyond {
+    /// The first unhandled record.
+    pub anchor: SequenceNumber,
+    /// The last handled record (at position `len - 1`).
+    pub end: SequenceNumber,
+    /// Positions covered.
+    pub len: u32,
+    /// Bit i (of byte i / 8, least significant first): position i was handled.
+    pub bits: Vec<u8>,
+}
+
+impl HandledBeyond {
+    /// From per-position flags (position 0 first); `None` when nothing is handled.
+    pub fn from_flags(
+        anchor: &SequenceNumber,
+        records: &[(bool, &SequenceNumber)],
+    ) -> Option<Self> {
+        let last = records.iter().rposition(|(handled, _)| *handled)?;
+        let mut bits = vec![0u8; last / 8 + 1];
+        for (i, (handled, _)) in records[..=last].iter().enumerate() {
+            if *handled {
+                bits[i / 8] |= 1 << (i % 8);
+            }
+        }
+        Some(HandledBeyond {
+            anchor: anchor.clone(),
+            end: records[last].1.clone(),
+            len: last as u32 + 1,
+            bits,
+        })
+    }
+
+    pub fn handled(&self, position: usize) -> bool {
+        position < self.len as usize
+            && self
+                .bits
+                .get(position / 8)
+                .is_some_and(|b| b & (1 << (position % 8)) != 0)
+    }
+
+    /// Records marked handled.
+    pub fn count(&self) -> usize {
+        self.bits.iter().map(|b| b.count_ones() as usize).sum()
+    }
+
+    /// Where position 0 is in `seqs` (a batch's records in order), if the batch holds the
+    /// anchor and, where it reaches that far, the last handled record at its position.
+    pub fn align(&self, seqs: &[&SequenceNumber]) -> Option<usize> {
+        let at = seqs.iter().position(|s| **s == self.anchor)?;
+        match seqs.get(at + self.len as usize - 1) {
+            Some(end) if **end != self.end => None,
+            _ => Some(at),
+        }
+    }
 }
 
 /// What a batch adds to a checkpoint.
@@ -249,6 +313,8 @@ pub struct CheckpointAdvance {
     pub written: u64,
     pub dead_lettered: u64,
     pub now_ms: i64,
+    /// Records handled past the first unhandled one (`None`: the batch finished, or none).
+    pub beyond: Option<HandledBeyond>,
 }
 
 /// Result of a conditional checkpoint write.

@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use crate::config::Limits;
 use crate::control::machine::Mode;
 use crate::model::{
-    AdvanceOutcome, CheckpointAdvance, DeadLetter, EntryResult, FailureClass, RequestError, Route,
-    SourceBatch, SourceRecord, StoreError, TargetInfo,
+    AdvanceOutcome, CheckpointAdvance, DeadLetter, EntryResult, FailureClass, HandledBeyond,
+    RequestError, Route, SourceBatch, SourceRecord, StoreError, TargetInfo,
 };
 use crate::pacing::{Bucket, ShardLimits, ShardMap};
 use crate::plan;
@@ -191,8 +191,13 @@ const THROTTLED: &str = "ProvisionedThroughputExceededException";
 #[derive(Clone, Debug)]
 enum State {
     Pending,
-    Written { shard_id: String, seq: String },
+    Written {
+        shard_id: String,
+        seq: String,
+    },
     DeadLettered,
+    /// Handled by an earlier invocation past its first unhandled record.
+    Handled,
 }
 
 impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D> {
@@ -726,13 +731,21 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             return report;
         }
 
-        // 1. Skip what an earlier invocation already handled.
+        // 1. Skip what an earlier invocation already handled: its contiguous prefix, and what
+        //    it handled past its first unhandled record.
+        let mut earlier: Option<HandledBeyond> = None;
+        let mut loaded_last: Option<SequenceNumber> = None;
         let start = match within(send_by, self.checkpoints.load(&route.name, &batch.shard_id)).await
         {
-            Ok(Some(cp)) => records
-                .iter()
-                .position(|r| r.seq > cp.last_seq)
-                .unwrap_or(records.len()),
+            Ok(Some(cp)) => {
+                earlier = cp.beyond;
+                let start = records
+                    .iter()
+                    .position(|r| r.seq > cp.last_seq)
+                    .unwrap_or(records.len());
+                loaded_last = Some(cp.last_seq);
+                start
+            }
             Ok(None) => 0,
             Err(e) => {
                 let stop = StopReason::CheckpointUnreadable {
@@ -768,12 +781,29 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             .min(self.limits.max_request_bytes);
 
         let mut state: Vec<State> = vec![State::Pending; records.len()];
+        if let Some(b) = &earlier {
+            let seqs: Vec<&SequenceNumber> = records.iter().map(|r| &r.seq).collect();
+            match b.align(&seqs) {
+                Some(at) => {
+                    for i in (at..records.len().min(at + b.len as usize)).filter(|&i| i >= start) {
+                        if b.handled(i - at) {
+                            state[i] = State::Handled;
+                            report.skipped += 1;
+                        }
+                    }
+                }
+                // Not the batch that stopped (its first unhandled record is not here): what
+                // it handled past that record may be written again.
+                None => report.possible_duplicates += b.count(),
+            }
+        }
         // Records at or after `limit` are left for the retry (a systemic stop happened there).
         let mut limit = records.len();
         let mut stop: Option<StopReason> = None;
 
         // 2. Dead-letter what can never be written, in order; stop at the first that cannot be stored.
         let defects: Vec<(usize, String, String)> = (start..records.len())
+            .filter(|&i| matches!(state[i], State::Pending))
             .filter_map(|i| {
                 plan::permanent_defect(&records[i], max_record_bytes)
                     .map(|(c, r)| (i, c.to_owned(), r))
@@ -859,7 +889,11 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                         break;
                     };
                     report.requests += 1;
-                    let timeout = self.limits.request_timeout.min(send_by - now);
+                    // A request may finish in the first half of the margin left for the
+                    // checkpoint: one cut off at the stop would be ambiguous, and its records
+                    // written again by the retry.
+                    let answer_by = send_by + deadline.saturating_duration_since(send_by) / 2;
+                    let timeout = self.limits.request_timeout.min(answer_by - now);
                     in_flight.push(self.send(route, records, entries, timeout));
                 }
             }
@@ -945,15 +979,29 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             .find(|&i| matches!(state[i], State::Pending))
             .unwrap_or(records.len());
         report.dead_lettered = report.dead_letter_locations.len();
+        // Written past the first unhandled record: skipped by the retry if the checkpoint
+        // below stores them, written again (possible duplicates) if not.
+        let mut written_beyond = 0;
+        let mut beyond: Option<HandledBeyond> = None;
         if end < records.len() {
             report.first_unhandled = Some(records[end].seq.clone());
-            report.possible_duplicates += state[end..]
+            written_beyond = state[end..]
                 .iter()
                 .filter(|s| matches!(s, State::Written { .. }))
                 .count();
+            let flags: Vec<(bool, &SequenceNumber)> = (end..records.len())
+                .map(|i| (!matches!(state[i], State::Pending), &records[i].seq))
+                .collect();
+            beyond = HandledBeyond::from_flags(&records[end].seq, &flags);
+            // Records whose write may have landed (a timeout, a server error) and that the
+            // retry sends again.
+            report.possible_duplicates += (end..records.len())
+                .filter(|&i| matches!(state[i], State::Pending))
+                .map(|i| ambiguous[i] as usize)
+                .sum::<usize>();
             report.stop = stop.or(Some(StopReason::Deadline));
         }
-        if end > start {
+        if end > start || beyond.is_some() {
             let prefix = &state[start..end];
             let last_target = prefix.iter().rev().find_map(|s| match s {
                 State::Written { shard_id, seq } => Some((shard_id.clone(), seq.clone())),
@@ -964,7 +1012,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 shard_id: batch.shard_id.clone(),
                 source_arn: batch.source.to_string(),
                 target_arn: route.target.to_string(),
-                last_seq: records[end - 1].seq.clone(),
+                // With no new prefix, the stored one (or, on a shard's first batch, a position
+                // before every record) is written again with what was handled past it.
+                last_seq: match end.checked_sub(1) {
+                    Some(last) => records[last].seq.clone(),
+                    None => loaded_last.clone().unwrap_or_else(|| {
+                        SequenceNumber::parse("0").expect("0 is a sequence number")
+                    }),
+                },
                 last_target,
                 written: prefix
                     .iter()
@@ -975,6 +1030,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     .filter(|s| matches!(s, State::DeadLettered))
                     .count() as u64,
                 now_ms: chrono::Utc::now().timestamp_millis(),
+                beyond: beyond.clone(),
             };
             // The heartbeat goes with the checkpoint, at once: one round trip of waiting.
             let heartbeat = self.heartbeat(route, batch, end, deadline);
@@ -984,13 +1040,17 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             );
             match advanced {
                 Ok(AdvanceOutcome::Moved) => {}
-                Ok(AdvanceOutcome::AlreadyFurther) => tracing::warn!(
-                    route = %route.name,
-                    shard = %batch.shard_id,
-                    sequence_number = %advance.last_seq,
-                    "Checkpoint was already further than this batch; another invocation handled the same records."
-                ),
+                Ok(AdvanceOutcome::AlreadyFurther) => {
+                    report.possible_duplicates += written_beyond;
+                    tracing::warn!(
+                        route = %route.name,
+                        shard = %batch.shard_id,
+                        sequence_number = %advance.last_seq,
+                        "Checkpoint was already further than this batch; another invocation handled the same records."
+                    )
+                }
                 Err(e) => {
+                    report.possible_duplicates += written_beyond;
                     tracing::warn!(
                         route = %route.name,
                         shard = %batch.shard_id,

@@ -222,6 +222,72 @@ async fn partial_failures_at_10_to_50_percent_lose_nothing_and_keep_order_on_mot
     partial_failures_lose_nothing_and_keep_order(Backend::Moto).await;
 }
 
+async fn a_stopped_batch_retried_at_50_percent_failures_duplicates_under_1_percent(
+    backend: Backend,
+) {
+    let Some(world) = World::create(backend, 1, 3).await else {
+        return;
+    };
+    let config = world.config();
+    write_source(&world, &records(1500, 40, 120)).await;
+    let proxy = FaultProxy::start(&world.kinesis_endpoint);
+    proxy.set_plan(FaultPlan::mixed_failures(0.5, 51));
+    let handler = handler_for(&world, &config, &proxy.endpoint()).await;
+    // As the event source mapping does: each invocation gets a short time (the batch stops
+    // part-way), and the next starts at the first unhandled record it reported.
+    let (mut invocations, mut counted, mut skipped) = (0, 0, 0);
+    for (shard, recs) in source_batches(&world).await {
+        let mut from = 0;
+        while from < recs.len() {
+            invocations += 1;
+            assert!(invocations < 400, "no progress");
+            let ev = event::build_event(&world.source, &shard, "us-east-1", &recs[from..]);
+            let payload = serde_json::to_vec(&ev).unwrap();
+            // The test configuration keeps a 1 s margin: 300 ms of writing.
+            let (_, report) = handler
+                .handle(&payload, Instant::now() + Duration::from_millis(1300))
+                .await
+                .expect("handled");
+            counted += total(std::slice::from_ref(&report), |r| r.possible_duplicates);
+            skipped += total(std::slice::from_ref(&report), |r| r.skipped);
+            from = match &report.first_unhandled {
+                Some(seq) => recs.iter().position(|r| r.seq == *seq).unwrap(),
+                None => recs.len(),
+            };
+        }
+    }
+    let c = compare(&world, &config).await;
+    eprintln!(
+        "{backend:?}: {invocations} invocations, {} records in the target, {} duplicates, {counted} counted, {skipped} skipped",
+        c.target_records, c.duplicates
+    );
+    assert!(c.is_clean(), "{c:?}");
+    assert!(invocations > 3, "batches were stopped and retried");
+    assert!(
+        skipped > 0,
+        "retries skipped what was written past the stop"
+    );
+    assert!(
+        c.duplicates <= 15,
+        "{} duplicates for 1,500 records (at most 1%)",
+        c.duplicates
+    );
+    assert!(
+        counted >= c.duplicates,
+        "{counted} counted, {} found",
+        c.duplicates
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_batch_retried_at_50_percent_failures_duplicates_under_1_percent_on_kinesis_local(
+) {
+    a_stopped_batch_retried_at_50_percent_failures_duplicates_under_1_percent(
+        Backend::KinesisLocal,
+    )
+    .await;
+}
+
 /// The world's configuration with one route in `order` mode and extra settings.
 fn config_in(world: &World, order: &str, extra: &[(&'static str, &str)]) -> ReplicatorConfig {
     let mut vars = world.vars();

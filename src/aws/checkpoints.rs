@@ -14,7 +14,7 @@ use aws_sdk_dynamodb::Client;
 use super::ddb::s;
 use super::store_error;
 use crate::control::machine::RouteMode;
-use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, StoreError};
+use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, HandledBeyond, StoreError};
 use crate::ports::{CheckpointStore, ShardHeartbeat};
 use crate::seq::SequenceNumber;
 
@@ -120,9 +120,25 @@ impl CheckpointStore for DynamoCheckpoints {
             .and_then(|v| v.as_n().ok())
             .and_then(|n| n.parse().ok())
             .unwrap_or(0);
+        // What was handled past the first unhandled record; unreadable means none (the retry
+        // then writes those records again, counted as possible duplicates).
+        let beyond = (|| {
+            let seq = |name: &str| {
+                item.get(name)
+                    .and_then(|v| v.as_s().ok())
+                    .and_then(|t| SequenceNumber::parse(t).ok())
+            };
+            Some(HandledBeyond {
+                anchor: seq("beyond_anchor")?,
+                end: seq("beyond_end")?,
+                len: item.get("beyond_len")?.as_n().ok()?.parse().ok()?,
+                bits: item.get("beyond_bits")?.as_b().ok()?.as_ref().to_vec(),
+            })
+        })();
         Ok(Some(Checkpoint {
             last_seq,
             updated_at_ms,
+            beyond,
         }))
     }
 
@@ -157,7 +173,22 @@ impl CheckpointStore for DynamoCheckpoints {
             values.insert(":tshard".to_owned(), s(shard));
             values.insert(":tseq".to_owned(), s(seq));
         }
+        if let Some(b) = &a.beyond {
+            update.push_str(
+                    ", beyond_anchor = :banchor, beyond_end = :bend, beyond_len = :blen, beyond_bits = :bbits",
+                );
+            values.insert(":banchor".to_owned(), s(b.anchor.to_padded()));
+            values.insert(":bend".to_owned(), s(b.end.to_padded()));
+            values.insert(":blen".to_owned(), AttributeValue::N(b.len.to_string()));
+            values.insert(
+                ":bbits".to_owned(),
+                AttributeValue::B(aws_sdk_dynamodb::primitives::Blob::new(b.bits.clone())),
+            );
+        }
         update.push_str(" ADD records_written :written, records_dead_lettered :dead");
+        if a.beyond.is_none() {
+            update.push_str(" REMOVE beyond_anchor, beyond_end, beyond_len, beyond_bits");
+        }
         let result = self
             .client
             .update_item()
@@ -165,7 +196,8 @@ impl CheckpointStore for DynamoCheckpoints {
             .key("pk", s(self.pk(&a.route)))
             .key("sk", s(&a.shard_id))
             .update_expression(update)
-            .condition_expression("attribute_not_exists(last_seq) OR last_seq < :seq")
+            // Forward only; the same position again when only what was handled past it grew.
+            .condition_expression("attribute_not_exists(last_seq) OR last_seq <= :seq")
             .set_expression_attribute_values(Some(values))
             .send()
             .await;

@@ -238,7 +238,7 @@ impl FakeTarget {
 
 #[derive(Clone, Default)]
 struct FakeCheckpoints {
-    items: Arc<Mutex<HashMap<(String, String), SequenceNumber>>>,
+    items: Arc<Mutex<HashMap<(String, String), Checkpoint>>>,
     fail_load: bool,
     heartbeats: Arc<Mutex<Vec<crate::ports::ShardHeartbeat>>>,
 }
@@ -256,19 +256,23 @@ impl CheckpointStore for FakeCheckpoints {
             .lock()
             .unwrap()
             .get(&(route.to_owned(), shard_id.to_owned()))
-            .map(|s| Checkpoint {
-                last_seq: s.clone(),
-                updated_at_ms: 0,
-            }))
+            .cloned())
     }
 
     async fn advance(&self, a: &CheckpointAdvance) -> Result<AdvanceOutcome, StoreError> {
         let mut items = self.items.lock().unwrap();
         let key = (a.route.clone(), a.shard_id.clone());
         match items.get(&key) {
-            Some(s) if *s >= a.last_seq => Ok(AdvanceOutcome::AlreadyFurther),
+            Some(c) if c.last_seq > a.last_seq => Ok(AdvanceOutcome::AlreadyFurther),
             _ => {
-                items.insert(key, a.last_seq.clone());
+                items.insert(
+                    key,
+                    Checkpoint {
+                        last_seq: a.last_seq.clone(),
+                        updated_at_ms: a.now_ms,
+                        beyond: a.beyond.clone(),
+                    },
+                );
                 Ok(AdvanceOutcome::Moved)
             }
         }
@@ -423,7 +427,7 @@ async fn clean_batch_is_written_in_order_and_checkpointed() {
     );
     assert_complete_and_ordered(&target.written(&route("t").name), 1200, &[]);
     let stored = cps.items.lock().unwrap().values().next().cloned().unwrap();
-    assert_eq!(stored, b.records[1199].seq);
+    assert_eq!(stored.last_seq, b.records[1199].seq);
 }
 
 #[tokio::test]
@@ -541,8 +545,13 @@ async fn a_systemic_error_stops_at_the_first_unwritten_record_without_dead_lette
     );
     assert!(dls.letters.lock().unwrap().is_empty());
     assert_eq!(
-        cps.items.lock().unwrap().values().next(),
-        Some(&b.records[39].seq)
+        cps.items
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .map(|c| c.last_seq.clone()),
+        Some(b.records[39].seq.clone())
     );
     assert_complete_and_ordered(&target.written(&route("t").name), 40, &[]);
 }
@@ -1162,7 +1171,7 @@ async fn a_busy_shard_writes_its_heartbeat_every_few_seconds_and_a_mode_change_a
             .unwrap()
             .values()
             .next()
-            .map(|c| c.to_string()),
+            .map(|c| c.last_seq.to_string()),
         Some("1029".to_owned()),
         "every batch still advances the checkpoint"
     );
@@ -1391,4 +1400,60 @@ async fn a_request_refused_for_a_record_is_split_until_that_record_is_alone() {
             "{mode}: {refused_requests} refused requests to find 2 records"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_of_a_stopped_batch_skip_what_it_wrote_past_its_first_unhandled_record() {
+    // 1,000 records over 40 keys, half of all entries throttled, 25 ms round trips, and an
+    // invocation time that stops every batch part-way: the event source mapping retries from
+    // the first unhandled record each time. What an invocation wrote past that record is kept
+    // with the checkpoint and skipped by the retry, so copies beyond the first are few (only
+    // requests cut off by the deadline, whose outcome is unknown) and every one is counted.
+    let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(50)));
+    let target = FakeTarget::new(move |_, _, _| {
+        if rng.lock().unwrap().random_bool(0.5) {
+            Fault::Throttle
+        } else {
+            Fault::None
+        }
+    })
+    .with_round_trip(Duration::from_millis(25));
+    let r = one_route(&target);
+    let all = batch(1000, 40);
+    let mut from = 0;
+    let (mut invocations, mut counted, mut skipped) = (0, 0, 0);
+    while from < all.records.len() {
+        invocations += 1;
+        assert!(invocations < 500, "no progress");
+        let b = SourceBatch {
+            records: all.records[from..].to_vec(),
+            ..all.clone()
+        };
+        let rep = r
+            .replicate(&b, Instant::now() + Duration::from_millis(400))
+            .await;
+        counted += rep.routes[0].possible_duplicates;
+        skipped += rep.routes[0].skipped;
+        from = match &rep.first_unhandled {
+            Some(seq) => all.records.iter().position(|x| x.seq == *seq).unwrap(),
+            None => all.records.len(),
+        };
+    }
+    let written = target.written(&route("t").name);
+    assert_complete_and_ordered(&written, 1000, &[]);
+    let duplicates = written.len() - 1000;
+    eprintln!(
+        "{invocations} invocations, {} copies, {duplicates} duplicates, {counted} counted, {skipped} skipped",
+        written.len()
+    );
+    assert!(invocations > 3, "the batch was stopped and retried");
+    assert!(
+        skipped > 100,
+        "the retries skipped what was written past the stop"
+    );
+    assert!(duplicates <= 10, "{duplicates} duplicates (at most 1%)");
+    assert!(
+        counted >= duplicates,
+        "{counted} counted, {duplicates} found"
+    );
 }
