@@ -717,10 +717,9 @@ fn assert_last_arrivals_in_order(written: &[(String, Vec<u8>)], n: usize) {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
-    // k0's head fails (InternalFailure) on its first 4 attempts; every other entry goes
-    // through.
+/// A target that answers `fault` to the first 4 attempts at k0's first record ("k0:0"), and
+/// writes everything else; and the count of those attempts.
+fn k0_head_fails_4_times(fault: Fault) -> (FakeTarget, Arc<Mutex<usize>>) {
     let attempts = Arc::new(Mutex::new(0usize));
     let seen = attempts.clone();
     let target = FakeTarget::new(move |_, _, data| {
@@ -728,11 +727,19 @@ async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
             let mut n = seen.lock().unwrap();
             *n += 1;
             if *n <= 4 {
-                return Fault::Internal;
+                return fault.clone();
             }
         }
         Fault::None
     });
+    (target, attempts)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
+    // k0's head fails (InternalFailure) on its first 4 attempts; every other entry goes
+    // through.
+    let (target, attempts) = k0_head_fails_4_times(Fault::Internal);
     let r = Replicator::new(
         target.clone(),
         FakeCheckpoints::default(),
@@ -769,19 +776,8 @@ async fn a_throttled_key_goes_again_with_its_shards_tokens_without_a_back_off_of
     // k0's head is throttled on its first 4 attempts. The target's shards are paced (limits
     // far above the load), so the throttles slow k0's shard instead of putting k0 to sleep:
     // no 100 + 200 + 400 ms of back-off, and the other keys are not held either.
-    let attempts = Arc::new(Mutex::new(0usize));
-    let seen = attempts.clone();
-    let target = FakeTarget::new(move |_, _, data| {
-        if data.starts_with(b"k0:0") && data.len() == 4 {
-            let mut n = seen.lock().unwrap();
-            *n += 1;
-            if *n <= 4 {
-                return Fault::Throttle;
-            }
-        }
-        Fault::None
-    })
-    .with_shards(2, 0);
+    let (target, attempts) = k0_head_fails_4_times(Fault::Throttle);
+    let target = target.with_shards(2, 0);
     let r = Replicator::new(
         target.clone(),
         FakeCheckpoints::default(),
