@@ -238,6 +238,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
                 source: batch.source.to_string(),
                 shard_id: batch.shard_id.clone(),
                 first_unhandled: Some(batch.records[0].seq.clone()),
+                held: Some(format!(
+                    "no route replicates {}: add it to FANOUT_ROUTES",
+                    batch.source
+                )),
                 ..BatchReport::default()
             };
             return Ok((event::response(report.first_unhandled.as_ref()), report));
@@ -252,16 +256,20 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
         {
             let mode = self.mode(&route.name, deadline).await;
             if mode.mode != Mode::Forward {
-                blocked = Some(mode.mode);
+                blocked = Some((mode.mode, route.name.clone()));
                 break;
             }
             since_ms = since_ms.max(mode.since_ms);
         }
-        if let Some(mode) = blocked {
+        if let Some((mode, route)) = blocked {
             let report = BatchReport {
                 source: batch.source.to_string(),
                 shard_id: batch.shard_id.clone(),
                 first_unhandled: Some(batch.records[0].seq.clone()),
+                held: Some(format!(
+                    "route {route} is {}: its records wait in the stream (`fanoutctl status` says why; `fanoutctl resume` when it should go on)",
+                    mode.as_str()
+                )),
                 ..BatchReport::default()
             };
             tracing::debug!(shard = %batch.shard_id, mode = mode.as_str(), "Batch not replicated: the route is not forward.");

@@ -109,6 +109,9 @@ pub struct BatchReport {
     /// The lowest first-unhandled sequence number over all routes: what to report to Lambda.
     pub first_unhandled: Option<SequenceNumber>,
     pub duration: Duration,
+    /// Why nothing of the batch was replicated, when the handler held it back (a route that is
+    /// not replicating forward, a source without a route), with what to do.
+    pub held: Option<String>,
 }
 
 /// Replicates batches to every route whose source they come from.
@@ -279,6 +282,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             routes: reports,
             first_unhandled,
             duration: started.elapsed(),
+            held: None,
         }
     }
 

@@ -43,23 +43,35 @@ use crate::plan;
 use crate::ports::{CheckpointStore, DeadLetterStore, TargetWriter};
 use crate::seq::SequenceNumber;
 
+/// What an invocation answered.
+pub struct Invoked {
+    /// The handler's JSON answer (`batchItemFailures`).
+    pub body: Vec<u8>,
+    /// What the handler did, when it ran in this process (a function invoked over HTTP keeps
+    /// its figures in its own logs and metrics).
+    pub report: Option<crate::replicate::BatchReport>,
+}
+
 /// Calls the replicator with one event.
 pub trait Invoker: Send + Sync {
-    /// Returns the handler's JSON answer, or an error message (the whole batch is retried).
+    /// Returns the handler's answer, or an error message (the whole batch is retried).
     fn invoke(
         &self,
         event: Vec<u8>,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Vec<u8>, String>> + Send;
+    ) -> impl Future<Output = Result<Invoked, String>> + Send;
 }
 
 /// Invokes the handler in this process.
 pub struct InProcess<W, C, D>(pub Arc<Handler<W, C, D>>);
 
 impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Invoker for InProcess<W, C, D> {
-    async fn invoke(&self, event: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+    async fn invoke(&self, event: Vec<u8>, timeout: Duration) -> Result<Invoked, String> {
         match self.0.handle(&event, Instant::now() + timeout).await {
-            Ok((response, _)) => serde_json::to_vec(&response).map_err(|e| e.to_string()),
+            Ok((response, report)) => Ok(Invoked {
+                body: serde_json::to_vec(&response).map_err(|e| e.to_string())?,
+                report: Some(report),
+            }),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -91,7 +103,7 @@ impl HttpInvoker {
 }
 
 impl Invoker for HttpInvoker {
-    async fn invoke(&self, event: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, String> {
+    async fn invoke(&self, event: Vec<u8>, timeout: Duration) -> Result<Invoked, String> {
         use http_body_util::BodyExt;
         let req = hyper::Request::post(&self.url)
             .header("content-type", "application/json")
@@ -117,7 +129,10 @@ impl Invoker for HttpInvoker {
                     String::from_utf8_lossy(&body)
                 ));
             }
-            Ok(body.to_vec())
+            Ok(Invoked {
+                body: body.to_vec(),
+                report: None,
+            })
         };
         tokio::time::timeout(timeout + Duration::from_secs(5), call)
             .await
@@ -234,6 +249,38 @@ pub struct ShardProgress {
     pub lease_lost: bool,
     /// Times this runner took the shard's lease.
     pub leases_taken: u32,
+    /// From the handler's reports (in-process runs only), summed over routes and invocations.
+    pub handled: HandledCounts,
+    /// Why the last invocation replicated nothing or stopped a route, with what to do; `None`
+    /// once a batch goes through.
+    pub held: Option<String>,
+}
+
+/// What the handler did with a shard's records, summed over its reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HandledCounts {
+    /// Handler reports summed (0: the handler ran elsewhere, e.g. invoked over HTTP).
+    pub reports: u64,
+    pub written: u64,
+    pub dead_lettered: u64,
+    /// Skipped as handled by an earlier invocation.
+    pub skipped: u64,
+    pub possible_duplicates: u64,
+    /// Entries sent again (throttled, failed, timed out).
+    pub retries: u64,
+    pub repairs: u64,
+}
+
+impl HandledCounts {
+    pub fn add(&mut self, other: &HandledCounts) {
+        self.reports += other.reports;
+        self.written += other.written;
+        self.dead_lettered += other.dead_lettered;
+        self.skipped += other.skipped;
+        self.possible_duplicates += other.possible_duplicates;
+        self.retries += other.retries;
+        self.repairs += other.repairs;
+    }
 }
 
 /// What a run did.
@@ -247,6 +294,15 @@ pub struct RunSummary {
 impl RunSummary {
     pub fn records_delivered(&self) -> u64 {
         self.shards.values().map(|s| s.records_delivered).sum()
+    }
+
+    /// The handler's figures over every shard.
+    pub fn handled(&self) -> HandledCounts {
+        let mut total = HandledCounts::default();
+        for s in self.shards.values() {
+            total.add(&s.handled);
+        }
+        total
     }
 }
 
@@ -661,6 +717,8 @@ async fn print_progress(shared: Arc<Shared>, stop: Arc<AtomicBool>, started: Ins
                 let short = id.trim_start_matches("shardId-").trim_start_matches('0');
                 let state = if s.stopped.is_some() {
                     "STOPPED".to_owned()
+                } else if s.held.is_some() {
+                    "HELD".to_owned()
                 } else if s.lease_lost {
                     "moved".to_owned()
                 } else if s.finished {
@@ -705,6 +763,55 @@ struct ShardTask<I, L> {
 impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
     fn update(&self, f: impl FnOnce(&mut ShardProgress)) {
         self.shared.update(&self.shard_id, f);
+    }
+
+    /// Adds a handler report to the shard's figures; a batch held back or a route stopped
+    /// becomes the shard's `held` reason, said once (WARN) each time it changes.
+    fn note_report(&self, report: &crate::replicate::BatchReport) {
+        use crate::replicate::StopReason;
+        let mut counts = HandledCounts {
+            reports: 1,
+            ..HandledCounts::default()
+        };
+        let mut stops: Vec<String> = Vec::new();
+        for r in &report.routes {
+            counts.written += r.written as u64;
+            counts.dead_lettered += r.dead_lettered as u64;
+            counts.skipped += r.skipped as u64;
+            counts.possible_duplicates += r.possible_duplicates as u64;
+            counts.retries += r.retries.values().sum::<u64>();
+            counts.repairs += r.repairs as u64;
+            let why = match &r.stop {
+                None | Some(StopReason::Deadline) => None,
+                Some(StopReason::Systemic { code, message }) => Some(format!("{code}: {message}")),
+                Some(StopReason::CheckpointUnreadable { message }) => {
+                    Some(format!("cannot read its checkpoint: {message}"))
+                }
+                Some(StopReason::DeadLetterFailed { message }) => {
+                    Some(format!("cannot store a dead letter: {message}"))
+                }
+            };
+            if let Some(why) = why {
+                stops.push(format!("route {} stopped ({why})", r.route));
+            }
+        }
+        let held = report
+            .held
+            .clone()
+            .or_else(|| (!stops.is_empty()).then(|| stops.join("; ")));
+        let before = self.shared.get(&self.shard_id).held;
+        if held.is_some() && held != before {
+            tracing::warn!(
+                shard = %self.shard_id,
+                "Shard {}: {}. Its records wait in the stream; this run retries them.",
+                self.shard_id,
+                held.as_deref().unwrap_or_default()
+            );
+        }
+        self.update(|s| {
+            s.handled.add(&counts);
+            s.held = held;
+        });
     }
 
     fn halted(&self) -> bool {
@@ -1040,6 +1147,12 @@ impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
                 .invoker
                 .invoke(payload, self.options.function_timeout)
                 .await;
+            let outcome = outcome.map(|invoked| {
+                if let Some(report) = &invoked.report {
+                    self.note_report(report);
+                }
+                invoked.body
+            });
             let failed_at: Result<Option<String>, String> = outcome.and_then(|body| {
                 serde_json::from_slice::<KinesisEventResponse>(&body)
                     .map(|r| {

@@ -628,3 +628,46 @@ async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing()
     assert_eq!(c.duplicates, 0, "re-subscribing repeats nothing: {c:?}");
     assert_eq!(summary.records_delivered(), 600);
 }
+
+#[tokio::test]
+async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped() {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 2).await else {
+        return;
+    };
+    let reader = KinesisSource::new(&world.new_account);
+    // 400 records, one of them over the target's record limit (1 MiB counting its key).
+    let mut data = records(400, 40, 60);
+    let mut big = format!("{}|big|", data[100].0).into_bytes();
+    big.resize(1024 * 1024, b'z');
+    data[100].1 = big;
+    reader.put_all(&world.source, &data).await.unwrap();
+    let args = [
+        "replicate",
+        "--from",
+        "trim-horizon",
+        "--until-caught-up",
+        "--quiet",
+        "--output",
+        "json",
+    ];
+    let (code, out) = wait_child(spawn_fanoutctl(&world, &args), Duration::from_secs(120));
+    assert_eq!(code, 0, "{out}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
+    let handled = &doc["handled"];
+    assert_eq!(handled["written"], 399, "{doc:#}");
+    assert_eq!(handled["dead_lettered"], 1, "{doc:#}");
+    assert_eq!(handled["possible_duplicates"], 0, "{doc:#}");
+    assert!(handled["reports"].as_u64().unwrap() >= 2, "{doc:#}");
+    let per_shard: u64 = doc["shards"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|s| s["handled"]["written"].as_u64().unwrap())
+        .sum();
+    assert_eq!(per_shard, 399, "the shards add up to the total");
+    assert!(doc["shards"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|s| s["held"].is_null()));
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use fanout::aws::source::{KinesisSource, StartPosition};
 use fanout::event;
-use fanout::runner::{self, Invoker, RunnerOptions};
+use fanout::runner::{self, Invoked, Invoker, RunnerOptions};
 use support::stack::{records, Backend, World};
 
 /// Answers from a script, one per invocation, then success; records every event's records.
@@ -27,7 +27,7 @@ enum Answer {
 }
 
 impl Invoker for Scripted {
-    async fn invoke(&self, payload: Vec<u8>, _timeout: Duration) -> Result<Vec<u8>, String> {
+    async fn invoke(&self, payload: Vec<u8>, _timeout: Duration) -> Result<Invoked, String> {
         let batch = event::parse_event(&payload).map_err(|e| e.to_string())?;
         self.seen.lock().unwrap().push(
             batch
@@ -44,18 +44,16 @@ impl Invoker for Scripted {
                 Some(answers.remove(0))
             }
         };
-        match answer {
-            None => Ok(br#"{"batchItemFailures":[]}"#.to_vec()),
-            Some(Answer::Error) => Err("function error: boom".to_owned()),
+        let body = match answer {
+            None => br#"{"batchItemFailures":[]}"#.to_vec(),
+            Some(Answer::Error) => return Err("function error: boom".to_owned()),
             Some(Answer::FailAt(i)) => {
                 // Pages can be shorter than the batch size: fail at the last record if need be.
                 let seq = &batch.records[i.min(batch.records.len() - 1)].seq;
-                Ok(
-                    format!(r#"{{"batchItemFailures":[{{"itemIdentifier":"{seq}"}}]}}"#)
-                        .into_bytes(),
-                )
+                format!(r#"{{"batchItemFailures":[{{"itemIdentifier":"{seq}"}}]}}"#).into_bytes()
             }
-        }
+        };
+        Ok(Invoked { body, report: None })
     }
 }
 

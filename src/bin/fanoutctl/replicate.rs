@@ -249,6 +249,8 @@ pub fn print_summary(summary: &RunSummary, output: Output) {
                             "lease_lost": s.lease_lost,
                             "leases_taken": s.leases_taken,
                             "stopped": s.stopped,
+                            "held": s.held,
+                            "handled": s.handled,
                         }),
                     )
                 })
@@ -256,6 +258,7 @@ pub fn print_summary(summary: &RunSummary, output: Output) {
             let doc = serde_json::json!({
                 "records_delivered": summary.records_delivered(),
                 "elapsed_seconds": summary.elapsed.as_secs_f64(),
+                "handled": summary.handled(),
                 "shards": shards,
             });
             println!("{doc:#}");
@@ -266,13 +269,30 @@ pub fn print_summary(summary: &RunSummary, output: Output) {
                 summary.records_delivered(),
                 summary.elapsed.as_secs_f64()
             );
+            let total = summary.handled();
+            if total.reports > 0 {
+                println!(
+                    "Written {}, dead-lettered {}, skipped as already handled {}, possible duplicates {}, entries retried {}{}.",
+                    total.written,
+                    total.dead_lettered,
+                    total.skipped,
+                    total.possible_duplicates,
+                    total.retries,
+                    if total.repairs > 0 { format!(", runs repaired {}", total.repairs) } else { String::new() }
+                );
+            } else {
+                println!("What the function wrote, dead-lettered and retried is in its own logs and metrics.");
+            }
             println!(
-                "{:<24} {:>10} {:>11} {:>8}  state",
-                "shard", "records", "invocations", "retries"
+                "{:<24} {:>10} {:>11} {:>8} {:>8} {:>6} {:>6}  state",
+                "shard", "records", "invocations", "retries", "written", "dead", "dups"
             );
             for (id, s) in &summary.shards {
                 let state = match (&s.stopped, s.finished, s.lease_lost) {
                     (Some(why), _, _) => format!("STOPPED: {why}"),
+                    (None, _, _) if s.held.is_some() => {
+                        format!("HELD: {}", s.held.as_deref().unwrap_or_default())
+                    }
                     (None, _, true) => "taken over by another runner".to_owned(),
                     (None, true, _) => {
                         "finished (closed and read to its end, or past the window)".to_owned()
@@ -280,8 +300,13 @@ pub fn print_summary(summary: &RunSummary, output: Output) {
                     (None, false, _) => format!("{} ms behind", s.millis_behind),
                 };
                 println!(
-                    "{id:<24} {:>10} {:>11} {:>8}  {state}",
-                    s.records_delivered, s.invocations, s.retried_invocations
+                    "{id:<24} {:>10} {:>11} {:>8} {:>8} {:>6} {:>6}  {state}",
+                    s.records_delivered,
+                    s.invocations,
+                    s.retried_invocations,
+                    s.handled.written,
+                    s.handled.dead_lettered,
+                    s.handled.possible_duplicates
                 );
             }
         }
