@@ -21,10 +21,12 @@ use crate::replicate::{BatchReport, Replicator};
 const STATE_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to do with the metrics of each batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum MetricsOutput {
     /// Print EMF lines to stdout (Lambda).
     Stdout,
+    /// Append EMF lines to a file (local runs with `--metrics FILE`).
+    File(std::sync::Mutex<std::fs::File>),
     /// Keep them to the caller (local runs aggregate the reports instead).
     None,
 }
@@ -307,13 +309,23 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
         };
         // The replicator writes each route's heartbeat with its checkpoint.
         let report = self.replicator.replicate(&batch, deadline).await;
-        if self.metrics == MetricsOutput::Stdout {
-            for line in metrics::emf_lines(
+        if !matches!(self.metrics, MetricsOutput::None) {
+            let lines = metrics::emf_lines(
                 &report,
                 &self.namespace,
                 chrono::Utc::now().timestamp_millis(),
-            ) {
-                println!("{line}");
+            );
+            match &self.metrics {
+                MetricsOutput::File(file) => {
+                    use std::io::Write;
+                    let mut f = file
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if let Err(e) = lines.iter().try_for_each(|line| writeln!(f, "{line}")) {
+                        tracing::warn!(error = %e, "Cannot write the metrics file; metrics of this batch are lost (replication goes on).");
+                    }
+                }
+                _ => lines.iter().for_each(|line| println!("{line}")),
             }
         }
         tracing::debug!(

@@ -630,7 +630,7 @@ async fn enhanced_fan_out_resubscribes_from_the_continuation_and_loses_nothing()
 }
 
 #[tokio::test]
-async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped() {
+async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped_and_its_metrics() {
     let Some(world) = World::create_serialized(Backend::KinesisLocal, 2, 2).await else {
         return;
     };
@@ -641,6 +641,8 @@ async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped() 
     big.resize(1024 * 1024, b'z');
     data[100].1 = big;
     reader.put_all(&world.source, &data).await.unwrap();
+    let metrics = std::env::temp_dir().join(format!("fanout-metrics-{}.jsonl", world.table));
+    let metrics_arg = metrics.to_string_lossy().into_owned();
     let args = [
         "replicate",
         "--from",
@@ -649,10 +651,23 @@ async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped() 
         "--quiet",
         "--output",
         "json",
+        "--metrics",
+        &metrics_arg,
     ];
     let (code, out) = wait_child(spawn_fanoutctl(&world, &args), Duration::from_secs(120));
     assert_eq!(code, 0, "{out}");
     let doc: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
+    // The same EMF lines the Lambda writes: they add up to the summary.
+    let lines = std::fs::read_to_string(&metrics).expect("metrics file");
+    let _ = std::fs::remove_file(&metrics);
+    let (mut replicated, mut dead) = (0.0, 0.0);
+    for line in lines.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("an EMF line");
+        assert!(v["_aws"]["CloudWatchMetrics"].is_array(), "{line}");
+        replicated += v["RecordsReplicated"].as_f64().unwrap_or(0.0);
+        dead += v["RecordsDeadLettered"].as_f64().unwrap_or(0.0);
+    }
+    assert_eq!((replicated, dead), (399.0, 1.0), "EMF lines: {lines}");
     let handled = &doc["handled"];
     assert_eq!(handled["written"], 399, "{doc:#}");
     assert_eq!(handled["dead_lettered"], 1, "{doc:#}");

@@ -50,6 +50,10 @@ pub struct ReaderArgs {
     /// Output format of the final summary.
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
+    /// Write the EMF metric lines the Lambda writes (one per route and batch) to this file
+    /// (appended), or to stdout with `-`. Not with `--invoke` (the function writes its own).
+    #[arg(long, value_name = "FILE|-")]
+    pub metrics: Option<String>,
     /// No live progress display.
     #[arg(long)]
     pub quiet: bool,
@@ -142,6 +146,12 @@ pub fn stop_on_signals() -> Arc<AtomicBool> {
 
 /// Resolves the source, the leases and the invoker, then runs the shard reader.
 pub async fn read(args: &ReaderArgs, plan: ReadPlan) -> Result<RunSummary, String> {
+    if plan.invoke.is_some() && args.metrics.is_some() {
+        return Err(
+            "--metrics is for runs in this process; a function invoked with --invoke writes its own metrics"
+                .to_owned(),
+        );
+    }
     let sdk = load_sdk_config().await;
     let config = if plan.invoke.is_none() {
         Some(ReplicatorConfig::from_env().map_err(|e| e.to_string())?)
@@ -221,7 +231,7 @@ pub async fn read(args: &ReaderArgs, plan: ReadPlan) -> Result<RunSummary, Strin
         }
         (None, Some(config)) => {
             let handler = Arc::new(
-                build_handler_in(&config, &sdk, MetricsOutput::None, &plan.namespace).await,
+                build_handler_in(&config, &sdk, metrics_output(args)?, &plan.namespace).await,
             );
             let invoker = Arc::new(InProcess(handler));
             runner::run_with(&reader, &source, invoker, leases, &options, stop, shared).await
@@ -229,6 +239,23 @@ pub async fn read(args: &ReaderArgs, plan: ReadPlan) -> Result<RunSummary, Strin
         (None, None) => unreachable!("config is read when not invoking over HTTP"),
     }
     .map_err(|e| format!("cannot read {source}: {e}"))
+}
+
+/// Where `--metrics` sends the handler's EMF lines.
+fn metrics_output(args: &ReaderArgs) -> Result<MetricsOutput, String> {
+    match args.metrics.as_deref() {
+        None => Ok(MetricsOutput::None),
+        Some("-") if args.output == Output::Json => Err(
+            "--metrics - and --output json both write to stdout; give --metrics a file".to_owned(),
+        ),
+        Some("-") => Ok(MetricsOutput::Stdout),
+        Some(path) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map(|f| MetricsOutput::File(std::sync::Mutex::new(f)))
+            .map_err(|e| format!("cannot open the metrics file {path}: {e}")),
+    }
 }
 
 pub fn print_summary(summary: &RunSummary, output: Output) {
