@@ -289,12 +289,12 @@ impl HandledBeyond {
         self.bits.iter().map(|b| b.count_ones() as usize).sum()
     }
 
-    /// Where position 0 is in `seqs` (a batch's records in order), if the batch holds the
-    /// anchor and, where it reaches that far, the last handled record at its position.
-    pub fn align(&self, seqs: &[&SequenceNumber]) -> Option<usize> {
-        let at = seqs.iter().position(|s| **s == self.anchor)?;
-        match seqs.get(at + self.len as usize - 1) {
-            Some(end) if **end != self.end => None,
+    /// Where position 0 is in `records` (a batch, in order), if the batch holds the anchor
+    /// and, where it reaches that far, the last handled record at its position.
+    pub fn align(&self, records: &[SourceRecord]) -> Option<usize> {
+        let at = records.iter().position(|r| r.seq == self.anchor)?;
+        match records.get(at + self.len as usize - 1) {
+            Some(end) if end.seq != self.end => None,
             _ => Some(at),
         }
     }

@@ -539,16 +539,20 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         // shard is slowed and its bucket emptied (below), so its keys go again as its tokens
         // come, and a per-key sleep on top would only idle the shard.
         let paced_shards = target.map.is_known();
-        let backoff = |attempt: u32| match attempt {
-            0 | 1 => Duration::ZERO,
-            n => plan::backoff(
-                n - 1,
-                limits.backoff_base,
-                limits.backoff_max,
-                rand::random::<f64>(),
-            ),
+        // The wait before a key's next attempt, by attempt count, after failures that were
+        // all throttles (`throttles_only`) or not.
+        let backoff = |throttles_only: bool| {
+            move |attempt: u32| match attempt {
+                _ if throttles_only && paced_shards => Duration::ZERO,
+                0 | 1 => Duration::ZERO,
+                n => plan::backoff(
+                    n - 1,
+                    limits.backoff_base,
+                    limits.backoff_max,
+                    rand::random::<f64>(),
+                ),
+            }
         };
-        let paced = |_: u32| Duration::ZERO;
         let mut out = Settled::default();
         let mut note_systemic = |i: usize, code: &str, message: &str| {
             if out.systemic.as_ref().is_none_or(|(j, _, _)| i < *j) {
@@ -580,11 +584,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                     if failed {
                         sched.run_failed(slot, through);
                     }
-                    if only_throttled && paced_shards {
-                        sched.settle(slot, failed.then_some(now), paced);
-                    } else {
-                        sched.settle(slot, failed.then_some(now), backoff);
-                    }
+                    sched.settle(slot, failed.then_some(now), backoff(only_throttled));
                 };
                 for (e, r) in entries.iter().zip(results) {
                     if current != Some(e.slot) {
@@ -670,7 +670,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 let first = entries.iter().map(|e| e.records[0]).min().unwrap_or(0);
                 note_systemic(first, "MalformedResponse", &message);
                 for slot in slots {
-                    sched.settle(slot, None, backoff);
+                    sched.settle(slot, None, backoff(false));
                 }
             }
             Err(e) => match e.class {
@@ -687,18 +687,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                         }
                     }
                     for slot in slots {
-                        if e.code == THROTTLED && paced_shards {
-                            sched.settle(slot, Some(now), paced);
-                        } else {
-                            sched.settle(slot, Some(now), backoff);
-                        }
+                        sched.settle(slot, Some(now), backoff(e.code == THROTTLED));
                     }
                 }
                 FailureClass::Systemic => {
                     let first = entries.iter().map(|e| e.records[0]).min().unwrap_or(0);
                     note_systemic(first, &e.code, &e.message);
                     for slot in slots {
-                        sched.settle(slot, None, backoff);
+                        sched.settle(slot, None, backoff(false));
                     }
                 }
             },
@@ -786,8 +782,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
 
         let mut state: Vec<State> = vec![State::Pending; records.len()];
         if let Some(b) = &earlier {
-            let seqs: Vec<&SequenceNumber> = records.iter().map(|r| &r.seq).collect();
-            match b.align(&seqs) {
+            match b.align(records) {
                 Some(at) => {
                     for i in (at..records.len().min(at + b.len as usize)).filter(|&i| i >= start) {
                         if b.handled(i - at) {

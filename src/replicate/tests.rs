@@ -365,12 +365,17 @@ type FakeReplicator = Replicator<FakeTarget, FakeCheckpoints, FakeDeadLetters>;
 
 /// A replicator with one route "t" and fresh checkpoint and dead-letter fakes.
 fn one_route(target: &FakeTarget) -> FakeReplicator {
+    one_route_with(target, limits())
+}
+
+/// [`one_route`] with these limits.
+fn one_route_with(target: &FakeTarget, limits: Limits) -> FakeReplicator {
     Replicator::new(
         target.clone(),
         FakeCheckpoints::default(),
         FakeDeadLetters::default(),
         vec![route("t")],
-        limits(),
+        limits,
     )
 }
 
@@ -740,11 +745,8 @@ async fn a_failing_key_waits_alone_while_the_other_keys_finish() {
     // k0's head fails (InternalFailure) on its first 4 attempts; every other entry goes
     // through.
     let (target, attempts) = k0_head_fails_4_times(Fault::Internal);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
+    let r = one_route_with(
+        &target,
         Limits {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
@@ -778,11 +780,8 @@ async fn a_throttled_key_goes_again_with_its_shards_tokens_without_a_back_off_of
     // no 100 + 200 + 400 ms of back-off, and the other keys are not held either.
     let (target, attempts) = k0_head_fails_4_times(Fault::Throttle);
     let target = target.with_shards(2, 0);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
+    let r = one_route_with(
+        &target,
         Limits {
             backoff_base: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
@@ -810,11 +809,8 @@ async fn writes_are_paced_under_each_target_shards_limit() {
     // 4 target shards, 100 records/s each (no headroom): 2,000 records over 200 keys take
     // about (2,000 - 400 at once) / 400 per s = 4 s, and Kinesis never throttles.
     let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(4, 100);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
+    let r = one_route_with(
+        &target,
         Limits {
             shard_records_per_sec: 100,
             shard_headroom_pct: 0,
@@ -865,11 +861,8 @@ async fn a_shard_that_throttles_below_the_configured_limit_is_slowed_down() {
     // Configured for 1,000/s per shard, but the target takes only 100/s (other writers):
     // the replicator adapts, loses nothing, keeps order, and throttles stay a minority.
     let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(2, 100);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
+    let r = one_route_with(
+        &target,
         Limits {
             backoff_base: Duration::from_millis(20),
             backoff_max: Duration::from_millis(500),
@@ -905,11 +898,8 @@ async fn a_throttle_far_under_a_high_limit_costs_a_round_trip_not_a_pacing_tick(
         }
     })
     .with_shards(1, 0);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
+    let r = one_route_with(
+        &target,
         Limits {
             shard_records_per_sec: 1_000_000,
             shard_bytes_per_sec: 1 << 30,
@@ -966,11 +956,8 @@ async fn random_throttles_under_a_high_limit_cost_a_hot_key_about_a_tenth() {
         })
         .with_shards(4, 0)
         .with_round_trip(Duration::from_millis(25));
-        let r = Replicator::new(
-            target.clone(),
-            FakeCheckpoints::default(),
-            FakeDeadLetters::default(),
-            vec![route("t")],
+        let r = one_route_with(
+            &target,
             Limits {
                 shard_records_per_sec: 1_000_000,
                 shard_bytes_per_sec: 1 << 30,
@@ -1196,11 +1183,8 @@ async fn aggregated_source_records_are_split_where_the_target_shards_differ() {
     // shards. A consumer that deaggregates like the KCL keeps only the user records whose hash
     // is in the range of the shard it reads: all of them must survive, in per-key order.
     let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(3, 0);
-    let r = Replicator::new(
-        target.clone(),
-        FakeCheckpoints::default(),
-        FakeDeadLetters::default(),
-        vec![route("t")],
+    let r = one_route_with(
+        &target,
         Limits {
             max_record_bytes_override: Some(1 << 20),
             ..limits()
