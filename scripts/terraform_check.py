@@ -199,7 +199,8 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/control.rs::AwsControl::acknowledge",
             "src/aws/routing.rs::S3Routing::publish",
             "src/aws/routing.rs::S3Routing::fetch",
-            "src/aws/dead_letters.rs::S3DeadLetters::list_objects",
+            # the dead-letter guard lists dead letters and on-failure objects
+            "src/aws/dead_letters.rs::S3DeadLetters::list_prefix",
             "src/aws/verifications.rs::latest",
             "src/aws/verifications.rs::caller_identity",
             "src/aws/verifications.rs::assumed_role_config",
@@ -238,7 +239,7 @@ IDENTITIES: dict[str, dict] = {
 # (replicate, backfill, redrive, verify, the benches); no deployed role needs them.
 NOT_DEPLOYED = {
     "src/aws/checkpoints.rs::create_table": "the local stack's set-up and the tests",
-    "src/aws/dead_letters.rs::S3DeadLetters::read": "redrive",
+    "src/aws/dead_letters.rs::S3DeadLetters::get_bytes": "redrive (dead letters, on-failure objects)",
     "src/aws/dead_letters.rs::S3DeadLetters::delete": "redrive",
     "src/aws/dead_letters.rs::S3DeadLetters::put_json": "redrive's report",
     "src/aws/leases.rs::DynamoLeases::query_all": "fanoutctl replicate's leases",

@@ -37,6 +37,7 @@ pub mod lease;
 pub mod lineage;
 pub mod metrics;
 pub mod model;
+pub mod on_failure;
 pub mod pacing;
 pub mod plan;
 pub mod ports;

@@ -370,6 +370,28 @@ async fn each_guard_refuses_when_its_condition_is_false_and_force_with_a_reason_
         .put_json(&letter_key, br#"{"reason":"test"}"#.to_vec())
         .await
         .unwrap();
+    // And a batch Lambda's event source mapping gave up on (its on-failure record).
+    let discarded_key = "aws/lambda/8e2f6c1a/shardId-000000000000/2026/12/06/2026-12-06T19.00.00-1";
+    letters
+        .put_json(
+            discarded_key,
+            br#"{"KinesisBatchInfo":{"shardId":"shardId-000000000000","startSequenceNumber":"1","streamArn":"x"}}"#.to_vec(),
+        )
+        .await
+        .unwrap();
+    let status = execute(&ctx, &req(&migration, CommandName::Status)).await;
+    let shown = status.render_text();
+    assert!(
+        shown.contains("unacknowledged dead letters: 1\n"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "DISCARDED BATCHES: 1 on-failure record(s) at s3://{}/aws/lambda/",
+            world.bucket
+        )),
+        "{shown}"
+    );
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     let r = execute(
@@ -384,8 +406,11 @@ async fn each_guard_refuses_when_its_condition_is_false_and_force_with_a_reason_
         "{:?}",
         guard(&r, "lag")
     );
+    let dl = guard(&r, "dead_letters");
+    assert!(!dl.passed && dl.detail.contains(&letter_key), "{dl:?}");
     assert!(
-        !guard(&r, "dead_letters").passed && guard(&r, "dead_letters").detail.contains(&letter_key)
+        dl.detail.contains("1 batch(es) discarded") && dl.detail.contains(discarded_key),
+        "{dl:?}"
     );
     assert!(
         !guard(&r, "verification").passed
@@ -437,6 +462,7 @@ async fn each_guard_refuses_when_its_condition_is_false_and_force_with_a_reason_
     ack.reason = Some("looked at it: test payload".into());
     let a = execute(&ctx, &ack).await;
     assert_eq!(a.outcome, Outcome::Applied, "{}", a.message);
+    assert!(a.message.starts_with("2 "), "{}", a.message);
     let r = execute(&ctx, &plan).await;
     assert_eq!(
         r.outcome,

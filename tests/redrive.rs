@@ -433,3 +433,150 @@ async fn fanoutctl_redrive_to_a_missing_target_removes_nothing_and_names_the_str
         .unwrap()
         .is_empty());
 }
+
+/// Puts an on-failure record where Lambda writes one (`aws/lambda/<mapping>/<shard>/...`), in
+/// the form Lambda gives it: the batch's metadata, and the invocation event as `payload` when
+/// `records` are given.
+async fn put_on_failure_record(
+    store: &S3DeadLetters,
+    world: &World,
+    shard: &str,
+    records: &[SourceRecord],
+    with_payload: bool,
+) -> String {
+    let first = records.first().unwrap();
+    let last = records.last().unwrap();
+    let at = |r: &SourceRecord| {
+        chrono::DateTime::from_timestamp_millis(r.arrival_ms.unwrap_or(0))
+            .unwrap()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    };
+    let mut doc = serde_json::json!({
+        "requestContext": {"requestId": "3c1a2d4e", "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:fanout-replicator",
+                           "condition": "RecordAgeExceeded", "approximateInvokeCount": 4},
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": ""},
+        "version": "1.0",
+        "timestamp": "2026-12-06T19:00:00.000Z",
+        "KinesisBatchInfo": {
+            "shardId": shard,
+            "startSequenceNumber": first.seq.to_string(),
+            "endSequenceNumber": last.seq.to_string(),
+            "approximateArrivalOfFirstRecord": at(first),
+            "approximateArrivalOfLastRecord": at(last),
+            "batchSize": records.len(),
+            "streamArn": world.source.to_string(),
+        }
+    });
+    if with_payload {
+        let event = fanout::event::build_event(&world.source, shard, "us-east-1", records);
+        doc["payload"] = serde_json::Value::String(serde_json::to_string(&event).unwrap());
+    }
+    let key = format!(
+        "aws/lambda/8e2f6c1a-3b5d-4f7e-9a0c-1d2e3f4a5b6c/{shard}/2026/12/06/2026-12-06T19.00.00-{}",
+        support::stack::unique("o")
+    );
+    store
+        .put_json(&key, serde_json::to_vec(&doc).unwrap())
+        .await
+        .unwrap();
+    key
+}
+
+#[tokio::test]
+async fn fanoutctl_redrive_lists_discarded_batches_and_replays_the_records_one_holds() {
+    let Some(world) = World::create(Backend::KinesisLocal, 2, 1).await else {
+        return;
+    };
+    let config = world.config();
+    let store = archive(&world, &config);
+    let reader = KinesisSource::new(&world.new_account);
+    reader
+        .put_all(&world.source, &records(80, 8, 60))
+        .await
+        .expect("write source");
+    let mut per_shard: BTreeMap<String, Vec<SourceRecord>> = BTreeMap::new();
+    for (shard, r) in reader.read_all(&world.source).await.expect("read source") {
+        per_shard.entry(shard).or_default().push(r);
+    }
+    let mut shards = per_shard.into_iter();
+    let (held_shard, held) = shards.next().unwrap();
+    let (bare_shard, bare) = shards.next().expect("records on both shards");
+    let held_key = put_on_failure_record(&store, &world, &held_shard, &held, true).await;
+    let bare_key = put_on_failure_record(&store, &world, &bare_shard, &bare, false).await;
+    let routes = world_routes(&world);
+
+    // Listed, with what can be recovered; nothing changes.
+    let dry = fanoutctl(&world, &routes, &["redrive", "--dry-run"]);
+    let out = text(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{out}\n{}", text(&dry.stderr));
+    assert!(
+        out.contains("DISCARDED (on-failure records; not replicated): 2"),
+        "{out}"
+    );
+    assert!(out.contains(&store.location(&held_key)), "{out}");
+    assert!(
+        out.contains(&format!("it holds the {} records themselves", held.len())),
+        "{out}"
+    );
+    assert!(out.contains("positions only"), "{out}");
+    assert!(out.contains("fanoutctl backfill --from "), "{out}");
+    assert!(out.contains("Run with --on-failure"), "{out}");
+    assert_eq!(store.list_on_failure().await.unwrap().len(), 2);
+    assert!(reader.read_all(&world.target).await.unwrap().is_empty());
+
+    // Without --on-failure the records stay where they are and the exit code says so.
+    let plain = fanoutctl(&world, &routes, &["redrive", "--quiet"]);
+    assert_eq!(plain.status.code(), Some(1), "{}", text(&plain.stdout));
+    assert!(reader.read_all(&world.target).await.unwrap().is_empty());
+
+    // --on-failure: the held records are replayed, their on-failure record deleted; the one
+    // with positions only stays, named, and the exit code says something is left.
+    let run = fanoutctl(&world, &routes, &["redrive", "--on-failure", "--quiet"]);
+    let out = text(&run.stdout);
+    assert_eq!(run.status.code(), Some(1), "{out}\n{}", text(&run.stderr));
+    assert!(
+        out.contains(&format!("imported: {} record(s)", held.len())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("Replayed {} dead letter(s); 0 left", held.len())),
+        "{out}"
+    );
+    let left: Vec<String> = store
+        .list_on_failure()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        left,
+        vec![bare_key],
+        "only the record without records stays"
+    );
+    assert!(
+        store.list_keys(None).await.unwrap().is_empty(),
+        "no dead letter left"
+    );
+    let letters: Vec<Letter> = held
+        .iter()
+        .map(|r| Letter {
+            seq: r.seq.clone(),
+            key: r.partition_key.clone().unwrap(),
+            data: r.data.clone(),
+        })
+        .collect();
+    let target = reader.read_all(&world.target).await.unwrap();
+    assert_eq!(target.len(), letters.len(), "exactly the held records");
+    let mut per_key: BTreeMap<String, Vec<Vec<u8>>> = BTreeMap::new();
+    for (_, r) in &target {
+        per_key
+            .entry(r.partition_key.clone().unwrap())
+            .or_default()
+            .push(r.data.clone());
+    }
+    for l in &letters {
+        let seen = per_key.get_mut(&l.key).expect("key in the target");
+        assert_eq!(seen.remove(0), l.data, "per-key order of {}", l.key);
+    }
+}

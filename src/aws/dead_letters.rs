@@ -88,12 +88,34 @@ impl S3DeadLetters {
         &self,
         route: Option<&str>,
     ) -> Result<Vec<(String, u64)>, StoreError> {
+        self.list_prefix(&self.route_prefix(route)).await
+    }
+
+    /// The on-failure objects Lambda's event source mappings wrote to the bucket
+    /// (`aws/lambda/...`, see [`crate::on_failure`]), in key order, with their sizes.
+    pub async fn list_on_failure(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.list_prefix(crate::on_failure::PREFIX).await
+    }
+
+    /// Reads one on-failure object: what Lambda discarded, and the records if it holds them.
+    pub async fn read_on_failure(
+        &self,
+        key: &str,
+    ) -> Result<crate::on_failure::DiscardedBatch, StoreError> {
+        let body = self.get_bytes(key).await?;
+        crate::on_failure::parse(&self.location(key), &body).map_err(|message| StoreError {
+            code: "NotAnOnFailureRecord".into(),
+            message,
+        })
+    }
+
+    async fn list_prefix(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut objects = Vec::new();
         let mut pages = self
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
-            .prefix(self.route_prefix(route))
+            .prefix(prefix)
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
@@ -108,6 +130,14 @@ impl S3DeadLetters {
 
     /// Reads and parses one envelope.
     pub async fn read(&self, key: &str) -> Result<Envelope, StoreError> {
+        let body = self.get_bytes(key).await?;
+        serde_json::from_slice(&body).map_err(|e| StoreError {
+            code: "CorruptDeadLetter".into(),
+            message: format!("{}: {e}", self.location(key)),
+        })
+    }
+
+    async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let obj = self
             .client
             .get_object()
@@ -120,10 +150,7 @@ impl S3DeadLetters {
             code: "ReadBody".into(),
             message: e.to_string(),
         })?;
-        serde_json::from_slice(&body.into_bytes()).map_err(|e| StoreError {
-            code: "CorruptDeadLetter".into(),
-            message: format!("{}: {e}", self.location(key)),
-        })
+        Ok(body.into_bytes().to_vec())
     }
 
     /// Deletes one object (a redriven dead letter, or its marker).

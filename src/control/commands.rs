@@ -23,6 +23,7 @@ use crate::aws::routing::S3Routing;
 use crate::aws::verifications;
 use crate::capacity::{configured_routes, RouteCapacity};
 use crate::model::{StoreError, StreamArn};
+use crate::on_failure;
 use crate::routing::{RoutingDocument, StreamMode, StreamRouting};
 
 /// What to do. As JSON (the controller Lambda's payload), e.g.
@@ -151,6 +152,10 @@ pub struct StatusView {
     pub streams: Vec<StreamView>,
     pub shards: Vec<ShardLag>,
     pub unacknowledged_dead_letters: usize,
+    /// On-failure records (batches the event source mapping discarded) not acknowledged.
+    pub unacknowledged_discarded_batches: usize,
+    /// Where those are: `s3://<bucket>/aws/lambda/`.
+    pub discarded_batches_at: String,
     pub last_flips: Vec<HistoryEntry>,
     pub heartbeat_stale_ms: i64,
 }
@@ -712,7 +717,9 @@ async fn capacity_guard(
     (guard, checked)
 }
 
-/// Dead-letter keys of the migration's routes not yet acknowledged (nor redriven).
+/// Dead-letter keys of the migration's routes not yet acknowledged (nor redriven), then the
+/// keys of on-failure records in the state bucket (batches Lambda's event source mapping
+/// discarded, under `aws/lambda/`) not yet acknowledged. Both block a cutover and a commit.
 async fn unacknowledged(ctx: &Context, st: &StoredState) -> Result<Vec<String>, StoreError> {
     let acked = ctx.control.acknowledged(&st.migration.name).await?;
     let letters = S3DeadLetters::new(
@@ -735,6 +742,14 @@ async fn unacknowledged(ctx: &Context, st: &StoredState) -> Result<Vec<String>, 
                 .cloned(),
         );
     }
+    out.extend(
+        letters
+            .list_on_failure()
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|k| !acked.contains(k)),
+    );
     Ok(out)
 }
 
@@ -1293,7 +1308,7 @@ async fn dlq_ack(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
                 req,
                 Outcome::Failed,
                 format!(
-                    "nothing acknowledged: {} — give dead-letter keys from `fanoutctl dlq list` or --all ({} unacknowledged)",
+                    "nothing acknowledged: {} — give dead-letter or on-failure keys as `fanoutctl redrive --dry-run` lists them, or --all ({} unacknowledged)",
                     if req.keys.is_empty() { "no keys given".to_owned() } else { format!("not an unacknowledged dead letter: {}", unknown.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(", ")) },
                     pending.len()
                 ),
@@ -1390,7 +1405,10 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
             },
         });
     }
-    let unacked = unacknowledged(ctx, &st).await?.len();
+    let (discarded, unacked): (Vec<String>, Vec<String>) = unacknowledged(ctx, &st)
+        .await?
+        .into_iter()
+        .partition(|k| k.starts_with(on_failure::PREFIX));
     let mut last_flips: Vec<HistoryEntry> = ctx
         .control
         .history(&req.migration, Some(20))
@@ -1411,7 +1429,9 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
         request: st.request.clone(),
         streams,
         shards,
-        unacknowledged_dead_letters: unacked,
+        unacknowledged_dead_letters: unacked.len(),
+        unacknowledged_discarded_batches: discarded.len(),
+        discarded_batches_at: format!("s3://{}/{}", st.migration.bucket, on_failure::PREFIX),
         last_flips,
         heartbeat_stale_ms: HEARTBEAT_STALE_MS,
     });
@@ -1563,6 +1583,16 @@ impl Report {
                 "\nunacknowledged dead letters: {}\n",
                 s.unacknowledged_dead_letters
             ));
+            if s.unacknowledged_discarded_batches > 0 {
+                out.push_str(&format!(
+                    "DISCARDED BATCHES: {} on-failure record(s) at {}: batches the event source \
+                     mapping gave up on, NOT replicated. See what can be recovered with \
+                     `fanoutctl redrive --dry-run`\n",
+                    s.unacknowledged_discarded_batches, s.discarded_batches_at
+                ));
+            } else {
+                out.push_str("discarded batches (on-failure records): 0\n");
+            }
             out.push_str("\nlast flips\n");
             if s.last_flips.is_empty() {
                 out.push_str("  (none)\n");

@@ -88,20 +88,48 @@ pub fn lag(shards: &[ShardLag], max_lag_ms: i64) -> GuardResult {
     GuardResult::new("lag", !shards.is_empty() && over.is_empty(), detail)
 }
 
-/// No dead letter is waiting for acknowledgement.
+/// No dead letter, and no batch the event source mapping discarded (an on-failure record
+/// under `aws/lambda/`), is waiting for acknowledgement.
 pub fn dead_letters(unacknowledged: &[String]) -> GuardResult {
     if unacknowledged.is_empty() {
-        return GuardResult::new("dead_letters", true, "none unacknowledged".to_owned());
+        return GuardResult::new(
+            "dead_letters",
+            true,
+            "none unacknowledged, no discarded batch".to_owned(),
+        );
     }
-    let shown: Vec<&str> = unacknowledged.iter().take(3).map(String::as_str).collect();
+    let (discarded, letters): (Vec<&String>, Vec<&String>) = unacknowledged
+        .iter()
+        .partition(|k| k.starts_with(crate::on_failure::PREFIX));
+    let mut parts = Vec::new();
+    if !letters.is_empty() {
+        let shown: Vec<&str> = letters.iter().take(3).map(|k| k.as_str()).collect();
+        parts.push(format!(
+            "{} dead letter(s) unacknowledged (e.g. {})",
+            letters.len(),
+            shown.join(", ")
+        ));
+    }
+    if !discarded.is_empty() {
+        parts.push(format!(
+            "{} batch(es) discarded by the event source mapping and NOT replicated (on-failure \
+             records, e.g. {})",
+            discarded.len(),
+            discarded[0]
+        ));
+    }
     GuardResult::new(
         "dead_letters",
         false,
         format!(
-            "{} unacknowledged (e.g. {}). Look at them, redrive them (`fanoutctl redrive`) or \
-             acknowledge them (`fanoutctl dlq ack --all --reason ...`)",
-            unacknowledged.len(),
-            shown.join(", ")
+            "{}. Look at them (`fanoutctl redrive --dry-run`), redrive them (`fanoutctl \
+             redrive{}`) or acknowledge them (`fanoutctl dlq ack --all --reason ...`)",
+            parts.join("; "),
+            if discarded.is_empty() {
+                ""
+            } else {
+                " --on-failure"
+            }
         ),
     )
 }
@@ -330,7 +358,18 @@ mod tests {
     fn dead_letters_name_some_and_the_fix() {
         assert!(dead_letters(&[]).passed);
         let r = dead_letters(&["a".into(), "b".into()]);
-        assert!(!r.passed && r.detail.contains("2 unacknowledged") && r.detail.contains("dlq ack"));
+        assert!(!r.passed && r.detail.contains("2 dead letter(s)") && r.detail.contains("dlq ack"));
+        assert!(!r.detail.contains("discarded"), "{}", r.detail);
+        let r = dead_letters(&["a".into(), "aws/lambda/u/shardId-0/x".into()]);
+        assert!(!r.passed, "{}", r.detail);
+        assert!(r.detail.contains("1 dead letter(s)"), "{}", r.detail);
+        assert!(
+            r.detail.contains("1 batch(es) discarded")
+                && r.detail.contains("aws/lambda/u/shardId-0/x"),
+            "{}",
+            r.detail
+        );
+        assert!(r.detail.contains("--on-failure"), "{}", r.detail);
     }
 
     #[test]

@@ -45,6 +45,26 @@ pub struct RedriveArgs {
     /// No progress display.
     #[arg(long)]
     quiet: bool,
+    /// Also recover the batches Lambda's event source mapping discarded (its on-failure
+    /// records under aws/lambda/ in the bucket): the records each one holds are stored as
+    /// dead letters of the stream's routes, the on-failure record is deleted, and they are
+    /// replayed with the rest. Without it they are only listed.
+    #[arg(long)]
+    on_failure: bool,
+}
+
+/// One on-failure record found in the bucket, and what became of it.
+#[derive(serde::Serialize)]
+struct DiscardedView {
+    location: String,
+    /// What the record says (absent if it could not be read).
+    batch: Option<fanout::on_failure::DiscardedBatch>,
+    routes: Vec<String>,
+    /// What can be recovered, and how.
+    recovery: String,
+    /// Records stored as dead letters by this run (per route).
+    imported: usize,
+    error: Option<String>,
 }
 
 pub async fn redrive(args: RedriveArgs) -> Result<ExitCode, String> {
@@ -80,6 +100,7 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode, String> {
         attempt_timeout: Duration::from_secs(args.batch_timeout.max(1)),
         ..RedriveOptions::default()
     };
+    let discarded = discarded_batches(&archive, &routes, &args).await;
     let progress = Progress::new(!args.quiet && !args.dry_run);
     let summary = redrive::redrive_routes(
         &routes,
@@ -95,23 +116,209 @@ pub async fn redrive(args: RedriveArgs) -> Result<ExitCode, String> {
     match args.output {
         Output::Json => {
             let doc = JsonSummary {
-                exit_code: summary.exit_code(),
+                exit_code: exit_code(&summary, &discarded),
                 summary: &summary,
+                discarded_batches: &discarded,
             };
             let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
             println!("{text}");
         }
-        Output::Text => print!("{}", render_text(&summary)),
+        Output::Text => {
+            print!("{}", render_discarded(&discarded, args.on_failure));
+            print!("{}", render_text(&summary));
+        }
     }
-    Ok(ExitCode::from(summary.exit_code()))
+    Ok(ExitCode::from(exit_code(&summary, &discarded)))
 }
 
-/// The `--output json` document: the exit code, then the summary's fields in order.
+/// The summary's exit code, and 1 (something left for a person) while a discarded batch is
+/// still in the bucket after a run that was not a dry run; 2 if one could not be read or
+/// imported.
+fn exit_code(summary: &Summary, discarded: &[DiscardedView]) -> u8 {
+    let code = summary.exit_code();
+    if discarded.iter().any(|d| d.error.is_some()) {
+        return 2;
+    }
+    if code == 0 && !summary.dry_run && discarded.iter().any(|d| d.imported == 0) {
+        return 1;
+    }
+    code
+}
+
+/// Lists the on-failure records in the bucket and, with `--on-failure` (not a dry run),
+/// stores the records each one holds as dead letters of the stream's routes and deletes it.
+async fn discarded_batches(
+    archive: &S3DeadLetters,
+    routes: &[Route],
+    args: &RedriveArgs,
+) -> Vec<DiscardedView> {
+    use fanout::ports::DeadLetterStore;
+    let keys = match archive.list_on_failure().await {
+        Ok(keys) => keys,
+        Err(e) => {
+            return vec![DiscardedView {
+                location: archive.location(fanout::on_failure::PREFIX),
+                batch: None,
+                routes: Vec::new(),
+                recovery: String::new(),
+                imported: 0,
+                error: Some(format!("the on-failure records could not be listed: {e}")),
+            }]
+        }
+    };
+    let mut out = Vec::new();
+    for (key, _) in keys {
+        let location = archive.location(&key);
+        let batch = match archive.read_on_failure(&key).await {
+            Ok(b) => b,
+            Err(e) => {
+                out.push(DiscardedView {
+                    location,
+                    batch: None,
+                    routes: Vec::new(),
+                    recovery: "read it by hand: it is not an on-failure record of a Kinesis \
+                               event source mapping"
+                        .to_owned(),
+                    imported: 0,
+                    error: Some(e.to_string()),
+                });
+                continue;
+            }
+        };
+        if args.shard.as_ref().is_some_and(|s| *s != batch.shard_id) {
+            continue;
+        }
+        let matching = fanout::on_failure::routes_for(&batch, routes);
+        if matching.is_empty() && args.route.is_some() {
+            continue;
+        }
+        let mut view = DiscardedView {
+            location,
+            routes: matching.iter().map(|r| r.name.clone()).collect(),
+            recovery: if matching.is_empty() {
+                format!(
+                    "no route in FANOUT_ROUTES reads {}: run redrive with the routes of that \
+                     stream",
+                    batch.stream_arn
+                )
+            } else {
+                fanout::on_failure::recovery(&batch)
+            },
+            imported: 0,
+            error: None,
+            batch: None,
+        };
+        if args.on_failure && !args.dry_run && batch.records_held > 0 && !matching.is_empty() {
+            let reason = fanout::on_failure::reason(&batch);
+            let mut stored = 0;
+            'routes: for route in &matching {
+                for record in &batch.records {
+                    // A record that could never be written keeps its own code, so redrive
+                    // names it instead of trying it.
+                    let (error_code, reason) =
+                        match fanout::plan::permanent_defect(record, usize::MAX) {
+                            Some((code, why)) => (code.to_owned(), why),
+                            None => (fanout::on_failure::ERROR_CODE.to_owned(), reason.clone()),
+                        };
+                    let letter = fanout::model::DeadLetter {
+                        route: &route.name,
+                        source_arn: &batch.stream_arn,
+                        target_arn: &route.target.to_string(),
+                        shard_id: &batch.shard_id,
+                        record,
+                        reason,
+                        error_code,
+                        attempts: 0,
+                    };
+                    if let Err(e) = archive.store(&letter).await {
+                        view.error = Some(format!(
+                            "storing record {} as a dead letter of route {} failed ({e}); \
+                             nothing was deleted, run again",
+                            record.seq, route.name
+                        ));
+                        break 'routes;
+                    }
+                    stored += 1;
+                }
+            }
+            if view.error.is_none() {
+                match archive.delete(&key).await {
+                    Ok(()) => view.imported = stored,
+                    Err(e) => {
+                        view.error = Some(format!(
+                            "its {stored} record(s) are stored as dead letters, but the \
+                             on-failure record could not be deleted ({e}); delete it by hand"
+                        ))
+                    }
+                }
+            }
+        }
+        view.batch = Some(batch);
+        out.push(view);
+    }
+    out
+}
+
+/// The text section on discarded batches (nothing when there are none).
+fn render_discarded(discarded: &[DiscardedView], on_failure: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if discarded.is_empty() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "Batches Lambda's event source mapping DISCARDED (on-failure records; not replicated): {}",
+        discarded.len()
+    );
+    for d in discarded {
+        let _ = writeln!(s, "  {}", d.location);
+        if let Some(b) = &d.batch {
+            let _ = writeln!(
+                s,
+                "    stream {}, shard {}, sequence numbers {} .. {}, {} record(s), {}",
+                b.stream_arn,
+                b.shard_id,
+                b.start_sequence_number,
+                b.end_sequence_number,
+                b.batch_size
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                b.condition.as_deref().unwrap_or("no condition given")
+            );
+        }
+        if let Some(e) = &d.error {
+            let _ = writeln!(s, "    ERROR: {e}");
+        }
+        if d.imported > 0 {
+            let _ = writeln!(
+                s,
+                "    imported: {} record(s) stored as dead letters of {} and replayed below; the on-failure record is deleted",
+                d.imported,
+                d.routes.join(", ")
+            );
+        } else {
+            let _ = writeln!(s, "    What can be recovered: {}", d.recovery);
+        }
+    }
+    if !on_failure
+        && discarded
+            .iter()
+            .any(|d| d.batch.as_ref().is_some_and(|b| b.records_held > 0))
+    {
+        s.push_str("  Run with --on-failure to replay the records they hold.\n");
+    }
+    s
+}
+
+/// The `--output json` document: the exit code, then the summary's fields in order, then the
+/// discarded batches found in the bucket.
 #[derive(serde::Serialize)]
 struct JsonSummary<'a> {
     exit_code: u8,
     #[serde(flatten)]
     summary: &'a Summary,
+    discarded_batches: &'a [DiscardedView],
 }
 
 /// The text summary: a table per route, then every dead letter left for a person.

@@ -148,6 +148,7 @@ module "observability" {
   controller_function_name = module.controller.function_name
   metrics_namespace        = var.metrics_namespace
   route_names              = module.replicator.route_names
+  state_bucket_name        = module.state.bucket_name
   alarm_actions            = var.alarm_actions
   tags                     = var.tags
 }

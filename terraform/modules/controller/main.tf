@@ -96,7 +96,8 @@ data "aws_iam_policy_document" "migrate" {
     resources = ["${var.bucket_arn}/${local.routing_prefix}/*"]
   }
 
-  # The dead-letter guard counts each route's dead letters by listing them.
+  # The dead-letter guard counts each route's dead letters, and the batches Lambda's event
+  # source mappings discarded (their on-failure records, under aws/lambda/), by listing them.
   statement {
     sid       = "ListDeadLetters"
     actions   = ["s3:ListBucket"]
@@ -105,7 +106,7 @@ data "aws_iam_policy_document" "migrate" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["${var.dead_letter_prefix}/*"]
+      values   = ["${var.dead_letter_prefix}/*", "aws/lambda/*"]
     }
   }
 

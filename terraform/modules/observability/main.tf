@@ -51,6 +51,42 @@ resource "aws_cloudwatch_metric_alarm" "replicator_iterator_age" {
   tags = var.tags
 }
 
+# Records the mapping has not handed over successfully are lost once they outlive the source
+# stream's retention (or go to the on-failure destination before that, with bounded retries).
+# IteratorAge keeps growing while a batch is retried (a paused route, a stuck shard), so it
+# tells how close the oldest waiting record is to expiring.
+resource "aws_cloudwatch_metric_alarm" "replicator_retention" {
+  alarm_name        = "${var.name_prefix}-replicator-near-retention"
+  alarm_description = "The oldest record the replicator's event source mapping still has to hand over is more than ${var.source_retention_hours - var.retention_margin_hours} h old (IteratorAge), ${var.retention_margin_hours} h before the source streams' ${var.source_retention_hours} h retention: records that old leave the stream, unreplicated. Now: resume a paused route (`fanoutctl resume`) or fix the stuck shard (`fanoutctl status`, the shard-stopped alarm); if that cannot happen in time, raise the source streams' retention (aws kinesis increase-stream-retention-period). See docs/runbook.md, \"Pausing\"."
+
+  namespace   = "AWS/Lambda"
+  metric_name = "IteratorAge"
+  dimensions  = { FunctionName = var.replicator_function_name }
+  statistic   = "Maximum"
+  period      = 300
+
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = (var.source_retention_hours - var.retention_margin_hours) * 3600 * 1000
+
+  lifecycle {
+    precondition {
+      condition     = var.retention_margin_hours < var.source_retention_hours
+      error_message = "retention_margin_hours must be less than source_retention_hours, or the near-retention alarm would fire at once."
+    }
+  }
+
+  # No invocation, no data: a mapping that is disabled or cannot invoke sends nothing (the
+  # records still age; `fanoutctl status` shows those shards as stuck).
+  treat_missing_data = "notBreaching"
+
+  actions_enabled = true
+  alarm_actions   = var.alarm_actions
+  ok_actions      = local.ok_actions
+
+  tags = var.tags
+}
+
 resource "aws_cloudwatch_metric_alarm" "route_lag" {
   for_each = local.route_keys
 
@@ -101,6 +137,51 @@ resource "aws_cloudwatch_metric_alarm" "route_dead_letters" {
   threshold           = 0
 
   # Emitted only with a replicated batch; no batch means no dead letters.
+  treat_missing_data = "notBreaching"
+
+  actions_enabled = true
+  alarm_actions   = var.alarm_actions
+  ok_actions      = local.ok_actions
+
+  tags = var.tags
+}
+
+# A batch the event source mapping gave up on is written to its on-failure destination, the
+# state bucket, under aws/lambda/. Those records were not replicated. S3 request metrics on
+# that prefix count the writes (a bucket metrics configuration; CloudWatch bills it as custom
+# metrics).
+resource "aws_s3_bucket_metric" "discarded_batches" {
+  count = var.state_bucket_name == null ? 0 : 1
+
+  bucket = var.state_bucket_name
+  name   = "${var.name_prefix}-discarded-batches"
+
+  filter {
+    prefix = "aws/lambda/"
+  }
+}
+
+resource "aws_cloudwatch_metric_alarm" "discarded_batches" {
+  count = var.state_bucket_name == null ? 0 : 1
+
+  alarm_name        = "${var.name_prefix}-discarded-batches"
+  alarm_description = "Lambda's event source mapping gave up on a batch and wrote it to its on-failure destination (s3://${coalesce(var.state_bucket_name, "-")}/aws/lambda/) in the last 5 minutes: those records were NOT replicated. `fanoutctl redrive --dry-run` lists each batch and what can be recovered; `fanoutctl redrive --on-failure` replays the records a batch holds. Cutover and commit are refused until they are redriven or acknowledged. This alarm clears by itself; the objects stay."
+
+  namespace   = "AWS/S3"
+  metric_name = "PutRequests"
+  dimensions = {
+    BucketName = var.state_bucket_name
+    FilterId   = aws_s3_bucket_metric.discarded_batches[0].name
+  }
+  statistic = "Sum"
+  period    = 300
+
+  # One is enough.
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanThreshold"
+  threshold           = 0
+
+  # S3 sends request metrics only for periods with requests.
   treat_missing_data = "notBreaching"
 
   actions_enabled = true
@@ -262,6 +343,8 @@ resource "aws_cloudwatch_metric_alarm" "route_throughput_retries" {
 locals {
   all_alarm_arns = concat(
     [aws_cloudwatch_metric_alarm.replicator_iterator_age.arn],
+    [aws_cloudwatch_metric_alarm.replicator_retention.arn],
+    aws_cloudwatch_metric_alarm.discarded_batches[*].arn,
     [aws_cloudwatch_metric_alarm.replicator_errors.arn],
     aws_cloudwatch_metric_alarm.controller_errors[*].arn,
     [aws_cloudwatch_metric_alarm.replicator_throttles.arn],

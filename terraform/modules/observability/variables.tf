@@ -67,6 +67,34 @@ variable "lag_threshold_ms" {
   }
 }
 
+variable "source_retention_hours" {
+  type        = number
+  description = "Retention period of the source streams (the new account's), in hours: 24 unless raised. Records older than this leave the stream; the near-retention alarm fires retention_margin_hours before. With several source streams, give the shortest."
+  default     = 24
+
+  validation {
+    condition     = var.source_retention_hours >= 24 && var.source_retention_hours <= 8760
+    error_message = "source_retention_hours must be between 24 and 8760 (Kinesis retention is 24 hours to 365 days)."
+  }
+}
+
+variable "retention_margin_hours" {
+  type        = number
+  description = "How long before the source streams' retention runs out the near-retention alarm fires (IteratorAge above source_retention_hours - retention_margin_hours): time to resume, fix, or raise the retention."
+  default     = 6
+
+  validation {
+    condition     = var.retention_margin_hours > 0
+    error_message = "retention_margin_hours must be more than 0."
+  }
+}
+
+variable "state_bucket_name" {
+  type        = string
+  description = "Name of the state bucket, the replicator's on-failure destination (the state module's bucket_name output). Set: an S3 request-metrics filter on aws/lambda/ and an alarm when the event source mapping writes a discarded batch there. null: neither."
+  default     = null
+}
+
 variable "throttle_retries_threshold" {
   type        = number
   description = "Number of PutRecords entries a route may have re-sent because the target stream was over its throughput (Retries with Reason = ProvisionedThroughputExceededException) in 5 minutes before the alarm fires."

@@ -51,7 +51,7 @@ resource "aws_dynamodb_table" "state" {
 resource "aws_s3_bucket" "state" {
   #checkov:skip=CKV_AWS_18:Server access logs need a second bucket per deployment; who read or wrote dead letters and routing documents is better answered by CloudTrail S3 data events, which an organisation usually already collects centrally.
   #checkov:skip=CKV_AWS_144:Cross-region replication needs a second bucket, a replication role and a key in another region for migration-time data: dead letters live until redriven, the controller republishes the routing document on every flip, and versioning already protects against deletes and overwrites.
-  #checkov:skip=CKV2_AWS_62:Nothing in fanout reacts to new objects: the dead-letter guard and `fanoutctl redrive` list the prefix, and the RecordsDeadLettered alarm notifies people. A team that wants to hear about on-failure records under aws/lambda/ can add a notification outside this module.
+  #checkov:skip=CKV2_AWS_62:Nothing in fanout reacts to new objects: the dead-letter guard and `fanoutctl redrive` list the prefix, and the RecordsDeadLettered alarm notifies people. On-failure records under aws/lambda/ are counted by `fanoutctl status` and the same guard, and the observability module alarms on them through S3 request metrics (no notification needed).
   bucket = var.bucket_name
 
   # Dead letters are the only copy of records that could not be written: never let a destroy
