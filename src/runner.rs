@@ -546,6 +546,13 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
                 Ok(Some((lease, position))) => {
                     acquired_any = true;
                     budget -= 1;
+                    // An owner still named on an expired lease stopped without releasing it
+                    // (killed, or cut off): it may have written records past its last
+                    // checkpoint, which this run writes again.
+                    let taken_from = records
+                        .get(&shard.shard_id)
+                        .and_then(|r| r.owner.clone())
+                        .filter(|o| *o != options.owner);
                     tracing::info!(shard = %shard.shard_id, counter = lease.counter, position = ?position, owner = %options.owner, "Took the lease of {}.", shard.shard_id);
                     let listed: HashSet<&str> =
                         listing.iter().map(|s| s.shard_id.as_str()).collect();
@@ -572,6 +579,7 @@ pub async fn run_with<I: Invoker + 'static, L: LeaseStore + 'static>(
                         stop: stop.clone(),
                         cancel: cancel.clone(),
                         shared: shared.clone(),
+                        taken_from: std::sync::Mutex::new(taken_from),
                     };
                     let id = shard.shard_id.clone();
                     tasks.spawn(async move {
@@ -758,6 +766,9 @@ struct ShardTask<I, L> {
     stop: Arc<AtomicBool>,
     cancel: Arc<AtomicBool>,
     shared: Arc<Shared>,
+    /// The owner this run took the lease from, which stopped without releasing it; cleared
+    /// once the first batch after it is counted.
+    taken_from: std::sync::Mutex<Option<String>>,
 }
 
 impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
@@ -793,6 +804,29 @@ impl<I: Invoker, L: LeaseStore> ShardTask<I, L> {
             };
             if let Some(why) = why {
                 stops.push(format!("route {} stopped ({why})", r.route));
+            }
+        }
+        // The first records written after taking a lease over from an owner that did not
+        // release it may have been written by that owner too (up to one batch of its, past
+        // its last checkpoint): count them, and say so.
+        if counts.written > 0 {
+            let taken_from = self
+                .taken_from
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(owner) = taken_from {
+                counts.possible_duplicates += counts.written;
+                tracing::warn!(
+                    shard = %self.shard_id,
+                    previous_owner = %owner,
+                    possible_duplicates = counts.written,
+                    "Shard {}: took it over from {owner}, which stopped without releasing it \
+                     (killed, or cut off); the {} record(s) written again from its last checkpoint \
+                     may already be in the target (counted as possible duplicates).",
+                    self.shard_id,
+                    counts.written
+                );
             }
         }
         let held = report

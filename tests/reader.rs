@@ -109,6 +109,50 @@ fn spawn_fanoutctl(world: &World, args: &[&str]) -> Child {
         .expect("start fanoutctl")
 }
 
+/// [`spawn_fanoutctl`] with its log (stderr) appended to `log`.
+fn spawn_fanoutctl_logging(world: &World, args: &[&str], log: &std::path::Path) -> Child {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the log");
+    Command::new(BIN)
+        .args(args)
+        .envs(world.process_env())
+        .env_remove("AWS_PROFILE")
+        .env("FANOUT_REQUEST_TIMEOUT_MS", "15000")
+        .env("FANOUT_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(file)
+        .spawn()
+        .expect("start fanoutctl")
+}
+
+/// Possible duplicates the runs reported: PossibleDuplicates in the EMF lines of `metrics`,
+/// plus the records each run wrote again after taking a shard over from a killed run (its
+/// WARN line in `log`).
+fn duplicates_reported(metrics: &std::path::Path, log: &std::path::Path) -> (u64, u64) {
+    let emf: u64 = std::fs::read_to_string(metrics)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["PossibleDuplicates"].as_f64())
+        .map(|n| n as u64)
+        .sum();
+    let taken_over: u64 = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let before = l.split(" record(s) written again from its last checkpoint").next()?;
+            if before.len() == l.len() {
+                return None;
+            }
+            before.rsplit(' ').next()?.parse::<u64>().ok()
+        })
+        .sum();
+    (emf, taken_over)
+}
+
 fn wait_child(mut child: Child, timeout: Duration) -> (i32, String) {
     let started = Instant::now();
     loop {
@@ -334,8 +378,13 @@ async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
         "2",
         "--quiet",
     ];
+    let dir = std::env::temp_dir().join(support::stack::unique("sigkill"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (metrics, log) = (dir.join("metrics.jsonl"), dir.join("runs.log"));
+    let metrics_arg = metrics.to_str().unwrap().to_owned();
+    let args = [&args[..], &["--metrics", &metrics_arg]].concat();
     for kill in 0..KILLS {
-        let mut child = spawn_fanoutctl(&world, &args);
+        let mut child = spawn_fanoutctl_logging(&world, &args, &log);
         let wait = 1500 + rand::random::<u64>() % 2500;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL
@@ -346,20 +395,28 @@ async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
     let mut final_args = args.to_vec();
     final_args.extend(["--until-caught-up", "--output", "json"]);
     let (code, out) = wait_child(
-        spawn_fanoutctl(&world, &final_args),
+        spawn_fanoutctl_logging(&world, &final_args, &log),
         Duration::from_secs(240),
     );
     assert_eq!(code, 0, "final run: {out}");
     let source = reader.read_all(&world.source).await.unwrap();
     assert_eq!(source.len(), data.len());
     let c = compare(&world, &source).await;
+    let (emf, taken_over) = duplicates_reported(&metrics, &log);
     eprintln!(
-        "sigkill: {KILLS} kills, {} source records, {} target records, {} duplicates, {} missing, {} out of order",
+        "sigkill: {KILLS} kills, {} source records, {} target records, {} duplicates, {} missing, {} out of order, \
+         counted: {emf} in the metrics (ambiguous writes) + {taken_over} written again after a take-over",
         c.source_records,
         c.target_records,
         c.duplicates,
         c.missing.len(),
         c.out_of_order
+    );
+    assert!(
+        emf + taken_over >= c.duplicates as u64,
+        "every duplicate is counted: {} in the target, {emf} + {taken_over} reported\n{}",
+        c.duplicates,
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
     assert!(c.missing.is_empty(), "missing {:?}", c.missing);
     assert_eq!(c.out_of_order, 0);
