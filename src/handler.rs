@@ -200,9 +200,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
         &self.replicator
     }
 
-    /// Handles one invocation. An event that cannot be read at all is an error (Lambda retries
-    /// the whole batch; nothing is lost); an event without records is answered at once. A source with no route stops the shard at its first
-    /// record with one ERROR line.
+    /// Handles one invocation. An event that cannot be read at all is an error, not logged here
+    /// (the caller reports it once; Lambda retries the whole batch, nothing is lost); an event
+    /// without records is answered at once. A source with no route stops the shard at its
+    /// first record with one ERROR line.
     pub async fn handle(
         &self,
         payload: &[u8],
@@ -214,14 +215,9 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
                 tracing::info!("The event holds no records; nothing to replicate.");
                 return Ok((event::response(None), BatchReport::default()));
             }
-            Err(e) => {
-                tracing::error!(
-                    error = %e,
-                    "Cannot read the invocation's event; it is left in the stream for retry. \
-                     Check that the function is triggered by a Kinesis event source mapping."
-                );
-                return Err(e);
-            }
+            // Not logged here: the caller reports it once (the Lambda runtime logs the
+            // invocation error; the local runner stops the shard with the message).
+            Err(e) => return Err(e),
         };
         if !self
             .replicator

@@ -26,13 +26,35 @@ async fn main() -> Result<(), Error> {
     .await
 }
 
-/// Converts Lambda's wall-clock deadline into a monotonic one and calls the handler. A failed
-/// invocation reports a readable `errorType` (`InvalidEvent`); the handler has already logged
-/// its one ERROR line.
+/// A failed invocation. Lambda's runtime logs it as the invocation's one ERROR line (this
+/// type's `Debug`: the message and the fix) and reports `error_type` as the `errorType`.
+struct InvocationError {
+    error_type: &'static str,
+    error_message: String,
+}
+
+impl std::fmt::Debug for InvocationError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error_type, self.error_message)
+    }
+}
+
+impl From<InvocationError> for Diagnostic {
+    fn from(e: InvocationError) -> Diagnostic {
+        Diagnostic {
+            error_type: e.error_type.to_owned(),
+            error_message: e.error_message,
+        }
+    }
+}
+
+/// Converts Lambda's wall-clock deadline into a monotonic one and calls the handler. An event
+/// it cannot read fails the invocation with `errorType` `InvalidEvent` (the batch stays in the
+/// stream for the mapping to retry).
 async fn handle(
     handler: &AwsHandler,
     event: LambdaEvent<Box<RawValue>>,
-) -> Result<serde_json::Value, Diagnostic> {
+) -> Result<serde_json::Value, InvocationError> {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -46,12 +68,15 @@ async fn handle(
     let (response, _) = handler
         .handle(event.payload.get().as_bytes(), deadline)
         .await
-        .map_err(|e| Diagnostic {
-            error_type: "InvalidEvent".to_owned(),
-            error_message: e.to_string(),
+        .map_err(|e| InvocationError {
+            error_type: "InvalidEvent",
+            error_message: format!(
+                "cannot read the invocation's event ({e}); it is left in the stream for retry. \
+                 Check that the function is triggered by a Kinesis event source mapping"
+            ),
         })?;
-    serde_json::to_value(response).map_err(|e| Diagnostic {
-        error_type: "InternalError".to_owned(),
+    serde_json::to_value(response).map_err(|e| InvocationError {
+        error_type: "InternalError",
         error_message: format!("cannot encode the batch response: {e}"),
     })
 }
