@@ -11,7 +11,7 @@ mod stack;
 #[path = "../../../tests/support/runtime_api.rs"]
 mod runtime_api;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use fanout::aws::source::KinesisSource;
