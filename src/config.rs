@@ -38,6 +38,9 @@ pub struct Limits {
     pub shard_headroom_pct: u32,
     /// `runs` mode: most records of one key in one PutRecords request.
     pub run_length: usize,
+    /// How long the target's limits (DescribeStreamSummary) are kept before they are read
+    /// again (5 minutes). Not read from the environment; tests shorten it.
+    pub target_info_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -56,6 +59,7 @@ impl Default for Limits {
             shard_bytes_per_sec: 1024 * 1024,
             shard_headroom_pct: 3,
             run_length: 100,
+            target_info_ttl: Duration::from_secs(300),
         }
     }
 }

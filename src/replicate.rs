@@ -32,8 +32,6 @@ use crate::seq::SequenceNumber;
 mod schedule;
 use schedule::{Entry, Payload, Schedule, Shape};
 
-/// How long a target's `DescribeStreamSummary` answer is trusted.
-const TARGET_INFO_TTL: Duration = Duration::from_secs(300);
 /// After a refresh that failed without a definite answer, the last known value is used this
 /// long before the next try.
 const TARGET_INFO_RETRY: Duration = Duration::from_secs(30);
@@ -286,7 +284,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         }
     }
 
-    /// The target's limits (`DescribeStreamSummary`), cached for [`TARGET_INFO_TTL`]. A refresh
+    /// The target's limits (`DescribeStreamSummary`), cached for `limits.target_info_ttl`. A refresh
     /// that fails without a definite answer (a timeout, a throttle, a server or network error)
     /// keeps the last known value and tries again after [`TARGET_INFO_RETRY`]; only a definite
     /// answer (the stream is gone, access is denied, no credentials), or no value to keep,
@@ -301,8 +299,10 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         let wait = TARGET_INFO_TIMEOUT.min(by.saturating_duration_since(Instant::now()));
         let error = match tokio::time::timeout(wait, self.writer.target_info(route)).await {
             Ok(Ok(info)) => {
-                lock(&self.target_info)
-                    .insert(route.name.clone(), (info, Instant::now() + TARGET_INFO_TTL));
+                lock(&self.target_info).insert(
+                    route.name.clone(),
+                    (info, Instant::now() + self.limits.target_info_ttl),
+                );
                 return Ok(info);
             }
             Ok(Err(e)) => e,

@@ -22,7 +22,7 @@ use fanout::replicate::{BatchReport, StopReason};
 use fanout::runner::{self, InProcess, RunnerOptions};
 use fanout::seq::SequenceNumber;
 use fanout::verify::{self, Comparison};
-use support::fault_proxy::{FaultPlan, FaultProxy};
+use support::fault_proxy::{FaultPlan, FaultProxy, SummaryFault};
 use support::stack::{records, Backend, World};
 use tokio::time::Instant;
 
@@ -1007,4 +1007,101 @@ async fn malformed_event_json_is_refused_and_a_malformed_record_is_dead_lettered
         String::from_utf8_lossy(&raw).contains("%%% not base64 %%%"),
         "the raw record JSON is kept"
     );
+}
+
+/// With the target's limits read again on every batch (their cache time cut to 0), a refresh
+/// that is throttled, or that does not answer in time (the request timeout, 2 s here; at most
+/// 5 s), keeps the last known limits: every batch is written, none stops.
+#[tokio::test]
+async fn a_throttled_or_slow_refresh_of_the_targets_limits_keeps_replicating() {
+    let Some(world) = World::create(Backend::KinesisLocal, 1, 2).await else {
+        return;
+    };
+    let mut config = world.config();
+    config.limits.target_info_ttl = Duration::ZERO;
+    write_source(&world, &records(300, 20, 100)).await;
+    let proxy = FaultProxy::start(&world.kinesis_endpoint);
+    let handler = handler_for(&world, &config, &proxy.endpoint()).await;
+    let (shard, recs) = source_batches(&world).await.remove(0);
+    let invoke = |part: &[SourceRecord]| {
+        let payload = serde_json::to_vec(&event::build_event(
+            &world.source,
+            &shard,
+            "us-east-1",
+            part,
+        ))
+        .unwrap();
+        let handler = &handler;
+        async move {
+            let (_, report) = handler
+                .handle(&payload, Instant::now() + Duration::from_secs(60))
+                .await
+                .expect("handled");
+            report
+        }
+    };
+    let first = invoke(&recs[..100]).await;
+    assert!(first.first_unhandled.is_none(), "{first:?}");
+    let read = proxy.summary_requests();
+    assert!(read >= 1, "the limits were read");
+
+    proxy.fault_next_summaries(
+        20,
+        SummaryFault::Error {
+            status: 400,
+            error_type: "LimitExceededException".to_owned(),
+        },
+    );
+    let throttled = invoke(&recs[100..200]).await;
+    assert!(
+        throttled.first_unhandled.is_none() && throttled.routes[0].stop.is_none(),
+        "a throttled refresh stops nothing: {throttled:?}"
+    );
+    assert!(
+        proxy.summary_requests() > read,
+        "the refresh was tried (and throttled: every request after the first read is)"
+    );
+
+    // A new handler (nothing cached yet) reads the limits, then meets a stalled endpoint.
+    let proxy2 = FaultProxy::start(&world.kinesis_endpoint);
+    let handler = handler_for(&world, &config, &proxy2.endpoint()).await;
+    let payload = |part: &[SourceRecord]| {
+        serde_json::to_vec(&event::build_event(
+            &world.source,
+            &shard,
+            "us-east-1",
+            part,
+        ))
+        .unwrap()
+    };
+    let (_, r) = handler
+        .handle(
+            &payload(&recs[200..250]),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(r.first_unhandled.is_none(), "{r:?}");
+    proxy2.fault_next_summaries(1, SummaryFault::Slow(Duration::from_secs(8)));
+    let started = Instant::now();
+    let (_, slow) = handler
+        .handle(
+            &payload(&recs[250..]),
+            Instant::now() + Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    assert!(
+        slow.first_unhandled.is_none() && slow.routes[0].stop.is_none(),
+        "a refresh that does not answer stops nothing: {slow:?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the slow refresh was waited for until a timeout (2 s here) ({:?})",
+        started.elapsed()
+    );
+
+    let c = compare(&world, &config).await;
+    assert!(c.is_clean(), "{c:?}");
+    assert_eq!((c.target_records, c.duplicates), (300, 0));
 }

@@ -34,13 +34,24 @@ use tokio::task::{JoinHandle, JoinSet};
 
 const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
 const GET_RECORDS_TARGET: &str = "Kinesis_20131202.GetRecords";
+const DESCRIBE_SUMMARY_TARGET: &str = "Kinesis_20131202.DescribeStreamSummary";
 const AMZ_JSON: &str = "application/x-amz-json-1.1";
 const THROTTLED: &str = "ProvisionedThroughputExceededException";
 const INTERNAL_FAILURE: &str = "InternalFailure";
 /// Used in error messages when neither the ARN nor the credentials name an account.
 const DEFAULT_ACCOUNT: &str = "123456789012";
 
-/// What the proxy does with each `PutRecords` request. Other operations always pass through.
+/// What a DescribeStreamSummary request meets (see [`FaultProxy::fault_next_summaries`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum SummaryFault {
+    /// This whole-request error instead of the answer (e.g. 400 `LimitExceededException`).
+    Error { status: u16, error_type: String },
+    /// The answer, held back this long (a slow or stalled endpoint).
+    Slow(Duration),
+}
+
+/// What the proxy does with each `PutRecords` request. Other operations pass through, except
+/// the GetRecords and DescribeStreamSummary faults queued on the proxy.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FaultPlan {
     /// Forward unchanged.
@@ -195,6 +206,8 @@ impl FaultProxy {
             refused: AtomicU64::new(0),
             request_ids: AtomicU64::new(0),
             read_faults: Mutex::new(Default::default()),
+            summary_faults: Mutex::new(Default::default()),
+            summary_requests: AtomicU64::new(0),
             get_records_requests: AtomicU64::new(0),
             shard_maps: Default::default(),
             budgets: Default::default(),
@@ -261,6 +274,21 @@ impl FaultProxy {
         q.extend(std::iter::repeat_n((status, error_type.to_owned()), n));
     }
 
+    /// What the next `n` DescribeStreamSummary requests meet instead of a prompt answer.
+    pub fn fault_next_summaries(&self, n: usize, fault: SummaryFault) {
+        let mut q = self
+            .shared
+            .summary_faults
+            .lock()
+            .expect("summary faults lock");
+        q.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// DescribeStreamSummary requests seen (faulted or not).
+    pub fn summary_requests(&self) -> u64 {
+        self.shared.summary_requests.load(Ordering::SeqCst)
+    }
+
     /// Read faults not yet used.
     pub fn read_faults_left(&self) -> usize {
         self.shared
@@ -298,6 +326,8 @@ struct Shared {
     request_ids: AtomicU64,
     /// Errors to answer the next GetRecords requests with, first first: (status, error type).
     read_faults: Mutex<std::collections::VecDeque<(u16, String)>>,
+    summary_faults: Mutex<std::collections::VecDeque<SummaryFault>>,
+    summary_requests: AtomicU64,
     get_records_requests: AtomicU64,
     /// Per stream name: the open shards' hash ranges (start, end), for `ShardLimits`.
     shard_maps: tokio::sync::Mutex<std::collections::HashMap<String, Vec<(u128, u128)>>>,
@@ -478,6 +508,33 @@ async fn handle(
             }
             shared.add_request_id(response.headers_mut());
             return Ok(response);
+        }
+    }
+    let is_summary = parts
+        .headers
+        .get("x-amz-target")
+        .is_some_and(|v| v.as_bytes() == DESCRIBE_SUMMARY_TARGET.as_bytes());
+    if is_summary {
+        shared.summary_requests.fetch_add(1, Ordering::SeqCst);
+        let fault = shared
+            .summary_faults
+            .lock()
+            .expect("summary faults lock")
+            .pop_front();
+        match fault {
+            Some(SummaryFault::Error { status, error_type }) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+                let body =
+                    json!({ "__type": error_type, "message": "injected by the fault proxy" });
+                let mut response = json_response(status, &body, HeaderMap::new());
+                if let Ok(v) = HeaderValue::from_str(&error_type) {
+                    response.headers_mut().insert("x-amzn-errortype", v);
+                }
+                shared.add_request_id(response.headers_mut());
+                return Ok(response);
+            }
+            Some(SummaryFault::Slow(wait)) => tokio::time::sleep(wait).await,
+            None => {}
         }
     }
     let response = if is_put_records {
