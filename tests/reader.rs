@@ -753,3 +753,77 @@ async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped_an
         .values()
         .all(|s| s["held"].is_null()));
 }
+
+#[tokio::test]
+async fn a_local_run_on_a_paused_route_says_held_and_writes_nothing_until_resumed() {
+    use fanout::aws::control::AwsControl;
+    use fanout::control::machine::{Mode, RouteMode};
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
+        return;
+    };
+    let reader = KinesisSource::new(&world.new_account);
+    reader
+        .put_all(&world.source, &records(50, 5, 40))
+        .await
+        .unwrap();
+    let control = AwsControl::new(&world.new_account, &world.new_account, &world.table);
+    let route = world.route().name;
+    let set = |mode: Mode| {
+        let (control, route) = (&control, &route);
+        async move {
+            control
+                .set_mode(
+                    route,
+                    RouteMode {
+                        mode,
+                        since_ms: None,
+                    },
+                    1,
+                    "held-test",
+                    "test",
+                    chrono::Utc::now().timestamp_millis(),
+                )
+                .await
+                .expect("set the route's mode");
+        }
+    };
+    set(Mode::Hold).await;
+    let log = std::env::temp_dir().join(format!("{}.log", support::stack::unique("held")));
+    let child = spawn_fanoutctl_logging(
+        &world,
+        &["replicate", "--from", "trim-horizon", "--quiet"],
+        &log,
+    );
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    sigterm(&child);
+    let (code, out) = wait_child(child, Duration::from_secs(60));
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(code, 0, "{out}\n{logged}");
+    assert!(
+        out.contains(&format!("HELD: route {route} is hold")),
+        "the summary says the shard is held: {out}"
+    );
+    assert!(
+        logged.contains("WARN") && logged.contains("its records wait in the stream"),
+        "one visible line says why: {logged}"
+    );
+    assert!(reader.read_all(&world.target).await.unwrap().is_empty());
+
+    set(Mode::Forward).await;
+    let (code, out) = wait_child(
+        spawn_fanoutctl(
+            &world,
+            &[
+                "replicate",
+                "--from",
+                "trim-horizon",
+                "--until-caught-up",
+                "--quiet",
+            ],
+        ),
+        Duration::from_secs(120),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("HELD"), "{out}");
+    assert_eq!(reader.read_all(&world.target).await.unwrap().len(), 50);
+}
