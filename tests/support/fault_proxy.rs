@@ -470,6 +470,18 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// A whole-request error answered instead of forwarding (a queued read or summary fault).
+fn injected_error(shared: &Shared, status: u16, error_type: &str) -> Response<Full<Bytes>> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = json!({ "__type": error_type, "message": "injected by the fault proxy" });
+    let mut response = json_response(status, &body, HeaderMap::new());
+    if let Ok(v) = HeaderValue::from_str(error_type) {
+        response.headers_mut().insert("x-amzn-errortype", v);
+    }
+    shared.add_request_id(response.headers_mut());
+    response
+}
+
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -500,14 +512,7 @@ async fn handle(
             .expect("read faults lock")
             .pop_front();
         if let Some((status, error_type)) = fault {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-            let body = json!({ "__type": error_type, "message": "injected by the fault proxy" });
-            let mut response = json_response(status, &body, HeaderMap::new());
-            if let Ok(v) = HeaderValue::from_str(&error_type) {
-                response.headers_mut().insert("x-amzn-errortype", v);
-            }
-            shared.add_request_id(response.headers_mut());
-            return Ok(response);
+            return Ok(injected_error(&shared, status, &error_type));
         }
     }
     let is_summary = parts
@@ -523,15 +528,7 @@ async fn handle(
             .pop_front();
         match fault {
             Some(SummaryFault::Error { status, error_type }) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
-                let body =
-                    json!({ "__type": error_type, "message": "injected by the fault proxy" });
-                let mut response = json_response(status, &body, HeaderMap::new());
-                if let Ok(v) = HeaderValue::from_str(&error_type) {
-                    response.headers_mut().insert("x-amzn-errortype", v);
-                }
-                shared.add_request_id(response.headers_mut());
-                return Ok(response);
+                return Ok(injected_error(&shared, status, &error_type));
             }
             Some(SummaryFault::Slow(wait)) => tokio::time::sleep(wait).await,
             None => {}
