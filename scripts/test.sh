@@ -27,9 +27,18 @@ unset AWS_ENDPOINT_URL AWS_ENDPOINT_URL_KINESIS
 echo "== cargo test"
 log="$ROOT/target/test-output.log"
 mkdir -p "$ROOT/target"
+# A test whose emulator is missing returns early (outside CI; under CI it fails) and libtest
+# counts it as passed: each one writes its name here instead, and is counted as skipped.
+export FANOUT_SKIPPED_LOG="$ROOT/target/skipped-tests.log"
+: >"$FANOUT_SKIPPED_LOG"
 status=0
 cargo test --workspace --all-targets --quiet -- --test-threads "${FANOUT_TEST_THREADS:-4}" 2>&1 | tee "$log" || status=$?
+if [ -s "$FANOUT_SKIPPED_LOG" ]; then
+  echo "Skipped for a missing emulator (counted as skipped below, not passed):"
+  sort -u "$FANOUT_SKIPPED_LOG" | sed 's/^/  /'
+fi
 # One closing line over every test binary (unit, integration, Lambda crate).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
-     END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+missing="$(cut -f1 "$FANOUT_SKIPPED_LOG" | sort -u | wc -l)"
+awk -v missing="$missing" '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p - missing, f, s + missing }' "$log"
 exit "$status"

@@ -594,13 +594,26 @@ async fn a_held_route_writes_nothing_and_loses_nothing_and_heartbeats_tell_idle_
         .put_all(&world.source, &records(10, 3, 20))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Wait until the replicator has met the new records and held them (its heartbeat says
+    // so), rather than for a fixed time that would pass even if it never ran.
+    let started = std::time::Instant::now();
+    let status = loop {
+        let status = execute(&ctx, &req(&migration, CommandName::Status)).await;
+        let met = status.status.as_ref().is_some_and(|v| {
+            v.shards
+                .iter()
+                .any(|s| s.heartbeat_mode.as_deref() == Some("hold"))
+        });
+        if met || started.elapsed() > Duration::from_secs(20) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(
         target_count(&world).await,
         10,
         "nothing is written while held"
     );
-    let status = execute(&ctx, &req(&migration, CommandName::Status)).await;
     let view = status.status.as_ref().unwrap();
     assert!(view.paused);
     let shard = &view.shards[0];

@@ -191,7 +191,10 @@ async fn a_lost_lease_cannot_move_the_position_and_history_records_each_owner() 
     let leases = DynamoLeases::new(&world.new_account, &world.table);
     let hb = Heartbeat::default();
     let seq = |n: u64| Position::After(SequenceNumber::parse(&n.to_string()).unwrap());
-    let now = || chrono::Utc::now().timestamp_millis();
+    // The leases' clock is the one the test hands them: expiry is decided by it, not by
+    // how long the test happens to sleep.
+    let clock = std::sync::atomic::AtomicI64::new(chrono::Utc::now().timestamp_millis());
+    let now = || clock.load(Ordering::SeqCst);
     let (a, from) = leases
         .acquire("r", "shard-0", "A", 300, now())
         .await
@@ -207,7 +210,7 @@ async fn a_lost_lease_cannot_move_the_position_and_history_records_each_owner() 
         .checkpoint(&a, &seq(7), hb, 300, now())
         .await
         .unwrap());
-    tokio::time::sleep(Duration::from_millis(400)).await; // A stops renewing
+    clock.fetch_add(400, Ordering::SeqCst); // A stops renewing; its 300 ms run out
     let (b, from) = leases
         .acquire("r", "shard-0", "B", 5000, now())
         .await
@@ -385,9 +388,16 @@ async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
     let (metrics, log) = (dir.join("metrics.jsonl"), dir.join("runs.log"));
     let metrics_arg = metrics.to_str().unwrap().to_owned();
     let args = [&args[..], &["--metrics", &metrics_arg]].concat();
+    // The kill times come from a seed, printed so a failure can be replayed with it.
+    let seed = std::env::var("FANOUT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(rand::random);
+    eprintln!("sigkill: seed {seed} (replay with FANOUT_TEST_SEED={seed})");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed);
     for kill in 0..KILLS {
         let mut child = spawn_fanoutctl_logging(&world, &args, &log);
-        let wait = 1500 + rand::random::<u64>() % 2500;
+        let wait = 1500 + rand::Rng::random_range(&mut rng, 0..2500u64);
         tokio::time::sleep(Duration::from_millis(wait)).await;
         child.kill().expect("SIGKILL"); // Child::kill sends SIGKILL
         let _ = child.wait();
@@ -428,9 +438,13 @@ async fn sigkill_at_random_moments_loses_and_reorders_nothing() {
         c.duplicates,
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert!(c.missing.is_empty(), "missing {:?}", c.missing);
-    assert_eq!(c.out_of_order, 0);
-    assert_eq!(c.extra, 0);
+    assert!(
+        c.missing.is_empty(),
+        "missing {:?} (seed {seed})",
+        c.missing
+    );
+    assert_eq!(c.out_of_order, 0, "seed {seed}");
+    assert_eq!(c.extra, 0, "seed {seed}");
     // A kill can land between a write and its checkpoint on each shard being read.
     assert!(
         c.duplicates <= KILLS * BATCH * 2,

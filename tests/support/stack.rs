@@ -74,11 +74,26 @@ pub fn unique(prefix: &str) -> String {
 /// A test whose emulator is not running is skipped on a developer's machine (with the reason
 /// printed), and fails under CI (`CI=true`), where `scripts/test.sh` starts every emulator: a
 /// test that returned early there would count as passed without having run.
+/// Says a test is skipped because an emulator is missing. Under CI that is a failure. Outside
+/// it the test returns early, and libtest would count it as passed: so the test's name and the
+/// reason also go to the file `FANOUT_SKIPPED_LOG` names (`scripts/test.sh` sets it and counts
+/// those tests as skipped in its closing line).
 pub fn not_running(why: &str) {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!("CI=true and an emulator is missing: {why}");
     }
-    eprintln!("skipped: {why}");
+    let test = std::thread::current().name().unwrap_or("a test").to_owned();
+    eprintln!("skipped: {test}: {why}");
+    if let Some(path) = std::env::var_os("FANOUT_SKIPPED_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}\t{why}");
+        }
+    }
 }
 
 /// One test's resources.
