@@ -30,6 +30,7 @@ pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod errors;
 pub mod event;
 pub mod handler;
 pub mod kpl;

@@ -187,7 +187,9 @@ type RequestResult = Result<Vec<EntryResult>, RequestError>;
 type SentRequest = Vec<(Vec<Entry>, RequestResult)>;
 
 /// Kinesis's answer for a shard over its write limits.
-const THROTTLED: &str = "ProvisionedThroughputExceededException";
+fn shard_throttled(code: &str) -> bool {
+    crate::errors::kind(code) == crate::errors::Kind::ShardThrottled
+}
 
 #[derive(Clone, Debug)]
 enum State {
@@ -632,7 +634,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                             match class {
                                 FailureClass::Transient => {
                                     failed = true;
-                                    if code == THROTTLED {
+                                    if shard_throttled(&code) {
                                         throttled.push(sched.shard_of(e.slot));
                                     } else {
                                         only_throttled = false;
@@ -682,12 +684,12 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                                 ambiguous[i] += 1;
                             }
                         }
-                        if e.code == THROTTLED {
+                        if shard_throttled(&e.code) {
                             throttled.push(sched.shard_of(entry.slot));
                         }
                     }
                     for slot in slots {
-                        sched.settle(slot, Some(now), backoff(e.code == THROTTLED));
+                        sched.settle(slot, Some(now), backoff(shard_throttled(&e.code)));
                     }
                 }
                 FailureClass::Systemic => {
@@ -1245,47 +1247,51 @@ fn log_stop(route: &Route, batch: &SourceBatch, report: &RouteReport, stop: &Sto
     }
 }
 
-/// What an operator should do about a systemic error code.
+/// What an operator should do about an error that stopped a route, by its kind.
 pub fn fix_for(code: &str, route: &Route) -> String {
+    use crate::errors::Kind;
     let role = route
         .writer_role
         .as_ref()
         .map(|r| r.role_arn.as_str())
         .unwrap_or("the function's own role");
-    match code {
-        "ResourceNotFoundException" => format!(
+    match crate::errors::kind(code) {
+        Kind::NotFound => format!(
             "Create the target stream {} in account {}, or fix the route in FANOUT_ROUTES.",
             route.target,
             route.target.account()
         ),
-        "AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation" => format!(
+        Kind::AccessDenied => format!(
             "Grant {role} kinesis:PutRecords and kinesis:DescribeStreamSummary on {}, and check that it trusts this function (and the external id).",
             route.target
         ),
-        "ExpiredTokenException" | "ExpiredToken" | "RequestExpired" => format!(
-            "The credentials for {role} expired and could not be renewed; check that this function may sts:AssumeRole it."
-        ),
-        c if c.starts_with("KMS") => format!(
-            "The KMS key of {} cannot be used ({c}); check the key's state and that {role} may use it.",
+        Kind::Credentials => match code {
+            "CredentialsUnavailable" | "AssumeRoleFailed" => format!(
+                "Could not get credentials for {role}; check its trust policy, the external id and sts:AssumeRole permission."
+            ),
+            _ => format!(
+                "The credentials for {role} expired and could not be renewed; check that this function may sts:AssumeRole it."
+            ),
+        },
+        Kind::Kms => format!(
+            "The KMS key of {} cannot be used ({code}); check the key's state and that {role} may use it.",
             route.target
         ),
-        "CredentialsUnavailable" | "AssumeRoleFailed" => format!(
-            "Could not get credentials for {role}; check its trust policy, the external id and sts:AssumeRole permission."
-        ),
-        "Timeout" | "NetworkError" | "UnreadableResponse" => format!(
+        Kind::Timeout | Kind::Network => format!(
             "Kinesis at the target's endpoint did not answer in time (the network, or the endpoint \
              is overloaded; not a permission problem). Check this function's network path to \
              Kinesis in {}; the shard retries by itself.",
             route.target.region()
         ),
-        "LimitExceededException" | "ThrottlingException" | "InternalFailure"
-        | "ServiceUnavailable" | "InternalServerError" | "InternalError" => format!(
+        Kind::Throttled | Kind::ShardThrottled | Kind::ServerError => format!(
             "Kinesis throttled or failed a call on {} ({code}: a passing condition, not a \
              permission problem); the shard retries by itself. If it repeats, check how many \
              functions call DescribeStreamSummary or ListShards on that stream.",
             route.target
         ),
-        _ => "Check the target stream and the writer role, then let the shard retry.".to_owned(),
+        Kind::ContentsRefused | Kind::Unknown => {
+            "Check the target stream and the writer role, then let the shard retry.".to_owned()
+        }
     }
 }
 

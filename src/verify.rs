@@ -853,32 +853,28 @@ pub struct VerifyError {
     pub error: RequestError,
 }
 
-/// What to do about a read error, by its code.
+/// What to do about a read error, by its kind.
 pub fn fix_hint(code: &str, side: Side) -> &'static str {
-    match (code, side) {
-        ("ResourceNotFoundException", _) => {
+    use crate::errors::Kind;
+    match (crate::errors::kind(code), side) {
+        (Kind::NotFound, _) => {
             "Check the ARN (region, account, stream name) and that the stream exists."
         }
-        ("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation", Side::Target) => {
+        (Kind::AccessDenied, Side::Target) => {
             "The caller needs kinesis:ListShards, GetShardIterator and GetRecords on the target \
              (old account): use credentials of that account, or a stream resource policy that \
              grants them."
         }
-        ("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation", Side::Source) => {
+        (Kind::AccessDenied, Side::Source) => {
             "The caller needs kinesis:ListShards, GetShardIterator and GetRecords on the source stream."
         }
-        (
-            "ExpiredTokenException"
-            | "ExpiredToken"
-            | "UnrecognizedClientException"
-            | "InvalidClientTokenId"
-            | "CredentialsUnavailable",
-            _,
-        ) => "Refresh the AWS credentials (aws sso login, or check AWS_PROFILE) and re-run.",
-        ("NetworkError" | "Timeout", _) => {
+        (Kind::Credentials, _) => {
+            "Refresh the AWS credentials (aws sso login, or check AWS_PROFILE) and re-run."
+        }
+        (Kind::Network | Kind::Timeout, _) => {
             "Check the network and AWS_REGION / AWS_ENDPOINT_URL_KINESIS, then re-run."
         }
-        ("LimitExceededException" | "ProvisionedThroughputExceededException", _) => {
+        (Kind::Throttled | Kind::ShardThrottled, _) => {
             "The stream's read limits were hit (other consumers?): re-run later or with \
              --read-concurrency 1."
         }

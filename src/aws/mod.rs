@@ -150,37 +150,9 @@ pub fn endpoint_overridden(sdk: &SdkConfig, service_id: &str) -> bool {
         })
 }
 
-/// Error codes that mean nothing will succeed until someone acts.
-pub(crate) fn is_systemic_code(code: &str) -> bool {
-    matches!(
-        code,
-        "AccessDeniedException"
-            | "AccessDenied"
-            | "ResourceNotFoundException"
-            | "ExpiredTokenException"
-            | "ExpiredToken"
-            | "UnrecognizedClientException"
-            | "InvalidClientTokenId"
-            | "InvalidSignatureException"
-            | "IncompleteSignature"
-            | "SignatureDoesNotMatch"
-            | "ValidationException"
-            | "InvalidArgumentException"
-            | "NoSuchBucket"
-            | "UnauthorizedOperation"
-    ) || (code.starts_with("KMS") && code != "KMSThrottlingException")
-}
-
-/// Classifies a per-entry PutRecords error code.
+/// Classifies a per-entry PutRecords error code (see [`crate::errors`]).
 pub fn classify_entry_code(code: &str) -> FailureClass {
-    match code {
-        "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException" => {
-            FailureClass::Transient
-        }
-        c if is_systemic_code(c) => FailureClass::Systemic,
-        // Unknown per-entry codes are retried: bounded by the deadline, and never lose the record.
-        _ => FailureClass::Transient,
-    }
+    crate::errors::entry_class(code)
 }
 
 /// Classifies an SDK error of any operation. Service errors use the modeled code; server
@@ -207,32 +179,7 @@ where
             let e = se.err();
             let code = e.code().unwrap_or("Unknown").to_owned();
             let message = e.message().unwrap_or_default().to_owned();
-            let class = if matches!(
-                code.as_str(),
-                "ProvisionedThroughputExceededException"
-                    | "KMSThrottlingException"
-                    | "InternalFailure"
-                    | "ThrottlingException"
-                    | "Throttling"
-                    | "LimitExceededException"
-                    | "ServiceUnavailable"
-                    | "SlowDown"
-                    | "RequestLimitExceeded"
-                    | "ProvisionedThroughputExceeded"
-                    | "InternalServerError"
-                    | "InternalError"
-            ) {
-                FailureClass::Transient
-            } else if is_systemic_code(&code) {
-                FailureClass::Systemic
-            } else {
-                // Unmodeled codes: server-side trouble is worth retrying, the rest needs a person.
-                if se.raw().status().is_server_error() {
-                    FailureClass::Transient
-                } else {
-                    FailureClass::Systemic
-                }
-            };
+            let class = crate::errors::call_class(&code, se.raw().status().is_server_error());
             RequestError {
                 class,
                 // A server error answers a request that reached the service: it may have been
@@ -260,7 +207,8 @@ where
             } else {
                 RequestError {
                     class: FailureClass::Transient,
-                    ambiguous: d.is_timeout() || d.is_io(),
+                    // A request that never got a connection was not sent: not ambiguous.
+                    ambiguous: (d.is_timeout() || d.is_io()) && !never_connected(err),
                     code: "NetworkError".to_owned(),
                     message,
                 }
@@ -295,6 +243,19 @@ where
     }
 }
 
+/// Whether the HTTP client failed while connecting (refused, unreachable, DNS, TLS set-up):
+/// then nothing of the request reached the service.
+fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = src {
+        if let Some(h) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            return h.is_connect();
+        }
+        src = e.source();
+    }
+    false
+}
+
 /// A store (DynamoDB, S3) error with its code.
 pub fn store_error<E>(err: &SdkError<E, HttpResponse>) -> StoreError
 where
@@ -309,27 +270,3 @@ where
 
 /// Connect timeout for every client: a dead endpoint must fail fast, not eat the deadline.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn per_entry_codes_are_classified() {
-        let cases = [
-            (
-                "ProvisionedThroughputExceededException",
-                FailureClass::Transient,
-            ),
-            ("InternalFailure", FailureClass::Transient),
-            ("KMSThrottlingException", FailureClass::Transient),
-            ("KMSDisabledException", FailureClass::Systemic),
-            ("KMSAccessDeniedException", FailureClass::Systemic),
-            ("AccessDeniedException", FailureClass::Systemic),
-            ("SomethingNew", FailureClass::Transient),
-        ];
-        for (code, class) in cases {
-            assert_eq!(classify_entry_code(code), class, "{code}");
-        }
-    }
-}

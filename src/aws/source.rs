@@ -309,11 +309,7 @@ impl Subscription {
                     other => ("SubscriptionBroken".to_owned(), other.to_string()),
                 };
                 RequestError {
-                    class: if super::is_systemic_code(&code) {
-                        crate::model::FailureClass::Systemic
-                    } else {
-                        crate::model::FailureClass::Transient
-                    },
+                    class: crate::errors::entry_class(&code),
                     ambiguous: false,
                     code,
                     message,

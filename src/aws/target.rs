@@ -164,12 +164,7 @@ impl TargetWriter for KinesisTarget {
 /// KMS trouble have their own codes and stay systemic.
 fn put_records_error(e: &RequestError) -> RequestError {
     let mut e = e.clone();
-    if matches!(
-        e.code.as_str(),
-        "InvalidArgumentException" | "ValidationException"
-    ) {
-        e.class = FailureClass::Permanent;
-    }
+    e.class = crate::errors::request_class(&e.code, e.class);
     e
 }
 

@@ -8,6 +8,8 @@ use rand::{Rng, SeedableRng};
 use super::*;
 use crate::model::{Checkpoint, OrderMode, SourceRecord, StoreError, StreamArn};
 
+/// Kinesis's answer for a shard over its write limits.
+const THROTTLED: &str = "ProvisionedThroughputExceededException";
 const SRC: &str = "arn:aws:kinesis:us-east-1:123456789012:stream/src";
 
 /// What the fake target does with one entry.
