@@ -48,4 +48,11 @@ pub mod replicate;
 pub mod routing;
 pub mod runner;
 pub mod seq;
+pub mod time;
 pub mod verify;
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it: what fanout keeps
+/// behind its mutexes (counters, caches, token buckets, progress lines) stays usable.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -21,6 +21,7 @@ use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+pub use crate::time::human_secs;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 /// How often the plain-line mode prints.
@@ -307,16 +308,6 @@ fn count(position: u64, total: Option<u64>) -> String {
     match total {
         Some(t) => format!("{position}/{t}"),
         None => position.to_string(),
-    }
-}
-
-/// Seconds as `42s`, `3m05s` or `2h10m`.
-pub fn human_secs(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        0..60 => format!("{s}s"),
-        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
     }
 }
 

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
@@ -35,6 +35,7 @@ use tracing::Instrument;
 use crate::aws::dead_letters::Envelope;
 use crate::aws::source::KinesisSource;
 use crate::config::Limits;
+use crate::lock;
 use crate::model::{
     AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, RequestError, Route,
     ShardInfo, SourceBatch, SourceRecord, StoreError, StreamArn, TargetInfo,
@@ -553,10 +554,6 @@ impl DeadLetterStore for Refusals {
             .cloned()
             .unwrap_or_else(|| "(its existing dead letter)".to_owned()))
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::control::machine::Mode;
+use crate::lock;
 use crate::model::{
     AdvanceOutcome, CheckpointAdvance, DeadLetter, EntryResult, FailureClass, HandledBeyond,
     RequestError, Route, SourceBatch, SourceRecord, StoreError, TargetInfo,
@@ -171,12 +172,6 @@ struct Settled {
     /// (record index, queue item, key slot, error code, message)
     dead_letters: Vec<(usize, usize, usize, String, String)>,
     systemic: Option<(usize, String, String)>,
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it (the data are
-/// counters and buckets: still usable).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// What one PutRecords request got back.

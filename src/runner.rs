@@ -42,6 +42,7 @@ use crate::model::{FailureClass, RequestError, ShardInfo, SourceRecord, StreamAr
 use crate::plan;
 use crate::ports::{CheckpointStore, DeadLetterStore, TargetWriter};
 use crate::seq::SequenceNumber;
+use crate::time::now_ms;
 
 /// What an invocation answered.
 pub struct Invoked {
@@ -222,10 +223,6 @@ pub fn default_owner() -> String {
         std::process::id(),
         rand::random::<u32>() & 0xff_ffff
     )
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// Per-shard figures, as the progress line and the final summary show them.

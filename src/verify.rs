@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::aws::source::{KinesisSource, StartPosition};
 use crate::model::{RequestError, SourceRecord, StreamArn};
 use crate::seq::SequenceNumber;
+use crate::time::{now_ms, rfc3339_ms as rfc3339};
 
 // ---------------------------------------------------------------------------------------------
 // Digests
@@ -1024,16 +1025,6 @@ pub struct Report {
     pub finished_at: String,
     pub finished_at_ms: i64,
     pub warnings: Vec<String>,
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_else(|| ms.to_string())
-}
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 struct ReadStats {

@@ -21,6 +21,7 @@ use super::store_error;
 use crate::model::StoreError;
 use crate::verify::{Totals, Verdict};
 
+use crate::time::rfc3339_ms as rfc3339;
 pub use crate::verify::VerificationRecord;
 
 /// The partition key of a route's verifications.
@@ -31,12 +32,6 @@ pub fn verification_pk(route: &str) -> String {
 /// The sort key: finished-at milliseconds, zero-padded so text order is time order.
 pub fn verification_sk(finished_at_ms: i64) -> String {
     format!("{:020}", finished_at_ms.max(0))
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// The counts as (attribute name, value) pairs, in one place for writing and reading.

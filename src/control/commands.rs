@@ -25,6 +25,7 @@ use crate::capacity::{configured_routes, RouteCapacity};
 use crate::model::{StoreError, StreamArn};
 use crate::on_failure;
 use crate::routing::{RoutingDocument, StreamMode, StreamRouting};
+use crate::time::{ago, now_ms, rfc3339_ms, rfc3339_secs as rfc3339};
 
 /// What to do. As JSON (the controller Lambda's payload), e.g.
 /// `{"command": "cutover", "migration": "orders", "reason": "planned", "dry_run": true}`.
@@ -203,10 +204,6 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
 /// Seconds a heartbeat may be old before a shard with records waiting is called stuck.
 const HEARTBEAT_STALE_MS: i64 = 60_000;
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 fn attempt_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -1436,27 +1433,6 @@ async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
         heartbeat_stale_ms: HEARTBEAT_STALE_MS,
     });
     Ok(r)
-}
-
-fn rfc3339_ms(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// `age` as `12 s`, `3 min`, `2 h`.
-fn ago(ms: i64) -> String {
-    match ms / 1000 {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7200 => format!("{} min", s / 60),
-        s => format!("{} h", s / 3600),
-    }
 }
 
 fn history_line(e: &HistoryEntry) -> String {
