@@ -528,7 +528,7 @@ impl World {
             return Err(format!("stream {name} did not become ACTIVE"));
         }
         if with_table {
-            fanout::aws::checkpoints::create_table(&setup, &name)
+            fanout::aws::table::create_table(&setup, &name)
                 .await
                 .map_err(|err| format!("CreateTable on moto: {err}"))?;
             s3(&setup)

@@ -180,8 +180,8 @@ IDENTITIES: dict[str, dict] = {
         "functions": [
             "src/aws/checkpoints.rs::DynamoCheckpoints::load",
             "src/aws/checkpoints.rs::DynamoCheckpoints::advance",
-            "src/aws/control.rs::read_mode",
-            "src/aws/control.rs::write_heartbeat",
+            "src/aws/table.rs::read_mode",
+            "src/aws/table.rs::write_heartbeat",
             "src/aws/dead_letters.rs::S3DeadLetters::store",
             "src/aws/target.rs::KinesisTarget::new",  # assumes the writer role
         ],
@@ -189,7 +189,7 @@ IDENTITIES: dict[str, dict] = {
     "controller": {
         "module": "controller",
         "functions": [
-            "src/aws/control.rs::read_mode",
+            "src/aws/table.rs::read_mode",
             "src/aws/control.rs::AwsControl::load",
             "src/aws/control.rs::AwsControl::write_state",
             "src/aws/control.rs::AwsControl::append_history",
@@ -238,7 +238,7 @@ IDENTITIES: dict[str, dict] = {
 # Adapter functions only fanoutctl runs locally or with an engineer's own credentials
 # (replicate, backfill, redrive, verify, the benches); no deployed role needs them.
 NOT_DEPLOYED = {
-    "src/aws/checkpoints.rs::create_table": "the local stack's set-up and the tests",
+    "src/aws/table.rs::create_table": "the local stack's set-up and the tests",
     "src/aws/dead_letters.rs::S3DeadLetters::get_bytes": "redrive (dead letters, on-failure objects)",
     "src/aws/dead_letters.rs::S3DeadLetters::delete": "redrive",
     "src/aws/dead_letters.rs::S3DeadLetters::put_json": "redrive's report",

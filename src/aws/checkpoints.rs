@@ -11,53 +11,12 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use super::ddb::s;
 use super::store_error;
+use super::table::{checkpoint_pk, read_mode, s, write_heartbeat};
 use crate::control::machine::RouteMode;
 use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, HandledBeyond, StoreError};
 use crate::ports::{CheckpointStore, ShardHeartbeat};
 use crate::seq::SequenceNumber;
-
-/// The table's partition key of a route's checkpoints.
-pub fn checkpoint_pk(route: &str) -> String {
-    format!("checkpoint#{route}")
-}
-
-/// Creates the state table (string `pk` hash key, string `sk` range key, on-demand): for
-/// local stacks and tests; Terraform creates it in AWS.
-pub async fn create_table(sdk: &SdkConfig, table: &str) -> Result<(), StoreError> {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-    };
-    let key = |n: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-    };
-    let built = |e: aws_sdk_dynamodb::error::BuildError| StoreError {
-        code: "RequestNotBuilt".to_owned(),
-        message: e.to_string(),
-    };
-    Client::new(sdk)
-        .create_table()
-        .table_name(table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk").map_err(built)?)
-        .attribute_definitions(attr("sk").map_err(built)?)
-        .key_schema(key("pk", KeyType::Hash).map_err(built)?)
-        .key_schema(key("sk", KeyType::Range).map_err(built)?)
-        .send()
-        .await
-        .map_err(|e| store_error(&e))?;
-    Ok(())
-}
 
 pub struct DynamoCheckpoints {
     client: Client,
@@ -213,12 +172,12 @@ impl CheckpointStore for DynamoCheckpoints {
     }
 
     async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
-        super::control::read_mode(&self.client, &self.table, route).await
+        read_mode(&self.client, &self.table, route).await
     }
 
     async fn heartbeat(&self, heartbeat: &ShardHeartbeat) -> Result<(), StoreError> {
         let mut hb = heartbeat.clone();
         hb.route = format!("{}{}", hb.route, self.namespace);
-        super::control::write_heartbeat(&self.client, &self.table, &hb).await
+        write_heartbeat(&self.client, &self.table, &hb).await
     }
 }

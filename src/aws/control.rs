@@ -1,120 +1,25 @@
-//! The controller's items in the state table, and the facts its guards need from Kinesis.
-//!
-//! | item | pk | sk |
-//! |---|---|---|
-//! | migration state (one per migration; `version` guards every change) | `migration#<name>` | `state` |
-//! | history (append-only, one per command attempt) | `history#<name>` | `<ms, 16 digits>#<id>` |
-//! | replication mode of a route (read by the replicator) | `mode#<route>` | `mode` |
-//! | shard heartbeat (written by the replicator and the local runner) | `heartbeat#<route>` | `<shard id>` |
-//! | dead-letter acknowledgement | `dlq-ack#<migration>` | `<dead-letter key>` |
+//! The controller's items in the state table (migration state, history, route modes,
+//! heartbeats, dead-letter acknowledgements; their keys are in [`super::table`]), and the
+//! facts its guards need from Kinesis.
 
 use std::collections::{BTreeMap, HashSet};
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
-use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use super::checkpoints::checkpoint_pk;
-use super::ddb::{n, s};
 use super::source::{KinesisSource, StartPosition};
 use super::store_error;
+use super::table::{
+    ack_pk, checkpoint_pk, corrupt, heartbeat_pk, history_pk, mode_pk, n, num, read_mode, s,
+    state_pk, text, Item,
+};
 use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
 use crate::control::record::{HistoryEntry, StoredState};
 use crate::model::{StoreError, StreamArn};
-use crate::ports::ShardHeartbeat;
 use crate::seq::SequenceNumber;
-
-pub fn state_pk(migration: &str) -> String {
-    format!("migration#{migration}")
-}
-pub fn history_pk(migration: &str) -> String {
-    format!("history#{migration}")
-}
-pub fn mode_pk(route: &str) -> String {
-    format!("mode#{route}")
-}
-pub fn heartbeat_pk(route: &str) -> String {
-    format!("heartbeat#{route}")
-}
-pub fn ack_pk(migration: &str) -> String {
-    format!("dlq-ack#{migration}")
-}
-
-fn corrupt(what: String) -> StoreError {
-    StoreError {
-        code: "CorruptItem".to_owned(),
-        message: what,
-    }
-}
-
-type Item = std::collections::HashMap<String, AttributeValue>;
-
-fn text<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name)
-        .and_then(|v| v.as_s().ok())
-        .map(String::as_str)
-}
-
-fn num(item: &Item, name: &str) -> Option<i64> {
-    item.get(name)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// Reads a route's replication mode (the replicator's side). No item: forward.
-pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<RouteMode, StoreError> {
-    let out = client
-        .get_item()
-        .table_name(table)
-        .key("pk", s(mode_pk(route)))
-        .key("sk", s("mode"))
-        .consistent_read(true)
-        .send()
-        .await
-        .map_err(|e| store_error(&e))?;
-    let Some(item) = out.item() else {
-        return Ok(RouteMode::FORWARD);
-    };
-    let mode = text(item, "mode")
-        .unwrap_or_default()
-        .parse()
-        .map_err(|e| corrupt(format!("mode of route {route} in {table}: {e}")))?;
-    Ok(RouteMode {
-        mode,
-        since_ms: num(item, "since_ms"),
-    })
-}
-
-/// Writes a shard heartbeat (the replicator's and the runner's side).
-pub async fn write_heartbeat(
-    client: &Client,
-    table: &str,
-    hb: &ShardHeartbeat,
-) -> Result<(), StoreError> {
-    let mut req = client
-        .put_item()
-        .table_name(table)
-        .item("pk", s(heartbeat_pk(&hb.route)))
-        .item("sk", s(&hb.shard_id))
-        .item("at_ms", n(hb.now_ms))
-        .item("records", n(hb.records))
-        .item("mode", s(hb.mode.as_str()))
-        .item("by", s(&hb.by));
-    if let Some(seq) = &hb.last_seq {
-        req = req.item("last_seq", s(seq.to_padded()));
-    }
-    if let Some(ms) = hb.millis_behind {
-        req = req.item("millis_behind", n(ms));
-    }
-    if let Some(ms) = hb.newest_arrival_ms {
-        req = req.item("newest_arrival_ms", n(ms));
-    }
-    req.send().await.map_err(|e| store_error(&e))?;
-    Ok(())
-}
 
 /// A stored heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -24,18 +24,10 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
-use super::ddb::{n, s};
 use super::store_error;
+use super::table::{heartbeat_pk, lease_history_pk as history_pk, lease_pk, n, s};
 use crate::lease::{Epoch, Heartbeat, Lease, LeaseRecord, LeaseStore, Position};
 use crate::model::StoreError;
-
-pub fn lease_pk(name: &str) -> String {
-    format!("lease#{name}")
-}
-
-pub fn history_pk(name: &str) -> String {
-    format!("lease-history#{name}")
-}
 
 fn history_sk(shard_id: &str, counter: u64) -> String {
     format!("{shard_id}#{counter:020}")
@@ -198,7 +190,7 @@ impl DynamoLeases {
             .client
             .update_item()
             .table_name(&self.table)
-            .key("pk", s(super::control::heartbeat_pk(&lease.name)))
+            .key("pk", s(heartbeat_pk(&lease.name)))
             .key("sk", s(&lease.shard_id))
             .update_expression(set)
             .expression_attribute_names("#by", "by")

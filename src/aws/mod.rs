@@ -12,18 +12,6 @@
 //!   round trip and shard count).
 
 /// DynamoDB attribute values, written the same way everywhere.
-pub(crate) mod ddb {
-    use aws_sdk_dynamodb::types::AttributeValue;
-
-    pub fn s(v: impl Into<String>) -> AttributeValue {
-        AttributeValue::S(v.into())
-    }
-
-    pub fn n(v: impl ToString) -> AttributeValue {
-        AttributeValue::N(v.to_string())
-    }
-}
-
 pub mod capacity;
 pub mod checkpoints;
 pub mod control;
@@ -31,6 +19,7 @@ pub mod dead_letters;
 pub mod leases;
 pub mod routing;
 pub mod source;
+pub mod table;
 pub mod target;
 pub mod verifications;
 

@@ -16,18 +16,12 @@ use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
-use super::ddb::{n, s};
 use super::store_error;
+use super::table::{n, s, verification_pk};
 use crate::model::StoreError;
-use crate::verify::{Totals, Verdict};
-
 use crate::time::rfc3339_ms as rfc3339;
 pub use crate::verify::VerificationRecord;
-
-/// The partition key of a route's verifications.
-pub fn verification_pk(route: &str) -> String {
-    format!("verification#{route}")
-}
+use crate::verify::{Totals, Verdict};
 
 /// The sort key: finished-at milliseconds, zero-padded so text order is time order.
 pub fn verification_sk(finished_at_ms: i64) -> String {

@@ -263,7 +263,7 @@ pub async fn create_stream(sdk: &SdkConfig, name: &str, shards: i32) -> StreamAr
 }
 
 pub async fn create_table(sdk: &SdkConfig, table: &str) {
-    fanout::aws::checkpoints::create_table(sdk, table)
+    fanout::aws::table::create_table(sdk, table)
         .await
         .expect("create table");
 }

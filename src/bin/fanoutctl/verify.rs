@@ -286,7 +286,7 @@ pub async fn verify(args: VerifyArgs) -> Result<ExitCode, String> {
             .map(|sk| {
                 Some((
                     table.to_owned(),
-                    verifications::verification_pk(&report.route),
+                    fanout::aws::table::verification_pk(&report.route),
                     sk,
                 ))
             })
