@@ -337,3 +337,22 @@ pub struct DeadLetter<'a> {
     pub error_code: String,
     pub attempts: u32,
 }
+
+/// The stored form of a dead letter (version 1): one JSON object per record, with its full
+/// payload and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub route: String,
+    pub source_stream_arn: String,
+    pub target_stream_arn: String,
+    pub shard_id: String,
+    pub sequence_number: String,
+    pub partition_key: Option<String>,
+    pub data_base64: String,
+    pub approximate_arrival_timestamp: Option<String>,
+    pub reason: String,
+    pub error_code: String,
+    pub attempts: u32,
+    pub dead_lettered_at: String,
+}

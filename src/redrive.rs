@@ -18,7 +18,7 @@
 //! leaves everything not yet written in place; other shards go on.
 //!
 //! The storage and lineage sides are the ports [`DeadLetterArchive`] and [`ShardLister`],
-//! implemented over S3 and Kinesis in `aws/` (and here, for [`KinesisSource`]).
+//! implemented over S3 and Kinesis in `aws/`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
@@ -32,13 +32,11 @@ use tokio::time::Instant;
 use tracing::instrument::WithSubscriber;
 use tracing::Instrument;
 
-use crate::aws::dead_letters::Envelope;
-use crate::aws::source::KinesisSource;
 use crate::config::Limits;
 use crate::lock;
 use crate::model::{
-    AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, RequestError, Route,
-    ShardInfo, SourceBatch, SourceRecord, StoreError, StreamArn, TargetInfo,
+    AdvanceOutcome, Checkpoint, CheckpointAdvance, DeadLetter, EntryResult, Envelope, RequestError,
+    Route, ShardInfo, SourceBatch, SourceRecord, StoreError, StreamArn, TargetInfo,
 };
 use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, TargetWriter};
 use crate::progress::{Progress, ShardProgress};
@@ -115,12 +113,6 @@ pub trait ShardLister: Send + Sync {
         &self,
         stream: &StreamArn,
     ) -> impl Future<Output = Result<Vec<ShardInfo>, RequestError>> + Send;
-}
-
-impl ShardLister for KinesisSource {
-    async fn list_shards(&self, stream: &StreamArn) -> Result<Vec<ShardInfo>, RequestError> {
-        KinesisSource::list_shards(self, stream).await
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

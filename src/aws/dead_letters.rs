@@ -7,29 +7,12 @@ use aws_config::SdkConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::Client;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
 
 use super::{endpoint_overridden, store_error};
 use crate::model::{DeadLetter, StoreError};
 use crate::ports::DeadLetterStore;
 
-/// The stored form of a dead letter (version 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    pub version: u32,
-    pub route: String,
-    pub source_stream_arn: String,
-    pub target_stream_arn: String,
-    pub shard_id: String,
-    pub sequence_number: String,
-    pub partition_key: Option<String>,
-    pub data_base64: String,
-    pub approximate_arrival_timestamp: Option<String>,
-    pub reason: String,
-    pub error_code: String,
-    pub attempts: u32,
-    pub dead_lettered_at: String,
-}
+pub use crate::model::Envelope;
 
 pub struct S3DeadLetters {
     client: Client,

@@ -514,3 +514,12 @@ impl KinesisSource {
         })
     }
 }
+
+impl crate::redrive::ShardLister for KinesisSource {
+    async fn list_shards(
+        &self,
+        stream: &StreamArn,
+    ) -> Result<Vec<crate::model::ShardInfo>, RequestError> {
+        KinesisSource::list_shards(self, stream).await
+    }
+}
