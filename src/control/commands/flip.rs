@@ -1,0 +1,483 @@
+//! `cutover`, `rollback`, `commit`: a flip, step by step, with its drain, its races and its release.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) async fn flip(
+    ctx: &Context,
+    req: &Request,
+    action: Action,
+) -> Result<Report, StoreError> {
+    if req.force && req.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            "--force needs --reason: say why the guards may be overridden (it is recorded)",
+        ));
+    }
+    let mut st = load(ctx, req).await?;
+    let mut abandoned = String::new();
+    if let Some(f) = st.flip.clone() {
+        if now_ms() <= f.deadline_ms {
+            let e = entry(
+                ctx,
+                req,
+                &st,
+                Some(action.target()),
+                Outcome::LostRace,
+                &[],
+                format!("flip {} ({}) by {} is in progress", f.id, f.action, f.actor),
+            );
+            let msg = format!(
+                "a {} by {} is in progress since {} (flip {}); wait for it (`fanoutctl status --watch`)",
+                f.action, f.actor, rfc3339(f.started_at_ms), f.id
+            );
+            return if req.dry_run {
+                Ok(Report::new(req, Outcome::LostRace, msg))
+            } else {
+                finish(ctx, req, e, msg).await
+            };
+        }
+        if req.dry_run {
+            abandoned = format!(
+                "the abandoned {} by {} (flip {}) would be released first; ",
+                f.action, f.actor, f.id
+            );
+        } else {
+            st = release_abandoned(ctx, req, st, &f).await?;
+        }
+    }
+    let t = match decide(st.state, action, st.migration.settings.reverse) {
+        Decision::AlreadyThere(s) => {
+            let msg = format!("the migration is already {s}: nothing to do");
+            if req.dry_run {
+                let mut r = Report::new(req, Outcome::AlreadyThere, msg);
+                r.state = Some(s);
+                return Ok(r);
+            }
+            let e = entry(
+                ctx,
+                req,
+                &st,
+                Some(s),
+                Outcome::AlreadyThere,
+                &[],
+                String::new(),
+            );
+            return finish(ctx, req, e, msg).await;
+        }
+        Decision::NotAllowed(why) => {
+            if req.dry_run {
+                return Ok(Report::new(req, Outcome::NotAllowed, why));
+            }
+            let e = entry(
+                ctx,
+                req,
+                &st,
+                Some(action.target()),
+                Outcome::NotAllowed,
+                &[],
+                why.clone(),
+            );
+            return finish(ctx, req, e, why).await;
+        }
+        Decision::Go(t) => t,
+    };
+    let Evaluated { guards, capacity } = evaluate_guards(ctx, req, &st, action, &t).await?;
+    let refused: Vec<&GuardResult> = guards.iter().filter(|g| !g.passed).collect();
+    let refused_names = refused
+        .iter()
+        .map(|g| g.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if req.dry_run {
+        let (outcome, msg) = if refused.is_empty() {
+            (
+                Outcome::Applied,
+                format!(
+                    "dry run: {} would go {} → {}; every guard passes",
+                    action, t.from, t.to
+                ),
+            )
+        } else if req.force {
+            (
+                Outcome::Applied,
+                format!(
+                    "dry run: {} would go {} → {} forced past: {refused_names}",
+                    action, t.from, t.to
+                ),
+            )
+        } else {
+            (
+                Outcome::RefusedByGuard,
+                format!("dry run: {} would be refused by: {refused_names}", action),
+            )
+        };
+        let mut r = Report::new(req, outcome, format!("{abandoned}{msg}"));
+        r.plan = Some(t);
+        r.guards = guards;
+        r.capacity = capacity;
+        r.state = Some(st.state);
+        r.version = Some(st.version);
+        return Ok(r);
+    }
+    if !refused.is_empty() && !req.force {
+        let msg = format!(
+            "{action} refused by: {refused_names}. Fix what they say, or override with --force \
+             --reason \"...\" (recorded)."
+        );
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(t.to),
+            Outcome::RefusedByGuard,
+            &guards,
+            msg.clone(),
+        );
+        let mut r = finish(ctx, req, e, msg).await?;
+        r.capacity = capacity;
+        return Ok(r);
+    }
+    // The two-person rule: a request, then a different identity's approval.
+    if st.migration.settings.two_person {
+        match &st.request {
+            Some(r) if r.action == action && r.requested_by != ctx.actor => {}
+            Some(r) if r.action == action => {
+                let msg = format!("you requested this {action} already; a different identity must approve it by running the same command");
+                let e = entry(
+                    ctx,
+                    req,
+                    &st,
+                    Some(t.to),
+                    Outcome::AwaitingApproval,
+                    &guards,
+                    msg.clone(),
+                );
+                return finish(ctx, req, e, msg).await;
+            }
+            _ => {
+                let mut next = st.clone();
+                next.version += 1;
+                next.request = Some(ApprovalRequest {
+                    action,
+                    requested_by: ctx.actor.clone(),
+                    reason: req.reason.clone().unwrap_or_default(),
+                    forced: req.force,
+                    at_ms: now_ms(),
+                });
+                next.updated_at_ms = now_ms();
+                next.updated_by = ctx.actor.clone();
+                if ctx.control.write_state(Some(st.version), &next).await? == Write::Lost {
+                    return lost(ctx, req, &st, t.to, &guards).await;
+                }
+                let msg = format!("{action} requested; a different identity must approve it by running `fanoutctl {action} --migration {}`", st.migration.name);
+                let e = after(
+                    entry(
+                        ctx,
+                        req,
+                        &st,
+                        Some(t.to),
+                        Outcome::AwaitingApproval,
+                        &guards,
+                        msg.clone(),
+                    ),
+                    next.version,
+                );
+                return finish(ctx, req, e, msg).await;
+            }
+        }
+    }
+    let approval = st
+        .request
+        .as_ref()
+        .map(|r| {
+            format!(
+                "requested by {}, approved by {}; ",
+                r.requested_by, ctx.actor
+            )
+        })
+        .unwrap_or_default();
+    // Begin: take the flip (exactly one caller wins this version).
+    let s = st.migration.settings.clone();
+    let started = now_ms();
+    let id = attempt_id();
+    let mut begun = st.clone();
+    begun.version += 1;
+    begun.request = None;
+    begun.flip = Some(PendingFlip {
+        id: id.clone(),
+        action,
+        actor: ctx.actor.clone(),
+        started_at_ms: started,
+        deadline_ms: started + s.settle_ms + s.drain_timeout_ms + 60_000,
+    });
+    begun.updated_at_ms = started;
+    begun.updated_by = ctx.actor.clone();
+    if ctx.control.write_state(Some(st.version), &begun).await? == Write::Lost {
+        return lost(ctx, req, &st, t.to, &guards).await;
+    }
+    let reason = req
+        .reason
+        .clone()
+        .unwrap_or_else(|| action.as_str().to_owned());
+    let from_side = st.state.producers();
+    let mut detail = approval;
+    if t.switches_routing {
+        routing(ctx, &st.migration)
+            .publish(&document(
+                &begun,
+                from_side,
+                StreamMode::Hold,
+                &ctx.actor,
+                &reason,
+            ))
+            .await?;
+        tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
+    }
+    if let Some(direction) = t.drain {
+        // The hold point: producers that honour the hold wrote nothing after it.
+        let point = now_ms();
+        let drained = drain(
+            ctx,
+            &begun,
+            direction,
+            point,
+            Duration::from_millis(s.drain_timeout_ms.max(0) as u64),
+        )
+        .await?;
+        match drained {
+            Ok(waited) => detail.push_str(&format!("drained in {} ms; ", waited.as_millis())),
+            Err(behind) => {
+                // Release producers where they were; the state does not change.
+                let mut released = begun.clone();
+                released.version += 1;
+                released.flip = None;
+                released.updated_at_ms = now_ms();
+                if ctx
+                    .control
+                    .write_state(Some(begun.version), &released)
+                    .await?
+                    == Write::Lost
+                {
+                    return lost(ctx, req, &begun, t.to, &guards).await;
+                }
+                routing(ctx, &st.migration)
+                    .publish(&document(
+                        &released,
+                        from_side,
+                        StreamMode::Active,
+                        &ctx.actor,
+                        "drain timed out; released without switching",
+                    ))
+                    .await?;
+                let msg = format!(
+                    "{action} not done: replication did not catch up within {} ms ({}). Producers \
+                     were released on the {} streams; the state is still {}. See `fanoutctl \
+                     status` and the runbook (a shard is stuck), then try again.",
+                    s.drain_timeout_ms,
+                    behind,
+                    from_side.as_str(),
+                    st.state
+                );
+                let e = after(
+                    entry(
+                        ctx,
+                        req,
+                        &st,
+                        Some(t.to),
+                        Outcome::DrainTimedOut,
+                        &guards,
+                        msg.clone(),
+                    ),
+                    released.version,
+                );
+                return finish(ctx, req, e, msg).await;
+            }
+        }
+    }
+    // Finish: replication modes, state, then routing.
+    let mut done = begun.clone();
+    done.version += 1;
+    done.state = t.to;
+    done.flip = None;
+    if let (Some(seeded), Some(drained)) = (t.seed, t.drain) {
+        // The other direction starts exactly where this one stopped: stop the drained
+        // direction, let every replicator notice (the settle time covers their mode cache),
+        // and start the seeded one with what arrives from now on; everything before is the
+        // drained direction's copies (or older) and is skipped, so nothing echoes back.
+        set_direction(ctx, &begun, drained, Mode::Stopped, begun.version).await?;
+        tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
+        let from = now_ms();
+        match seeded {
+            Direction::Forward => done.forward_since_ms = Some(from),
+            Direction::Reverse => done.reverse_since_ms = Some(from),
+        }
+        detail.push_str(&format!(
+            "{} replication stopped; {} replication takes records from {}; ",
+            drained.as_str(),
+            seeded.as_str(),
+            rfc3339_ms(from)
+        ));
+        // Producers are released only after a margin, so their first records arrive after
+        // `from` even if the stream's clock is a little behind this one.
+        tokio::time::sleep(CLOCK_MARGIN).await;
+    }
+    done.updated_at_ms = now_ms();
+    set_modes(ctx, &done).await?;
+    if ctx.control.write_state(Some(begun.version), &done).await? == Write::Lost {
+        return lost(ctx, req, &begun, t.to, &guards).await;
+    }
+    routing(ctx, &st.migration)
+        .publish(&document(
+            &done,
+            t.to.producers(),
+            StreamMode::Active,
+            &ctx.actor,
+            &reason,
+        ))
+        .await?;
+    if !refused.is_empty() {
+        detail.push_str(&format!("forced past: {refused_names}; "));
+    }
+    detail.push_str(&format!(
+        "producers on {} streams",
+        t.to.producers().as_str()
+    ));
+    let e = after(
+        entry(
+            ctx,
+            req,
+            &st,
+            Some(t.to),
+            Outcome::Applied,
+            &guards,
+            detail.clone(),
+        ),
+        done.version,
+    );
+    let mut r = finish(
+        ctx,
+        req,
+        e,
+        format!(
+            "{action} done: {} → {} (version {}); {detail}",
+            t.from, t.to, done.version
+        ),
+    )
+    .await?;
+    r.plan = Some(t);
+    r.capacity = capacity;
+    Ok(r)
+}
+
+/// Someone else changed the state first: record it and say who.
+pub(super) async fn lost(
+    ctx: &Context,
+    req: &Request,
+    st: &StoredState,
+    to: State,
+    guards: &[GuardResult],
+) -> Result<Report, StoreError> {
+    let now = ctx.control.load(&st.migration.name).await?;
+    let who = now
+        .as_ref()
+        .map(|n| {
+            format!(
+                "{} (version {}, state {})",
+                n.updated_by, n.version, n.state
+            )
+        })
+        .unwrap_or_else(|| "someone".to_owned());
+    let msg = format!(
+        "lost a race: {who} changed the migration first; nothing was done. Look at \
+         `fanoutctl status` before trying again."
+    );
+    let e = entry(
+        ctx,
+        req,
+        st,
+        Some(to),
+        Outcome::LostRace,
+        guards,
+        msg.clone(),
+    );
+    finish(ctx, req, e, msg).await
+}
+
+/// Waits until every record that arrived in the migration's new streams before `point` has
+/// been replicated (no shard's oldest waiting record is older). `Err` says which shards were
+/// still behind when `timeout` passed.
+pub(super) async fn drain(
+    ctx: &Context,
+    st: &StoredState,
+    direction: Direction,
+    point: i64,
+    timeout: Duration,
+) -> Result<Result<Duration, String>, StoreError> {
+    let started = tokio::time::Instant::now();
+    loop {
+        let now = now_ms();
+        let mut behind = Vec::new();
+        for lag in lags(ctx, st, direction, now).await? {
+            if lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
+                behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
+            }
+        }
+        if behind.is_empty() {
+            return Ok(Ok(started.elapsed()));
+        }
+        if started.elapsed() >= timeout {
+            return Ok(Err(format!("still behind: {}", behind.join(", "))));
+        }
+        tokio::time::sleep(ctx.poll).await;
+    }
+}
+
+/// A flip whose process died (past its deadline): put replication modes and routing back as
+/// the state says, clear it, record it.
+pub(super) async fn release_abandoned(
+    ctx: &Context,
+    req: &Request,
+    st: StoredState,
+    f: &PendingFlip,
+) -> Result<StoredState, StoreError> {
+    let mut next = st.clone();
+    next.version += 1;
+    next.flip = None;
+    next.updated_at_ms = now_ms();
+    next.updated_by = ctx.actor.clone();
+    if ctx.control.write_state(Some(st.version), &next).await? == Write::Done {
+        set_modes(ctx, &next).await?;
+        routing(ctx, &next.migration)
+            .publish(&document(
+                &next,
+                next.state.producers(),
+                StreamMode::Active,
+                &ctx.actor,
+                "abandoned flip released",
+            ))
+            .await?;
+        let mut e = after(
+            entry(
+                ctx,
+                req,
+                &st,
+                Some(st.state),
+                Outcome::Applied,
+                &[],
+                format!(
+                    "released abandoned flip {} ({} by {}, started {})",
+                    f.id,
+                    f.action,
+                    f.actor,
+                    rfc3339(f.started_at_ms)
+                ),
+            ),
+            next.version,
+        );
+        e.command = "release".to_owned();
+        ctx.control.append_history(&req.migration, &e).await?;
+    }
+    load(ctx, req).await
+}
