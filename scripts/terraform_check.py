@@ -39,7 +39,9 @@ def problem(text: str) -> None:
 
 
 def code_of(path: Path) -> str:
-    """The non-test code of a Rust file, without comments."""
+    """The non-test code of a Rust file, without comments (none for a `tests.rs` module)."""
+    if path.name == "tests.rs":
+        return ""
     text = path.read_text()
     text = text.split("#[cfg(test)]")[0]
     return "\n".join(re.sub(r"//.*", "", line) for line in text.splitlines())
@@ -66,6 +68,10 @@ def library_files_named_by(code: str) -> set[Path]:
             f = module_file(segs)
             if f:
                 files.add(f)
+                # A module's submodules (`a/mod.rs` or `a.rs` beside `a/`) are part of it.
+                sub = f.parent if f.name == "mod.rs" else f.with_suffix("")
+                if sub.is_dir():
+                    files |= set(sub.rglob("*.rs"))
     return files
 
 
