@@ -1,6 +1,12 @@
 //! `fanout` replicates Kinesis streams from a new AWS account into an old one, losslessly and
 //! in per-key order, so a live system can move between accounts without downtime.
 //!
+//! Layers (dependencies point inward): a core without AWS types; the ports it needs
+//! ([`ports`], [`lease::LeaseStore`], [`redrive::DeadLetterArchive`], [`redrive::ShardLister`]);
+//! the adapters in [`aws`], which implement them; and the composition roots
+//! ([`aws::build_handler`], `fanoutctl`, the Lambdas). [`runner`], [`verify`] and
+//! `control::commands` still use `aws` directly, waiting for their ports.
+//!
 //! Map of the crate:
 //! - [`seq`]: sequence numbers (56-digit decimals compared numerically, stored padded).
 //! - [`model`]: plain data: routes, stream ARNs, records, write results, checkpoints.
@@ -24,6 +30,9 @@
 //! - [`capacity`]: whether each order mode keeps up with a route's traffic (a pure model).
 //! - [`verify`]: comparing a source with its replica (missing, duplicated, out of order).
 //! - [`routing`]: the routing document producers follow, and the client a producer embeds.
+//! - [`errors`]: every AWS error code sorted once into a kind; classes and fixes follow.
+//! - [`time`]: epoch milliseconds, RFC 3339, short durations.
+//! - [`on_failure`]: the batches Lambda's event source mapping discarded (`aws/lambda/`).
 
 pub mod aws;
 pub mod capacity;
