@@ -624,96 +624,85 @@ async fn kpl_aggregated_source_records_survive_a_target_with_other_shards() {
     assert_eq!(check_order(&kept, 1200, false), 0, "no duplicates");
 }
 
-async fn a_write_that_times_out_after_acceptance_is_resent_and_counted(backend: Backend) {
+/// A write the target stored and then answered without saying so (`plan`, for the first
+/// `requests` PutRecords): re-sent, and every copy in the target counted.
+async fn an_accepted_write_reported_failed_is_resent_and_counted(
+    backend: Backend,
+    plan: FaultPlan,
+    requests: u64,
+    what: &str,
+) {
     let Some(world) = World::create(backend, 1, 2).await else {
         return;
     };
     let config = world.config(); // request timeout 2 s
     write_source(&world, &records(400, 30, 100)).await;
     let proxy = FaultProxy::start(&world.kinesis_endpoint);
-    proxy.set_plan(FaultPlan::AcceptThenHang {
-        requests: 1,
-        hang: Duration::from_secs(4),
-    });
+    proxy.set_plan(plan);
     let handler = handler_for(&world, &config, &proxy.endpoint()).await;
     let reports = invoke_per_shard(&world, &handler).await;
     assert!(reports.iter().all(|r| r.first_unhandled.is_none()));
     let counted = total(&reports, |r| r.possible_duplicates);
     let c = compare(&world, &config).await;
     eprintln!(
-        "TABLE | {backend:?} accept-then-timeout (1 request) | in 400 | written {} | lost {} | duplicates {} | counted {counted}",
+        "TABLE | {backend:?} {what} ({requests} request(s)) | in 400 | written {} | lost {} | duplicates {} | counted {counted}",
         c.target_records - c.duplicates,
         c.missing.len(),
         c.duplicates
     );
-    assert_eq!(proxy.hangs(), 1);
+    assert_eq!(proxy.hangs(), requests);
     assert!(c.is_clean(), "{c:?}");
     assert!(
         c.duplicates > 0,
-        "the accepted-then-timed-out request was re-sent"
+        "{what}: the accepted requests were re-sent"
     );
     assert_eq!(
         counted, c.duplicates,
-        "every duplicate in the target is counted"
+        "{what}: every duplicate in the target is counted"
     );
+}
+
+fn accept_then_hang() -> FaultPlan {
+    FaultPlan::AcceptThenHang {
+        requests: 1,
+        hang: Duration::from_secs(4),
+    }
 }
 
 #[tokio::test]
 async fn a_write_that_times_out_after_acceptance_is_resent_and_counted_on_kinesis_local() {
-    a_write_that_times_out_after_acceptance_is_resent_and_counted(Backend::KinesisLocal).await;
+    an_accepted_write_reported_failed_is_resent_and_counted(
+        Backend::KinesisLocal,
+        accept_then_hang(),
+        1,
+        "accept-then-timeout",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_write_that_times_out_after_acceptance_is_resent_and_counted_on_moto() {
-    a_write_that_times_out_after_acceptance_is_resent_and_counted(Backend::Moto).await;
-}
-
-async fn a_write_answered_with_a_server_error_after_acceptance_is_resent_and_counted(
-    backend: Backend,
-    status: u16,
-    error_type: &str,
-) {
-    let Some(world) = World::create(backend, 1, 2).await else {
-        return;
-    };
-    let config = world.config();
-    write_source(&world, &records(400, 30, 100)).await;
-    let proxy = FaultProxy::start(&world.kinesis_endpoint);
-    proxy.set_plan(FaultPlan::AcceptThenError {
-        requests: 2,
-        status,
-        error_type: error_type.to_owned(),
-    });
-    let handler = handler_for(&world, &config, &proxy.endpoint()).await;
-    let reports = invoke_per_shard(&world, &handler).await;
-    assert!(reports.iter().all(|r| r.first_unhandled.is_none()));
-    let counted = total(&reports, |r| r.possible_duplicates);
-    let c = compare(&world, &config).await;
-    eprintln!(
-        "TABLE | {backend:?} accept-then-{status} {error_type} (2 requests) | in 400 | written {} | lost {} | duplicates {} | counted {counted}",
-        c.target_records - c.duplicates,
-        c.missing.len(),
-        c.duplicates
-    );
-    assert_eq!(proxy.hangs(), 2);
-    assert!(c.is_clean(), "{c:?}");
-    assert!(
-        c.duplicates > 0,
-        "the requests accepted then answered {status} were re-sent"
-    );
-    assert_eq!(
-        counted, c.duplicates,
-        "every duplicate in the target is counted ({status} {error_type})"
-    );
+    an_accepted_write_reported_failed_is_resent_and_counted(
+        Backend::Moto,
+        accept_then_hang(),
+        1,
+        "accept-then-timeout",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_write_answered_500_or_503_after_acceptance_is_resent_and_counted_on_kinesis_local() {
     for (status, code) in [(500, "InternalFailure"), (503, "ServiceUnavailable")] {
-        a_write_answered_with_a_server_error_after_acceptance_is_resent_and_counted(
+        an_accepted_write_reported_failed_is_resent_and_counted(
             Backend::KinesisLocal,
-            status,
-            code,
+            FaultPlan::AcceptThenError {
+                requests: 2,
+                status,
+                error_type: code.to_owned(),
+            },
+            2,
+            &format!("accept-then-{status} {code}"),
         )
         .await;
     }

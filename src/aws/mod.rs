@@ -139,11 +139,6 @@ pub fn endpoint_overridden(sdk: &SdkConfig, service_id: &str) -> bool {
         })
 }
 
-/// Classifies a per-entry PutRecords error code (see [`crate::errors`]).
-pub fn classify_entry_code(code: &str) -> FailureClass {
-    crate::errors::entry_class(code)
-}
-
 /// Classifies an SDK error of any operation. Service errors use the modeled code; server
 /// errors (5xx) and transport errors after the request may have reached the service are
 /// marked ambiguous.

@@ -10,7 +10,7 @@ use aws_sdk_kinesis::Client;
 use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use super::{classify_entry_code, classify_sdk_error, CONNECT_TIMEOUT};
+use super::{classify_sdk_error, CONNECT_TIMEOUT};
 use crate::config::Limits;
 use crate::model::{
     EntryResult, FailureClass, RequestError, Route, StreamArn, TargetInfo, WriterRole,
@@ -144,7 +144,7 @@ impl TargetWriter for KinesisTarget {
             .into_iter()
             .map(|r| match r.error_code {
                 Some(code) => EntryResult::Failed {
-                    class: classify_entry_code(&code),
+                    class: crate::errors::entry_class(&code),
                     code,
                     message: r.error_message.unwrap_or_default(),
                 },

@@ -67,6 +67,20 @@ struct DiscardedView {
     error: Option<String>,
 }
 
+impl DiscardedView {
+    /// An object (or listing) that could not be read.
+    fn unread(location: String, recovery: String, error: String) -> Self {
+        DiscardedView {
+            location,
+            batch: None,
+            routes: Vec::new(),
+            recovery,
+            imported: 0,
+            error: Some(error),
+        }
+    }
+}
+
 pub async fn redrive(args: RedriveArgs) -> Result<ExitCode, String> {
     let config = ReplicatorConfig::from_env().map_err(|e| e.to_string())?;
     let routes: Vec<Route> = match &args.route {
@@ -156,14 +170,11 @@ async fn discarded_batches(
     let keys = match archive.list_on_failure().await {
         Ok(keys) => keys,
         Err(e) => {
-            return vec![DiscardedView {
-                location: archive.location(fanout::on_failure::PREFIX),
-                batch: None,
-                routes: Vec::new(),
-                recovery: String::new(),
-                imported: 0,
-                error: Some(format!("the on-failure records could not be listed: {e}")),
-            }]
+            return vec![DiscardedView::unread(
+                archive.location(fanout::on_failure::PREFIX),
+                String::new(),
+                format!("the on-failure records could not be listed: {e}"),
+            )]
         }
     };
     let mut out = Vec::new();
@@ -172,16 +183,13 @@ async fn discarded_batches(
         let batch = match archive.read_on_failure(&key).await {
             Ok(b) => b,
             Err(e) => {
-                out.push(DiscardedView {
+                out.push(DiscardedView::unread(
                     location,
-                    batch: None,
-                    routes: Vec::new(),
-                    recovery: "read it by hand: it is not an on-failure record of a Kinesis \
-                               event source mapping"
+                    "read it by hand: it is not an on-failure record of a Kinesis event source \
+                     mapping"
                         .to_owned(),
-                    imported: 0,
-                    error: Some(e.to_string()),
-                });
+                    e.to_string(),
+                ));
                 continue;
             }
         };
