@@ -16,27 +16,7 @@ use crate::seq::SequenceNumber;
 
 pub use crate::model::ShardInfo;
 
-/// Where to start reading a shard.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StartPosition {
-    TrimHorizon,
-    Latest,
-    /// Milliseconds since the epoch.
-    AtTimestamp(i64),
-    AtSequence(SequenceNumber),
-    AfterSequence(SequenceNumber),
-}
-
-/// One GetRecords answer.
-#[derive(Clone, Debug, Default)]
-pub struct Page {
-    pub records: Vec<SourceRecord>,
-    /// `None`: the shard is closed and fully read.
-    pub next_iterator: Option<String>,
-    pub millis_behind_latest: Option<i64>,
-    /// From GetRecords' `ChildShards` when the shard has ended (with their parents).
-    pub child_shards: Vec<ShardInfo>,
-}
+pub use crate::ports::{FanOutEvent, Page, StartPosition};
 
 #[derive(Clone)]
 pub struct KinesisSource {
@@ -278,26 +258,15 @@ fn to_shard_info(c: &ChildShard) -> ShardInfo {
     }
 }
 
-/// One event of an enhanced fan-out subscription.
-#[derive(Clone, Debug, Default)]
-pub struct FanOutEvent {
-    pub records: Vec<SourceRecord>,
-    /// Where a new subscription resumes (`AFTER_SEQUENCE_NUMBER`). `None`: the shard has
-    /// ended (`child_shards` then names its children).
-    pub continuation: Option<SequenceNumber>,
-    pub millis_behind_latest: i64,
-    pub child_shards: Vec<ShardInfo>,
-}
-
 /// An open SubscribeToShard stream (Kinesis ends each one after 5 minutes).
 pub struct Subscription {
     stream: StreamArn,
     output: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
 }
 
-impl Subscription {
+impl crate::ports::Subscription for Subscription {
     /// The next event; `Ok(None)` when the subscription has ended (subscribe again).
-    pub async fn next(&mut self) -> Result<Option<FanOutEvent>, RequestError> {
+    async fn next(&mut self) -> Result<Option<FanOutEvent>, RequestError> {
         loop {
             let event = self.output.event_stream.recv().await.map_err(|e| {
                 use aws_sdk_kinesis::error::ProvideErrorMetadata;
@@ -521,5 +490,49 @@ impl crate::redrive::ShardLister for KinesisSource {
         stream: &StreamArn,
     ) -> Result<Vec<crate::model::ShardInfo>, RequestError> {
         KinesisSource::list_shards(self, stream).await
+    }
+}
+
+impl crate::ports::ShardReader for KinesisSource {
+    type Subscription = Subscription;
+
+    async fn list_shards(&self, stream: &StreamArn) -> Result<Vec<ShardInfo>, RequestError> {
+        KinesisSource::list_shards(self, stream).await
+    }
+
+    async fn shard_iterator(
+        &self,
+        stream: &StreamArn,
+        shard_id: &str,
+        start: &StartPosition,
+    ) -> Result<String, RequestError> {
+        KinesisSource::shard_iterator(self, stream, shard_id, start).await
+    }
+
+    async fn get_records(
+        &self,
+        stream: &StreamArn,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<Page, RequestError> {
+        KinesisSource::get_records(self, stream, iterator, limit).await
+    }
+
+    async fn ensure_consumer(
+        &self,
+        stream: &StreamArn,
+        name: &str,
+    ) -> Result<String, RequestError> {
+        KinesisSource::ensure_consumer(self, stream, name).await
+    }
+
+    async fn subscribe(
+        &self,
+        stream: &StreamArn,
+        consumer_arn: &str,
+        shard_id: &str,
+        start: &StartPosition,
+    ) -> Result<Subscription, RequestError> {
+        KinesisSource::subscribe(self, stream, consumer_arn, shard_id, start).await
     }
 }

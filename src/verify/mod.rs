@@ -13,7 +13,7 @@
 //!
 //! Three layers:
 //! - [`Verifier`]: the pure engine (feed source records, then target records, then `finish`).
-//! - [`run`]: reads both streams over a [`Window`] with [`KinesisSource`] and runs the engine.
+//! - [`run`]: reads both streams over a [`Window`] with a [`ShardReader`] and runs the engine.
 //! - [`Report`]: the result, its verdict, its text rendering and its stored form.
 
 use std::collections::{HashMap, HashSet};
@@ -26,8 +26,8 @@ use foldhash::quality::SeedableRandomState;
 use foldhash::SharedSeed;
 use serde::{Deserialize, Serialize};
 
-use crate::aws::source::{KinesisSource, StartPosition};
 use crate::model::{RequestError, SourceRecord, StreamArn};
+use crate::ports::{ShardReader, StartPosition};
 use crate::seq::SequenceNumber;
 use crate::time::{now_ms, rfc3339_ms as rfc3339};
 

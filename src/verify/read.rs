@@ -259,8 +259,8 @@ pub(super) struct ReadStats {
 
 /// Reads one stream over the window, parents before children, feeding each page's kept
 /// records to `sink` (in shard order within each shard).
-pub(super) async fn read_stream(
-    reader: &KinesisSource,
+pub(super) async fn read_stream<R: ShardReader>(
+    reader: &R,
     stream: &StreamArn,
     side: Side,
     window: &Window,
@@ -347,8 +347,8 @@ pub(super) enum Msg {
     Waiting(i64),
 }
 
-pub(super) async fn read_shard(
-    reader: &KinesisSource,
+pub(super) async fn read_shard<R: ShardReader>(
+    reader: &R,
     stream: &StreamArn,
     shard_id: String,
     start: StartPosition,
@@ -397,9 +397,9 @@ pub(super) async fn read_shard(
 
 /// Reads the source, then the target, over the window (once per pass) and compares them.
 /// The target reader may use other credentials (the old account). `dead` holds the route's dead letters (or [`DeadLetterIndex::unchecked`]).
-pub async fn run(
-    source_reader: &KinesisSource,
-    target_reader: &KinesisSource,
+pub async fn run<R: ShardReader>(
+    source_reader: &R,
+    target_reader: &R,
     opts: &VerifyOptions,
     dead: &DeadLetterIndex,
 ) -> Result<Report, VerifyError> {
