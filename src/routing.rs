@@ -188,6 +188,12 @@ pub enum RoutingError {
     BadDocument { location: String, problem: String },
 }
 
+/// The object key of a migration's document: `<prefix><migration>.json`, the prefix taken
+/// as given (callers use `"routing/"`, so `routing/<migration>.json`).
+pub fn key_for(prefix: &str, migration: &str) -> String {
+    format!("{prefix}{migration}.json")
+}
+
 /// Where the routing document is read from.
 pub trait RoutingSource: Send + Sync {
     /// Reads the current document; `None` when none has been published yet.

@@ -34,7 +34,7 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
-fn context(world: &World, actor: &str) -> Context {
+fn context(world: &World, actor: &str) -> Context<AwsControl> {
     Context {
         control: AwsControl::new(&world.new_account, &world.new_account, &world.table),
         actor: actor.to_owned(),
@@ -74,7 +74,7 @@ fn req(migration: &str, command: CommandName) -> Request {
 
 async fn start(
     world: &World,
-    ctx: &Context,
+    ctx: &Context<AwsControl>,
     migration: &str,
     streams: Vec<LogicalStream>,
     settings: Settings,

@@ -26,6 +26,7 @@ use crate::kpl::hash_key;
 use crate::model::{RequestError, Route, StreamArn};
 use crate::pacing::{ShardMap, TargetShard};
 use crate::ports::TargetWriter;
+pub use crate::ports::{CapacityOptions, RoundTrip};
 
 /// Records asked for per GetRecords (Kinesis's most).
 const PAGE: i32 = 10_000;
@@ -33,46 +34,6 @@ const PAGE: i32 = 10_000;
 const CONCURRENCY: usize = 8;
 /// Time past the read deadline after which the whole check gives up.
 const HARD_STOP_AFTER: Duration = Duration::from_secs(20);
-
-/// How to find the round trip to the target.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum RoundTrip {
-    /// The median of a few DescribeStreamSummary calls through the writer role.
-    Measure,
-    /// This many ms, not measured (what-ifs: "what if the target were 30 ms away").
-    Assume(f64),
-    /// Measured, but at least this many ms (a cutover given `--assume-rtt-ms`: an assumption
-    /// may make the guard stricter, never more lenient).
-    AtLeast(f64),
-}
-
-/// What a capacity check reads, and for how long.
-#[derive(Clone, Debug)]
-pub struct CapacityOptions {
-    /// The newest stretch of each shard that is read.
-    pub window: Duration,
-    pub sides: Sides,
-    pub round_trip: RoundTrip,
-    /// Longest time reading may take per route.
-    pub read_time: Duration,
-    /// DescribeStreamSummary calls whose median is the round trip.
-    pub probes: usize,
-    /// Least time between two GetRecords on one shard.
-    pub read_interval: Duration,
-}
-
-impl Default for CapacityOptions {
-    fn default() -> Self {
-        CapacityOptions {
-            window: Duration::from_secs(30),
-            sides: Sides::Both,
-            round_trip: RoundTrip::Measure,
-            read_time: Duration::from_secs(20),
-            probes: 5,
-            read_interval: Duration::from_millis(250),
-        }
-    }
-}
 
 /// Checks one route: reads, measures, runs the model. `Err` says why it could not, and the fix.
 pub async fn measure_route(

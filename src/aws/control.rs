@@ -9,16 +9,21 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::Client;
 
+use super::capacity::CapacityOptions;
+use super::dead_letters::S3DeadLetters;
+use super::routing::S3Routing;
 use super::source::{KinesisSource, StartPosition};
 use super::store_error;
 use super::table::{
     ack_pk, checkpoint_pk, corrupt, heartbeat_pk, history_pk, mode_pk, n, num, read_mode, s,
     state_pk, text, Item,
 };
+use crate::capacity::{ConfiguredRoute, RouteCapacity};
 use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
-use crate::control::record::{HistoryEntry, StoredState};
+use crate::control::record::{HistoryEntry, Migration, StoredState};
 use crate::model::{StoreError, StreamArn};
+use crate::routing::RoutingDocument;
 use crate::seq::SequenceNumber;
 
 /// A stored heartbeat.
@@ -32,13 +37,7 @@ pub struct HeartbeatItem {
     pub millis_behind: Option<i64>,
 }
 
-/// The outcome of a conditional write on the state item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Write {
-    Done,
-    /// The condition failed: someone else wrote first (or the item already exists).
-    Lost,
-}
+pub use crate::ports::Write;
 
 /// A conditional `PutItem`'s result: done, lost (the condition failed), or an error.
 fn conditional<T>(
@@ -454,5 +453,142 @@ impl AwsControl {
             .iter()
             .filter_map(|i| text(i, "sk").map(str::to_owned))
             .collect())
+    }
+}
+
+impl crate::ports::ControlStore for AwsControl {
+    fn table(&self) -> &str {
+        AwsControl::table(self)
+    }
+
+    async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
+        AwsControl::load(self, migration).await
+    }
+
+    async fn write_state(
+        &self,
+        expected: Option<u64>,
+        next: &StoredState,
+    ) -> Result<Write, StoreError> {
+        AwsControl::write_state(self, expected, next).await
+    }
+
+    async fn append_history(
+        &self,
+        migration: &str,
+        entry: &HistoryEntry,
+    ) -> Result<(), StoreError> {
+        AwsControl::append_history(self, migration, entry).await
+    }
+
+    async fn history(
+        &self,
+        migration: &str,
+        last: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        AwsControl::history(self, migration, last).await
+    }
+
+    async fn set_mode(
+        &self,
+        route: &str,
+        mode: RouteMode,
+        version: u64,
+        migration: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Write, StoreError> {
+        AwsControl::set_mode(self, route, mode, version, migration, actor, now_ms).await
+    }
+
+    async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
+        AwsControl::mode(self, route).await
+    }
+
+    async fn lag(
+        &self,
+        route: &str,
+        source: &StreamArn,
+        since_ms: Option<i64>,
+        old_side: bool,
+        now_ms: i64,
+    ) -> Result<Vec<ShardLag>, StoreError> {
+        AwsControl::lag(self, route, source, since_ms, old_side, now_ms).await
+    }
+
+    async fn stream_facts(&self, stream: &str, old_side: bool) -> StreamFacts {
+        AwsControl::stream_facts(self, stream, old_side).await
+    }
+
+    async fn acknowledge(
+        &self,
+        migration: &str,
+        keys: &[String],
+        actor: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        AwsControl::acknowledge(self, migration, keys, actor, reason, now_ms).await
+    }
+
+    async fn acknowledged(&self, migration: &str) -> Result<HashSet<String>, StoreError> {
+        AwsControl::acknowledged(self, migration).await
+    }
+
+    async fn latest_verification(
+        &self,
+        route: &str,
+    ) -> Result<Option<super::verifications::VerificationRecord>, StoreError> {
+        super::verifications::latest(&self.sdk, &self.table, route).await
+    }
+
+    async fn dead_letter_keys(
+        &self,
+        migration: &Migration,
+        route: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        S3DeadLetters::new(&self.sdk, &migration.bucket, &migration.dead_letter_prefix)
+            .list_keys(Some(route))
+            .await
+    }
+
+    async fn discarded_batch_keys(&self, migration: &Migration) -> Result<Vec<String>, StoreError> {
+        let letters =
+            S3DeadLetters::new(&self.sdk, &migration.bucket, &migration.dead_letter_prefix);
+        Ok(letters
+            .list_on_failure()
+            .await?
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    async fn publish_routing(
+        &self,
+        migration: &Migration,
+        doc: &RoutingDocument,
+    ) -> Result<(), StoreError> {
+        S3Routing::new(&self.sdk, &migration.bucket, &migration.routing_key)
+            .publish(doc)
+            .await
+    }
+
+    async fn fetch_routing(
+        &self,
+        migration: &Migration,
+    ) -> Result<Option<RoutingDocument>, StoreError> {
+        use crate::routing::RoutingSource;
+        S3Routing::new(&self.sdk, &migration.bucket, &migration.routing_key)
+            .fetch()
+            .await
+    }
+
+    async fn measure_capacity(
+        &self,
+        route: &ConfiguredRoute,
+        opts: &CapacityOptions,
+        now_ms: i64,
+    ) -> Result<RouteCapacity, String> {
+        super::capacity::measure_route(&self.sdk, route, opts, now_ms).await
     }
 }

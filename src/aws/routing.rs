@@ -33,7 +33,7 @@ impl S3Routing {
     /// The object key of a migration's document: `<prefix><migration>.json`, the prefix taken
     /// as given (callers use `"routing/"`, so `routing/<migration>.json`).
     pub fn key_for(prefix: &str, migration: &str) -> String {
-        format!("{prefix}{migration}.json")
+        crate::routing::key_for(prefix, migration)
     }
 
     /// Writes `doc` over the current document. Marked `no-cache`: a reader must never be served

@@ -26,7 +26,7 @@ async fn main() -> Result<(), Error> {
     let actor = caller_identity(&sdk).await.ok_or(
         "STS GetCallerIdentity failed: the controller records every change with an identity",
     )?;
-    let ctx: &'static Context = Box::leak(Box::new(Context {
+    let ctx: &'static Context<AwsControl> = Box::leak(Box::new(Context {
         control: AwsControl::new(&sdk, &old, &table),
         actor,
         poll: Duration::from_millis(500),

@@ -151,7 +151,7 @@ fn ms(flag: &str, text: &str) -> Result<i64, String> {
         .map_err(|e| format!("{flag}: {e}"))
 }
 
-async fn context(table: &str) -> Result<Context, String> {
+async fn context(table: &str) -> Result<Context<AwsControl>, String> {
     let sdk = load_sdk_config().await;
     let old = old_account_config(&sdk).await;
     let actor = caller_identity(&sdk).await.ok_or(

@@ -13,8 +13,8 @@ pub(super) struct Evaluated {
 /// looks wrong, so it is not held back by dead letters or a missing verification; it still
 /// needs replication to be able to catch up and the streams to be usable. A cutover also
 /// needs forward replication to keep up with the traffic producers bring (`capacity`).
-pub(super) async fn evaluate_guards(
-    ctx: &Context,
+pub(super) async fn evaluate_guards<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     st: &StoredState,
     action: Action,
@@ -37,12 +37,10 @@ pub(super) async fn evaluate_guards(
         out.push(guards::dead_letters(&unacknowledged(ctx, st).await?));
         let mut latest = Vec::new();
         for stream in &st.migration.streams {
-            let v = verifications::latest(
-                ctx.control.sdk(),
-                ctx.control.table(),
-                &stream.forward_route,
-            )
-            .await?;
+            let v = ctx
+                .control
+                .latest_verification(&stream.forward_route)
+                .await?;
             latest.push((stream.forward_route.clone(), v));
         }
         out.push(guards::verification(
@@ -63,15 +61,18 @@ pub(super) async fn evaluate_guards(
     })
 }
 
-/// [`measure_route`], with the route's name (an `async fn`, not a closure's `async` block,
-/// so the future stays `Send` for every lifetime).
-pub(super) async fn measure_named(
-    sdk: &aws_config::SdkConfig,
+/// [`ControlStore::measure_capacity`], with the route's name (an `async fn`, not a
+/// closure's `async` block, so the future stays `Send` for every lifetime).
+pub(super) async fn measure_named<C: ControlStore>(
+    control: &C,
     r: &crate::capacity::ConfiguredRoute,
     opts: &CapacityOptions,
     now: i64,
 ) -> (String, Result<RouteCapacity, String>) {
-    (r.route.name.clone(), measure_route(sdk, r, opts, now).await)
+    (
+        r.route.name.clone(),
+        control.measure_capacity(r, opts, now).await,
+    )
 }
 
 /// The `capacity` guard: each forward route, as the replicator runs it (FANOUT_ROUTES and the
@@ -79,8 +80,8 @@ pub(super) async fn measure_named(
 /// the cutover the new streams take what producers write now: before the first cutover that
 /// is the old streams (the routes' targets, read with the writer role), so both are read and,
 /// per key, the busier side counts.
-pub(super) async fn capacity_guard(
-    ctx: &Context,
+pub(super) async fn capacity_guard<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     st: &StoredState,
 ) -> (GuardResult, Vec<RouteCapacity>) {
@@ -107,7 +108,7 @@ pub(super) async fn capacity_guard(
     let now = now_ms();
     let mut measuring = Vec::with_capacity(routes.len());
     for r in &routes {
-        measuring.push(measure_named(ctx.control.sdk(), r, &opts, now));
+        measuring.push(measure_named(&ctx.control, r, &opts, now));
     }
     let results: Vec<(String, Result<RouteCapacity, String>)> =
         futures::future::join_all(measuring).await;
@@ -119,19 +120,17 @@ pub(super) async fn capacity_guard(
 /// Dead-letter keys of the migration's routes not yet acknowledged (nor redriven), then the
 /// keys of on-failure records in the state bucket (batches Lambda's event source mapping
 /// discarded, under `aws/lambda/`) not yet acknowledged. Both block a cutover and a commit.
-pub(super) async fn unacknowledged(
-    ctx: &Context,
+pub(super) async fn unacknowledged<C: ControlStore>(
+    ctx: &Context<C>,
     st: &StoredState,
 ) -> Result<Vec<String>, StoreError> {
     let acked = ctx.control.acknowledged(&st.migration.name).await?;
-    let letters = S3DeadLetters::new(
-        ctx.control.sdk(),
-        &st.migration.bucket,
-        &st.migration.dead_letter_prefix,
-    );
     let mut out = Vec::new();
     for stream in &st.migration.streams {
-        let keys = letters.list_keys(Some(&stream.forward_route)).await?;
+        let keys = ctx
+            .control
+            .dead_letter_keys(&st.migration, &stream.forward_route)
+            .await?;
         let redriven: std::collections::HashSet<&str> = keys
             .iter()
             .filter_map(|k| k.strip_suffix(".redriven"))
@@ -145,11 +144,10 @@ pub(super) async fn unacknowledged(
         );
     }
     out.extend(
-        letters
-            .list_on_failure()
+        ctx.control
+            .discarded_batch_keys(&st.migration)
             .await?
             .into_iter()
-            .map(|(key, _)| key)
             .filter(|k| !acked.contains(k)),
     );
     Ok(out)

@@ -3,8 +3,8 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) async fn flip(
-    ctx: &Context,
+pub(super) async fn flip<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     action: Action,
 ) -> Result<Report, StoreError> {
@@ -224,14 +224,11 @@ pub(super) async fn flip(
     let from_side = st.state.producers();
     let mut detail = approval;
     if t.switches_routing {
-        routing(ctx, &st.migration)
-            .publish(&document(
-                &begun,
-                from_side,
-                StreamMode::Hold,
-                &ctx.actor,
-                &reason,
-            ))
+        ctx.control
+            .publish_routing(
+                &st.migration,
+                &document(&begun, from_side, StreamMode::Hold, &ctx.actor, &reason),
+            )
             .await?;
         tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
     }
@@ -262,14 +259,17 @@ pub(super) async fn flip(
                 {
                     return lost(ctx, req, &begun, t.to, &guards).await;
                 }
-                routing(ctx, &st.migration)
-                    .publish(&document(
-                        &released,
-                        from_side,
-                        StreamMode::Active,
-                        &ctx.actor,
-                        "drain timed out; released without switching",
-                    ))
+                ctx.control
+                    .publish_routing(
+                        &st.migration,
+                        &document(
+                            &released,
+                            from_side,
+                            StreamMode::Active,
+                            &ctx.actor,
+                            "drain timed out; released without switching",
+                        ),
+                    )
                     .await?;
                 let msg = format!(
                     "{action} not done: replication did not catch up within {} ms ({}). Producers \
@@ -328,14 +328,17 @@ pub(super) async fn flip(
     if ctx.control.write_state(Some(begun.version), &done).await? == Write::Lost {
         return lost(ctx, req, &begun, t.to, &guards).await;
     }
-    routing(ctx, &st.migration)
-        .publish(&document(
-            &done,
-            t.to.producers(),
-            StreamMode::Active,
-            &ctx.actor,
-            &reason,
-        ))
+    ctx.control
+        .publish_routing(
+            &st.migration,
+            &document(
+                &done,
+                t.to.producers(),
+                StreamMode::Active,
+                &ctx.actor,
+                &reason,
+            ),
+        )
         .await?;
     if !refused.is_empty() {
         detail.push_str(&format!("forced past: {refused_names}; "));
@@ -372,8 +375,8 @@ pub(super) async fn flip(
 }
 
 /// Someone else changed the state first: record it and say who.
-pub(super) async fn lost(
-    ctx: &Context,
+pub(super) async fn lost<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     st: &StoredState,
     to: State,
@@ -408,8 +411,8 @@ pub(super) async fn lost(
 /// Waits until every record that arrived in the migration's new streams before `point` has
 /// been replicated (no shard's oldest waiting record is older). `Err` says which shards were
 /// still behind when `timeout` passed.
-pub(super) async fn drain(
-    ctx: &Context,
+pub(super) async fn drain<C: ControlStore>(
+    ctx: &Context<C>,
     st: &StoredState,
     direction: Direction,
     point: i64,
@@ -436,8 +439,8 @@ pub(super) async fn drain(
 
 /// A flip whose process died (past its deadline): put replication modes and routing back as
 /// the state says, clear it, record it.
-pub(super) async fn release_abandoned(
-    ctx: &Context,
+pub(super) async fn release_abandoned<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     st: StoredState,
     f: &PendingFlip,
@@ -449,14 +452,17 @@ pub(super) async fn release_abandoned(
     next.updated_by = ctx.actor.clone();
     if ctx.control.write_state(Some(st.version), &next).await? == Write::Done {
         set_modes(ctx, &next).await?;
-        routing(ctx, &next.migration)
-            .publish(&document(
-                &next,
-                next.state.producers(),
-                StreamMode::Active,
-                &ctx.actor,
-                "abandoned flip released",
-            ))
+        ctx.control
+            .publish_routing(
+                &next.migration,
+                &document(
+                    &next,
+                    next.state.producers(),
+                    StreamMode::Active,
+                    &ctx.actor,
+                    "abandoned flip released",
+                ),
+            )
             .await?;
         let mut e = after(
             entry(

@@ -3,8 +3,8 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) async fn pause(
-    ctx: &Context,
+pub(super) async fn pause<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     paused: bool,
 ) -> Result<Report, StoreError> {
@@ -68,7 +68,10 @@ pub(super) async fn pause(
     finish(ctx, req, e, msg).await
 }
 
-pub(super) async fn dlq_ack(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+pub(super) async fn dlq_ack<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+) -> Result<Report, StoreError> {
     let Some(reason) = req.reason.clone().filter(|r| !r.trim().is_empty()) else {
         return Ok(Report::new(
             req,
@@ -120,7 +123,10 @@ pub(super) async fn dlq_ack(ctx: &Context, req: &Request) -> Result<Report, Stor
     finish(ctx, req, e, msg).await
 }
 
-pub(super) async fn history(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+pub(super) async fn history<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+) -> Result<Report, StoreError> {
     let st = load(ctx, req).await?;
     let entries = ctx.control.history(&req.migration, req.last).await?;
     let mut r = Report::new(
@@ -138,15 +144,15 @@ pub(super) async fn history(ctx: &Context, req: &Request) -> Result<Report, Stor
     Ok(r)
 }
 
-pub(super) async fn status(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+pub(super) async fn status<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+) -> Result<Report, StoreError> {
     let st = load(ctx, req).await?;
     let now = now_ms();
     let mut shards = Vec::new();
     let mut streams = Vec::new();
-    let doc = {
-        use crate::routing::RoutingSource;
-        routing(ctx, &st.migration).fetch().await?
-    };
+    let doc = ctx.control.fetch_routing(&st.migration).await?;
     shards.extend(lags(ctx, &st, Direction::Forward, now).await?);
     // The reverse direction's shards only while it runs: otherwise the old streams' records
     // are not its to replicate, and their "lag" would mean nothing.

@@ -16,14 +16,10 @@ use super::record::{
     ApprovalRequest, HistoryEntry, LogicalStream, Migration, Outcome, PendingFlip, Settings,
     StoredState,
 };
-use crate::aws::capacity::{measure_route, CapacityOptions, RoundTrip};
-use crate::aws::control::{AwsControl, Write};
-use crate::aws::dead_letters::S3DeadLetters;
-use crate::aws::routing::S3Routing;
-use crate::aws::verifications;
 use crate::capacity::{configured_routes, RouteCapacity};
 use crate::model::{StoreError, StreamArn};
 use crate::on_failure;
+use crate::ports::{CapacityOptions, ControlStore, RoundTrip, Write};
 use crate::routing::{RoutingDocument, StreamMode, StreamRouting};
 use crate::time::{ago, now_ms, rfc3339_ms, rfc3339_secs as rfc3339};
 
@@ -190,8 +186,9 @@ pub fn streams_from_routes(config: &crate::config::ReplicatorConfig) -> Vec<Logi
 }
 
 /// The clients a command needs.
-pub struct Context {
-    pub control: AwsControl,
+pub struct Context<C> {
+    /// The state table, the streams and the bucket (`aws::control::AwsControl` in AWS).
+    pub control: C,
     /// The caller, from STS GetCallerIdentity.
     pub actor: String,
     /// Timings are scaled for tests through the migration's settings; this is how often a
@@ -210,7 +207,7 @@ fn attempt_id() -> String {
 }
 
 /// Runs one command.
-pub async fn execute(ctx: &Context, req: &Request) -> Report {
+pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report {
     if req.migration.trim().is_empty() {
         return Report::new(
             req,
@@ -259,7 +256,7 @@ pub async fn execute(ctx: &Context, req: &Request) -> Report {
     })
 }
 
-async fn load(ctx: &Context, req: &Request) -> Result<StoredState, StoreError> {
+async fn load<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Result<StoredState, StoreError> {
     ctx.control
         .load(&req.migration)
         .await?
@@ -272,10 +269,6 @@ async fn load(ctx: &Context, req: &Request) -> Result<StoredState, StoreError> {
             req.migration
         ),
         })
-}
-
-fn routing(ctx: &Context, m: &Migration) -> S3Routing {
-    S3Routing::new(ctx.control.sdk(), &m.bucket, &m.routing_key)
 }
 
 /// The routing document for `st`, with every stream in `mode`.
@@ -344,8 +337,8 @@ fn routes_of(st: &StoredState, direction: Direction) -> Vec<RouteRef> {
 }
 
 /// Every shard's lag on the routes of `direction`.
-async fn lags(
-    ctx: &Context,
+async fn lags<C: ControlStore>(
+    ctx: &Context<C>,
     st: &StoredState,
     direction: Direction,
     now: i64,
@@ -367,8 +360,8 @@ async fn lags(
 
 /// Sets every route of `direction` to `mode` (with the direction's start time), as of
 /// `version`.
-async fn set_direction(
-    ctx: &Context,
+async fn set_direction<C: ControlStore>(
+    ctx: &Context<C>,
     st: &StoredState,
     direction: Direction,
     mode: Mode,
@@ -394,14 +387,14 @@ async fn set_direction(
 }
 
 /// Sets the replication modes `st` asks for.
-async fn set_modes(ctx: &Context, st: &StoredState) -> Result<(), StoreError> {
+async fn set_modes<C: ControlStore>(ctx: &Context<C>, st: &StoredState) -> Result<(), StoreError> {
     let modes = st.state.modes(st.migration.settings.reverse, st.paused);
     set_direction(ctx, st, Direction::Forward, modes.forward, st.version).await?;
     set_direction(ctx, st, Direction::Reverse, modes.reverse, st.version).await
 }
 
-fn entry(
-    ctx: &Context,
+fn entry<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     st: &StoredState,
     to: Option<State>,
@@ -437,8 +430,8 @@ fn after(mut e: HistoryEntry, version: u64) -> HistoryEntry {
 }
 
 /// Records `e` in the history and returns a report of it.
-async fn finish(
-    ctx: &Context,
+async fn finish<C: ControlStore>(
+    ctx: &Context<C>,
     req: &Request,
     e: HistoryEntry,
     message: String,

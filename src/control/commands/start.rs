@@ -3,7 +3,10 @@
 #[allow(unused_imports)]
 use super::*;
 
-pub(super) async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreError> {
+pub(super) async fn start<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+) -> Result<Report, StoreError> {
     if req.streams.is_empty() {
         return Ok(Report::new(
             req,
@@ -40,7 +43,7 @@ pub(super) async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreE
         name: req.migration.clone(),
         streams,
         settings,
-        routing_key: S3Routing::key_for("routing/", &req.migration),
+        routing_key: crate::routing::key_for("routing/", &req.migration),
         bucket,
         dead_letter_prefix: req
             .dead_letter_prefix
@@ -111,14 +114,17 @@ pub(super) async fn start(ctx: &Context, req: &Request) -> Result<Report, StoreE
         .await;
     }
     set_modes(ctx, &st).await?;
-    routing(ctx, &st.migration)
-        .publish(&document(
-            &st,
-            Side::Old,
-            StreamMode::Active,
-            &ctx.actor,
-            req.reason.as_deref().unwrap_or("start"),
-        ))
+    ctx.control
+        .publish_routing(
+            &st.migration,
+            &document(
+                &st,
+                Side::Old,
+                StreamMode::Active,
+                &ctx.actor,
+                req.reason.as_deref().unwrap_or("start"),
+            ),
+        )
         .await?;
     let e = after(
         entry(

@@ -42,3 +42,6 @@ fn exit_codes_tell_refused_lost_and_failed_apart() {
     .to_vec();
     assert_eq!(codes, [0, 0, 2, 2, 3, 3, 4, 5]);
 }
+
+mod flips;
+mod memory;

@@ -1,0 +1,302 @@
+//! Flips over the in-memory store with paused time: a drain that times out, a drain that
+//! catches up, an abandoned flip, a flip in progress, the two-person rule, a lost race.
+
+use std::time::Duration;
+
+use super::memory::{MemoryControl, Shard};
+use crate::control::commands::{execute, CommandName, Context, Request};
+use crate::control::machine::{Action, Mode, State};
+use crate::control::record::{
+    LogicalStream, Migration, Outcome, PendingFlip, Settings, StoredState,
+};
+use crate::time::now_ms;
+
+const NEW: &str = "arn:aws:kinesis:us-east-1:222222222222:stream/orders";
+const OLD: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+
+fn settings() -> Settings {
+    Settings {
+        settle_ms: 7_000,
+        drain_timeout_ms: 30_000,
+        ..Settings::default()
+    }
+}
+
+/// A migration cut over to the new streams (producers there; forward replication on).
+fn cut_over(settings: Settings) -> StoredState {
+    StoredState {
+        migration: Migration {
+            name: "orders-move".into(),
+            streams: vec![LogicalStream {
+                name: "orders".into(),
+                new: NEW.into(),
+                old: OLD.into(),
+                forward_route: "orders-forward".into(),
+                reverse_route: None,
+            }],
+            settings,
+            bucket: "state-bucket".into(),
+            routing_key: "routing/orders-move.json".into(),
+            dead_letter_prefix: "dead-letters".into(),
+        },
+        state: State::Cutover,
+        version: 7,
+        paused: false,
+        flip: None,
+        request: None,
+        forward_since_ms: None,
+        reverse_since_ms: None,
+        updated_at_ms: 0,
+        updated_by: "alice".into(),
+    }
+}
+
+fn ctx(store: MemoryControl, actor: &str) -> Context<MemoryControl> {
+    Context {
+        control: store,
+        actor: actor.into(),
+        poll: Duration::from_millis(500),
+    }
+}
+
+fn rollback() -> Request {
+    Request {
+        command: CommandName::Rollback,
+        migration: "orders-move".into(),
+        reason: Some("errors on the new side".into()),
+        ..Request::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_holds_producers_drains_then_moves_them_and_stops_forward_replication() {
+    let store = MemoryControl::new(cut_over(settings()));
+    // Behind for the guard and two drain polls, then caught up.
+    let since = now_ms() - 5_000;
+    *store.shard.lock().unwrap() = vec![
+        Shard::Behind { since_ms: since },
+        Shard::Behind { since_ms: since },
+        Shard::Behind { since_ms: since },
+        Shard::Idle,
+    ];
+    let ctx = ctx(store, "alice");
+    let started = tokio::time::Instant::now();
+    let r = execute(&ctx, &rollback()).await;
+
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert_eq!(r.state, Some(State::RolledBack));
+    let st = ctx.control.stored();
+    assert_eq!(
+        (st.state, st.version, st.flip),
+        (State::RolledBack, 9, None)
+    );
+    // Producers: held on the new streams, then active on the old ones.
+    assert_eq!(
+        ctx.control.routing(),
+        [
+            (NEW.to_owned(), "hold".to_owned()),
+            (OLD.to_owned(), "active".to_owned())
+        ]
+    );
+    assert_eq!(
+        ctx.control.mode_of("orders-forward").map(|m| m.mode),
+        Some(Mode::Stopped)
+    );
+    // The settle time, then two polls of the drain.
+    assert!(started.elapsed() >= Duration::from_millis(7_000 + 2 * 500));
+    assert!(r.message.contains("drained in"), "{}", r.message);
+    let h = ctx.control.history();
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].outcome, h[0].version_after, h[0].actor.as_str()),
+        (Outcome::Applied, Some(9), "alice")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_times_out_releases_producers_where_they_were_and_changes_no_state() {
+    let store = MemoryControl::new(cut_over(settings()));
+    *store.shard.lock().unwrap() = vec![Shard::Behind {
+        since_ms: now_ms() - 5_000,
+    }];
+    let ctx = ctx(store, "alice");
+    let started = tokio::time::Instant::now();
+    let r = execute(&ctx, &rollback()).await;
+
+    assert_eq!(r.outcome, Outcome::DrainTimedOut, "{}", r.message);
+    assert_eq!(r.exit_code(), 2);
+    assert!(
+        r.message.contains("did not catch up within 30000 ms")
+            && r.message.contains("orders-forward shardId-000000000000"),
+        "{}",
+        r.message
+    );
+    assert!(started.elapsed() >= Duration::from_millis(7_000 + 30_000));
+    let st = ctx.control.stored();
+    assert_eq!(st.state, State::Cutover, "the state does not change");
+    assert_eq!(st.flip, None, "the flip is cleared");
+    assert_eq!(st.version, 9);
+    assert_eq!(
+        ctx.control.routing(),
+        [
+            (NEW.to_owned(), "hold".to_owned()),
+            (NEW.to_owned(), "active".to_owned())
+        ],
+        "producers released on the streams they were on"
+    );
+    assert_eq!(
+        ctx.control.mode_of("orders-forward"),
+        None,
+        "modes untouched"
+    );
+    let h = ctx.control.history();
+    assert_eq!(h.last().unwrap().outcome, Outcome::DrainTimedOut);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_abandoned_flip_is_released_first_and_recorded() {
+    let mut st = cut_over(settings());
+    st.flip = Some(PendingFlip {
+        id: "dead-flip".into(),
+        action: Action::Rollback,
+        actor: "bob".into(),
+        started_at_ms: now_ms() - 600_000,
+        deadline_ms: now_ms() - 1_000,
+    });
+    let ctx = ctx(MemoryControl::new(st), "alice");
+    let r = execute(&ctx, &rollback()).await;
+
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    let h = ctx.control.history();
+    assert_eq!(h.len(), 2, "{h:?}");
+    assert_eq!(h[0].command, "release");
+    assert!(h[0]
+        .detail
+        .contains("released abandoned flip dead-flip (rollback by bob"));
+    assert_eq!(h[1].outcome, Outcome::Applied);
+    // Released as the state was (producers active on the new streams), then the rollback.
+    assert_eq!(
+        ctx.control.routing(),
+        [
+            (NEW.to_owned(), "active".to_owned()),
+            (NEW.to_owned(), "hold".to_owned()),
+            (OLD.to_owned(), "active".to_owned())
+        ]
+    );
+    assert_eq!(ctx.control.stored().state, State::RolledBack);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flip_in_progress_is_not_disturbed() {
+    let mut st = cut_over(settings());
+    let flip = PendingFlip {
+        id: "live-flip".into(),
+        action: Action::Commit,
+        actor: "bob".into(),
+        started_at_ms: now_ms() - 1_000,
+        deadline_ms: now_ms() + 600_000,
+    };
+    st.flip = Some(flip.clone());
+    let ctx = ctx(MemoryControl::new(st), "alice");
+    let r = execute(&ctx, &rollback()).await;
+
+    assert_eq!(r.outcome, Outcome::LostRace, "{}", r.message);
+    assert!(
+        r.message.contains("a commit by bob is in progress"),
+        "{}",
+        r.message
+    );
+    let st = ctx.control.stored();
+    assert_eq!((st.version, st.flip), (7, Some(flip)), "nothing written");
+    assert!(ctx.control.routing().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_person_rule_the_requester_cannot_approve_a_second_identity_can() {
+    let st = cut_over(Settings {
+        two_person: true,
+        ..settings()
+    });
+    let alice = ctx(MemoryControl::new(st), "alice");
+    let r = execute(&alice, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::AwaitingApproval, "{}", r.message);
+    assert_eq!(r.exit_code(), 5);
+    let r = execute(&alice, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::AwaitingApproval);
+    assert!(
+        r.message.contains("you requested this rollback already"),
+        "{}",
+        r.message
+    );
+    assert!(alice.control.routing().is_empty(), "producers not touched");
+    assert_eq!(alice.control.stored().state, State::Cutover);
+
+    let bob = Context {
+        actor: "bob".into(),
+        ..alice
+    };
+    let r = execute(&bob, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert!(
+        r.message.contains("requested by alice, approved by bob"),
+        "{}",
+        r.message
+    );
+    let st = bob.control.stored();
+    assert_eq!((st.state, st.request), (State::RolledBack, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn losing_the_race_to_take_the_flip_changes_nothing_and_names_the_winner() {
+    let store = MemoryControl::new(cut_over(settings()));
+    *store.race_before_write.lock().unwrap() = Some(1);
+    let ctx = ctx(store, "alice");
+    let r = execute(&ctx, &rollback()).await;
+
+    assert_eq!(r.outcome, Outcome::LostRace, "{}", r.message);
+    assert_eq!(r.exit_code(), 4);
+    assert!(
+        r.message
+            .contains("someone-else (version 8, state cutover)"),
+        "{}",
+        r.message
+    );
+    assert!(ctx.control.routing().is_empty(), "producers not touched");
+    assert_eq!(ctx.control.mode_of("orders-forward"), None);
+    assert_eq!(
+        ctx.control.history().last().unwrap().outcome,
+        Outcome::LostRace
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forced_flip_needs_a_reason_and_a_dry_run_writes_nothing() {
+    let ctx = ctx(MemoryControl::new(cut_over(settings())), "alice");
+    let forced = Request {
+        force: true,
+        reason: None,
+        ..rollback()
+    };
+    let r = execute(&ctx, &forced).await;
+    assert_eq!(r.outcome, Outcome::Failed);
+    assert!(
+        r.message.contains("--force needs --reason"),
+        "{}",
+        r.message
+    );
+
+    let dry = Request {
+        dry_run: true,
+        ..rollback()
+    };
+    let r = execute(&ctx, &dry).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert!(
+        r.message
+            .starts_with("dry run: rollback would go cutover → rolled_back"),
+        "{}",
+        r.message
+    );
+    assert_eq!(ctx.control.stored().version, 7);
+    assert!(ctx.control.routing().is_empty() && ctx.control.history().is_empty());
+}

@@ -1,0 +1,238 @@
+//! An in-memory [`ControlStore`] for the controller's unit tests: the state item with its
+//! conditional writes, the history, route modes, published routing documents, and scripted
+//! shard lags and races.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+
+use crate::capacity::{ConfiguredRoute, RouteCapacity};
+use crate::control::guards::{ShardLag, StreamFacts};
+use crate::control::machine::RouteMode;
+use crate::control::record::{HistoryEntry, Migration, StoredState};
+use crate::model::{StoreError, StreamArn};
+use crate::ports::{CapacityOptions, ControlStore, Write};
+use crate::routing::RoutingDocument;
+use crate::verify::VerificationRecord;
+
+/// How a scripted shard looks to the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shard {
+    /// Nothing waiting.
+    Idle,
+    /// Records from `since_ms` on wait, and the replicator is working on them.
+    Behind { since_ms: i64 },
+}
+
+#[derive(Default)]
+pub struct MemoryControl {
+    pub state: Mutex<Option<StoredState>>,
+    pub history: Mutex<Vec<HistoryEntry>>,
+    /// Each route's mode, with the version that set it.
+    pub modes: Mutex<BTreeMap<String, (RouteMode, u64)>>,
+    /// Every routing document published, in order.
+    pub published: Mutex<Vec<RoutingDocument>>,
+    /// What each lag call sees, call by call; the last entry repeats.
+    pub shard: Mutex<Vec<Shard>>,
+    pub lag_calls: Mutex<usize>,
+    /// Before this state write (1 = the first), someone else writes the state item first.
+    pub race_before_write: Mutex<Option<usize>>,
+    pub writes: Mutex<usize>,
+}
+
+impl MemoryControl {
+    pub fn new(st: StoredState) -> Self {
+        let m = MemoryControl::default();
+        *m.state.lock().unwrap() = Some(st);
+        *m.shard.lock().unwrap() = vec![Shard::Idle];
+        m
+    }
+
+    pub fn stored(&self) -> StoredState {
+        self.state.lock().unwrap().clone().unwrap()
+    }
+
+    pub fn history(&self) -> Vec<HistoryEntry> {
+        self.history.lock().unwrap().clone()
+    }
+
+    /// (active stream, mode) of the first stream in each published document.
+    pub fn routing(&self) -> Vec<(String, String)> {
+        self.published
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let s = d.streams.values().next().unwrap();
+                (s.active.clone(), format!("{:?}", s.mode).to_lowercase())
+            })
+            .collect()
+    }
+
+    pub fn mode_of(&self, route: &str) -> Option<RouteMode> {
+        self.modes.lock().unwrap().get(route).map(|(m, _)| *m)
+    }
+}
+
+impl ControlStore for MemoryControl {
+    fn table(&self) -> &str {
+        "memory"
+    }
+
+    async fn load(&self, _migration: &str) -> Result<Option<StoredState>, StoreError> {
+        Ok(self.state.lock().unwrap().clone())
+    }
+
+    async fn write_state(
+        &self,
+        expected: Option<u64>,
+        next: &StoredState,
+    ) -> Result<Write, StoreError> {
+        let n = {
+            let mut w = self.writes.lock().unwrap();
+            *w += 1;
+            *w
+        };
+        let mut state = self.state.lock().unwrap();
+        if *self.race_before_write.lock().unwrap() == Some(n) {
+            if let Some(st) = state.as_mut() {
+                st.version += 1;
+                st.updated_by = "someone-else".into();
+            }
+        }
+        if state.as_ref().map(|s| s.version) != expected {
+            return Ok(Write::Lost);
+        }
+        *state = Some(next.clone());
+        Ok(Write::Done)
+    }
+
+    async fn append_history(&self, _m: &str, entry: &HistoryEntry) -> Result<(), StoreError> {
+        self.history.lock().unwrap().push(entry.clone());
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        _m: &str,
+        last: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let h = self.history();
+        let skip = last.map_or(0, |n| h.len().saturating_sub(n));
+        Ok(h.into_iter().skip(skip).collect())
+    }
+
+    async fn set_mode(
+        &self,
+        route: &str,
+        mode: RouteMode,
+        version: u64,
+        _migration: &str,
+        _actor: &str,
+        _now_ms: i64,
+    ) -> Result<Write, StoreError> {
+        let mut modes = self.modes.lock().unwrap();
+        if modes.get(route).is_some_and(|(_, v)| *v > version) {
+            return Ok(Write::Lost);
+        }
+        modes.insert(route.to_owned(), (mode, version));
+        Ok(Write::Done)
+    }
+
+    async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
+        Ok(self.mode_of(route).unwrap_or(RouteMode::FORWARD))
+    }
+
+    async fn lag(
+        &self,
+        route: &str,
+        _source: &StreamArn,
+        _since_ms: Option<i64>,
+        _old_side: bool,
+        now_ms: i64,
+    ) -> Result<Vec<ShardLag>, StoreError> {
+        let shard = {
+            let mut calls = self.lag_calls.lock().unwrap();
+            let script = self.shard.lock().unwrap();
+            let s = script[(*calls).min(script.len() - 1)];
+            *calls += 1;
+            s
+        };
+        let (lag_ms, first) = match shard {
+            Shard::Idle => (0, None),
+            Shard::Behind { since_ms } => (now_ms - since_ms, Some(since_ms)),
+        };
+        Ok(vec![ShardLag {
+            route: route.to_owned(),
+            shard_id: "shardId-000000000000".into(),
+            lag_ms,
+            pending: first.is_some(),
+            first_pending_arrival_ms: first,
+            heartbeat_age_ms: Some(100),
+            heartbeat_mode: Some("forward".into()),
+            checkpoint: None,
+        }])
+    }
+
+    async fn stream_facts(&self, stream: &str, _old_side: bool) -> StreamFacts {
+        StreamFacts {
+            arn: stream.to_owned(),
+            status: "ACTIVE".into(),
+            max_record_kib: Some(1024),
+            encryption: "NONE".into(),
+            retention_hours: 24,
+            capacity_mode: "PROVISIONED".into(),
+        }
+    }
+
+    async fn acknowledge(
+        &self,
+        _m: &str,
+        _keys: &[String],
+        _actor: &str,
+        _reason: &str,
+        _now_ms: i64,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn acknowledged(&self, _m: &str) -> Result<HashSet<String>, StoreError> {
+        Ok(HashSet::new())
+    }
+
+    async fn latest_verification(
+        &self,
+        _route: &str,
+    ) -> Result<Option<VerificationRecord>, StoreError> {
+        Ok(None)
+    }
+
+    async fn dead_letter_keys(&self, _m: &Migration, _r: &str) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn discarded_batch_keys(&self, _m: &Migration) -> Result<Vec<String>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn publish_routing(
+        &self,
+        _m: &Migration,
+        doc: &RoutingDocument,
+    ) -> Result<(), StoreError> {
+        self.published.lock().unwrap().push(doc.clone());
+        Ok(())
+    }
+
+    async fn fetch_routing(&self, _m: &Migration) -> Result<Option<RoutingDocument>, StoreError> {
+        Ok(self.published.lock().unwrap().last().cloned())
+    }
+
+    async fn measure_capacity(
+        &self,
+        route: &ConfiguredRoute,
+        _opts: &CapacityOptions,
+        _now_ms: i64,
+    ) -> Result<RouteCapacity, String> {
+        Err(format!("{}: not measured in unit tests", route.route.name))
+    }
+}
