@@ -25,8 +25,8 @@ use crate::capacity::{
 use crate::kpl::hash_key;
 use crate::model::{RequestError, Route, StreamArn};
 use crate::pacing::{ShardMap, TargetShard};
+pub use crate::ports::control::{CapacityOptions, RoundTrip};
 use crate::ports::TargetWriter;
-pub use crate::ports::{CapacityOptions, RoundTrip};
 
 /// Records asked for per GetRecords (Kinesis's most).
 const PAGE: i32 = 10_000;

@@ -37,7 +37,7 @@ pub struct HeartbeatItem {
     pub millis_behind: Option<i64>,
 }
 
-pub use crate::ports::Write;
+pub use crate::ports::control::Write;
 
 /// A conditional `PutItem`'s result: done, lost (the condition failed), or an error.
 fn conditional<T>(
@@ -456,7 +456,7 @@ impl AwsControl {
     }
 }
 
-impl crate::ports::ControlStore for AwsControl {
+impl crate::ports::control::ControlStore for AwsControl {
     fn table(&self) -> &str {
         AwsControl::table(self)
     }

@@ -16,7 +16,7 @@ use crate::seq::SequenceNumber;
 
 pub use crate::model::ShardInfo;
 
-pub use crate::ports::{FanOutEvent, Page, StartPosition};
+pub use crate::ports::reader::{FanOutEvent, Page, StartPosition};
 
 #[derive(Clone)]
 pub struct KinesisSource {
@@ -264,7 +264,7 @@ pub struct Subscription {
     output: aws_sdk_kinesis::operation::subscribe_to_shard::SubscribeToShardOutput,
 }
 
-impl crate::ports::Subscription for Subscription {
+impl crate::ports::reader::Subscription for Subscription {
     /// The next event; `Ok(None)` when the subscription has ended (subscribe again).
     async fn next(&mut self) -> Result<Option<FanOutEvent>, RequestError> {
         loop {
@@ -493,7 +493,7 @@ impl crate::redrive::ShardLister for KinesisSource {
     }
 }
 
-impl crate::ports::ShardReader for KinesisSource {
+impl crate::ports::reader::ShardReader for KinesisSource {
     type Subscription = Subscription;
 
     async fn list_shards(&self, stream: &StreamArn) -> Result<Vec<ShardInfo>, RequestError> {

@@ -39,9 +39,8 @@ use crate::lease::{Heartbeat, Lease, LeaseRecord, LeaseStore, Position};
 use crate::lineage;
 use crate::model::{FailureClass, RequestError, ShardInfo, SourceRecord, StreamArn};
 use crate::plan;
-use crate::ports::{
-    CheckpointStore, DeadLetterStore, ShardReader, StartPosition, Subscription as _, TargetWriter,
-};
+use crate::ports::reader::{ShardReader, StartPosition, Subscription as _};
+use crate::ports::{CheckpointStore, DeadLetterStore, TargetWriter};
 use crate::seq::SequenceNumber;
 use crate::time::now_ms;
 

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use super::*;
 use crate::lease::MemoryLeases;
 use crate::model::SourceBatch;
-use crate::ports::Page;
+use crate::ports::reader::Page;
 use crate::replicate::{BatchReport, RouteReport};
 
 /// One scripted stream: its shards and their records. Iterators are `<shard>#<index>`.
@@ -57,8 +57,8 @@ impl FakeReader {
 /// A subscription that ends at once (enhanced fan-out is not scripted here).
 struct Ended;
 
-impl crate::ports::Subscription for Ended {
-    async fn next(&mut self) -> Result<Option<crate::ports::FanOutEvent>, RequestError> {
+impl crate::ports::reader::Subscription for Ended {
+    async fn next(&mut self) -> Result<Option<crate::ports::reader::FanOutEvent>, RequestError> {
         Ok(None)
     }
 }

@@ -27,7 +27,7 @@ use foldhash::SharedSeed;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{RequestError, SourceRecord, StreamArn};
-use crate::ports::{ShardReader, StartPosition};
+use crate::ports::reader::{ShardReader, StartPosition};
 use crate::seq::SequenceNumber;
 use crate::time::{now_ms, rfc3339_ms as rfc3339};
 

@@ -19,7 +19,7 @@ use super::record::{
 use crate::capacity::{configured_routes, RouteCapacity};
 use crate::model::{StoreError, StreamArn};
 use crate::on_failure;
-use crate::ports::{CapacityOptions, ControlStore, RoundTrip, Write};
+use crate::ports::control::{CapacityOptions, ControlStore, RoundTrip, Write};
 use crate::routing::{RoutingDocument, StreamMode, StreamRouting};
 use crate::time::{ago, now_ms, rfc3339_ms, rfc3339_secs as rfc3339};
 

@@ -10,7 +10,7 @@ use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
 use crate::control::record::{HistoryEntry, Migration, StoredState};
 use crate::model::{StoreError, StreamArn};
-use crate::ports::{CapacityOptions, ControlStore, Write};
+use crate::ports::control::{CapacityOptions, ControlStore, Write};
 use crate::routing::RoutingDocument;
 use crate::verify::VerificationRecord;
 
