@@ -39,14 +39,12 @@ pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod errors;
+pub mod domain;
 pub mod event;
 pub mod handler;
 pub mod kpl;
 pub mod lease;
-pub mod lineage;
 pub mod metrics;
-pub mod model;
 pub mod on_failure;
 pub mod pacing;
 pub mod plan;
@@ -56,9 +54,9 @@ pub mod redrive;
 pub mod replicate;
 pub mod routing;
 pub mod runner;
-pub mod seq;
-pub mod time;
 pub mod verify;
+
+pub use domain::{errors, lineage, model, seq, time};
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: what fanout keeps
 /// behind its mutexes (counters, caches, token buckets, progress lines) stays usable.
