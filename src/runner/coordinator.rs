@@ -96,7 +96,7 @@ pub async fn run_with<R: ShardReader, I: Invoker + 'static, L: LeaseStore + 'sta
     let printer = options.progress.then(|| {
         let shared = shared.clone();
         let stop = stop.clone();
-        tokio::spawn(async move { print_progress(shared, stop, started).await })
+        tokio::spawn(async move { print_progress(shared, stop).await })
     });
     let consumer_arn = match &options.fan_out_consumer {
         Some(name) => Some(source.ensure_consumer(stream, name).await?),
@@ -279,9 +279,6 @@ pub async fn run_with<R: ShardReader, I: Invoker + 'static, L: LeaseStore + 'sta
     keeper.abort();
     if let Some(p) = printer {
         p.abort();
-        if std::io::stderr().is_terminal() {
-            eprintln!();
-        }
     }
     Ok(RunSummary {
         shards: shared.snapshot(),

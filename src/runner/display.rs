@@ -1,52 +1,46 @@
-//! The plain progress line of a run (`RunnerOptions::progress`).
+//! The run's live figures on the one progress display ([`crate::progress`]): a line per
+//! shard (records delivered, rate, and how far behind, held or stopped) redrawn on a
+//! terminal, a plain summary line every few seconds otherwise (`RunnerOptions::progress`).
 
 #[allow(unused_imports)]
 use super::*;
+use crate::progress::{Progress, ShardProgress as Bar};
 
-pub(super) async fn print_progress(shared: Arc<Shared>, stop: Arc<AtomicBool>, started: Instant) {
-    let tty = std::io::stderr().is_terminal();
-    let every = if tty {
-        Duration::from_secs(1)
+/// What a shard is doing, in a few words.
+fn state_of(s: &ShardProgress) -> String {
+    if let Some(why) = &s.stopped {
+        format!("STOPPED: {why}")
+    } else if let Some(why) = &s.held {
+        format!("HELD: {why}")
+    } else if s.lease_lost {
+        "moved to another runner".to_owned()
     } else {
-        Duration::from_secs(5)
-    };
-    let mut last = (0u64, Instant::now());
+        format!("{} ms behind", s.millis_behind)
+    }
+}
+
+pub(super) async fn print_progress(shared: Arc<Shared>, stop: Arc<AtomicBool>) {
+    let display = Progress::new(true);
+    let mut bars: BTreeMap<String, (Bar, bool)> = BTreeMap::new();
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         if stop.load(Ordering::Relaxed) {
             return;
         }
-        let now = shared.delivered();
-        let rate = (now - last.0) as f64 / last.1.elapsed().as_secs_f64().max(0.001);
-        last = (now, Instant::now());
-        let behind: Vec<String> = shared
-            .snapshot()
-            .iter()
-            .map(|(id, s)| {
-                let short = id.trim_start_matches("shardId-").trim_start_matches('0');
-                let state = if s.stopped.is_some() {
-                    "STOPPED".to_owned()
-                } else if s.held.is_some() {
-                    "HELD".to_owned()
-                } else if s.lease_lost {
-                    "moved".to_owned()
-                } else if s.finished {
-                    "done".to_owned()
-                } else {
-                    format!("{}ms", s.millis_behind)
-                };
-                format!("{}:{state}", if short.is_empty() { "0" } else { short })
-            })
-            .collect();
-        let line = format!(
-            "{:>6.1}s  {now} records  {rate:.0} rec/s  behind per shard: {}",
-            started.elapsed().as_secs_f64(),
-            behind.join(" ")
-        );
-        if tty {
-            eprint!("\r\x1b[2K{line}");
-        } else {
-            eprintln!("{line}");
+        for (id, s) in shared.snapshot() {
+            let (bar, done) = bars
+                .entry(id.clone())
+                .or_insert_with(|| (display.shard(&id, None), false));
+            if *done {
+                continue;
+            }
+            bar.set_position(s.records_delivered);
+            if s.finished {
+                bar.finish("read to its end");
+                *done = true;
+            } else {
+                bar.set_message(&state_of(&s));
+            }
         }
     }
 }

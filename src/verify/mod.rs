@@ -19,7 +19,6 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use foldhash::quality::SeedableRandomState;
@@ -28,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{RequestError, SourceRecord, StreamArn};
 use crate::ports::reader::{ShardReader, StartPosition};
+use crate::progress::Progress;
 use crate::seq::SequenceNumber;
 use crate::time::{now_ms, rfc3339_ms as rfc3339};
 

@@ -282,8 +282,11 @@ pub(super) async fn read_stream<R: ShardReader>(
         shards: shards.len(),
         records: 0,
     };
-    let tty = progress && std::io::stderr().is_terminal();
-    let mut last_progress = Instant::now();
+    // One line per side on the one progress display (a spinner on a terminal, a plain line
+    // every few seconds otherwise, nothing with --quiet).
+    let display = Progress::new(progress);
+    let bar = display.shard(&format!("{side} {}", stream.name()), None);
+    bar.set_message(&format!("records read from {} shard(s)", shards.len()));
     let mut waiting_said = false;
     for level in levels {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Msg, RequestError>>(4);
@@ -313,21 +316,18 @@ pub(super) async fn read_stream<R: ShardReader>(
                 match msg? {
                     Msg::Page(shard, records) => {
                         stats.records += records.len() as u64;
+                        bar.set_position(stats.records);
                         sink(&shard, records);
                     }
                     Msg::Waiting(ms) => {
-                        if progress && !waiting_said {
+                        if !waiting_said {
                             waiting_said = true;
-                            eprintln!(
+                            display.println(&format!(
                                 "fanoutctl verify: {side} is read to its tip; waiting {:.0} s until the window's end plus --grace has passed",
                                 (ms as f64 / 1000.0).ceil()
-                            );
+                            ));
                         }
                     }
-                }
-                if tty && last_progress.elapsed() > Duration::from_secs(2) {
-                    last_progress = Instant::now();
-                    eprint!("\r{side}: {} records read   ", stats.records);
                 }
             }
             Ok::<(), RequestError>(())
@@ -335,9 +335,7 @@ pub(super) async fn read_stream<R: ShardReader>(
         let ((), consumed) = tokio::join!(produce, consume);
         consumed.map_err(fail)?;
     }
-    if tty {
-        eprint!("\r{side}: {} records read   \n", stats.records);
-    }
+    bar.finish(&format!("{} shard(s) read", stats.shards));
     Ok(stats)
 }
 
