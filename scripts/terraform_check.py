@@ -39,8 +39,10 @@ def problem(text: str) -> None:
 
 
 def code_of(path: Path) -> str:
-    """The non-test code of a Rust file, without comments (none for a `tests.rs` module)."""
-    if path.name == "tests.rs":
+    """The non-test code of a Rust file, without comments (none for a `tests.rs` module, nor for
+    a file under a `tests/` directory of src/)."""
+    src = ROOT / "src"
+    if path.name == "tests.rs" or (path.is_relative_to(src) and "tests" in path.relative_to(src).parts[:-1]):
         return ""
     text = path.read_text()
     text = text.split("#[cfg(test)]")[0]

@@ -1,0 +1,109 @@
+//! What a route leaves behind: shard heartbeats, dead letters, a stop before its first write.
+
+#[allow(unused_imports)]
+use super::*;
+
+impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D> {
+    pub(super) async fn stopped_before_start(
+        &self,
+        route: &Route,
+        batch: &SourceBatch,
+        mut report: RouteReport,
+        at: usize,
+        stop: StopReason,
+        until: Instant,
+    ) -> RouteReport {
+        self.heartbeat(route, batch, at, until).await;
+        report.first_unhandled = Some(batch.records[at].seq.clone());
+        log_stop(route, batch, &report, &stop);
+        report.stop = Some(stop);
+        report
+    }
+
+    /// Writes the route's shard heartbeat: `handled` records of the batch are handled (skipped,
+    /// written or dead-lettered). A failure is a warning, never a failed batch.
+    pub(super) async fn heartbeat(
+        &self,
+        route: &Route,
+        batch: &SourceBatch,
+        handled: usize,
+        until: Instant,
+    ) {
+        let key = (route.name.clone(), batch.shard_id.clone());
+        let recent = lock(&self.heartbeats)
+            .get(&key)
+            .is_some_and(|(at, mode)| *mode == Mode::Forward && at.elapsed() < HEARTBEAT_EVERY);
+        if recent {
+            return;
+        }
+        let done = &batch.records[..handled.min(batch.records.len())];
+        let hb = ShardHeartbeat {
+            route: route.name.clone(),
+            shard_id: batch.shard_id.clone(),
+            last_seq: done.last().map(|r| r.seq.clone()),
+            millis_behind: None,
+            newest_arrival_ms: done.iter().filter_map(|r| r.arrival_ms).max(),
+            records: batch.records.len() as u64,
+            mode: Mode::Forward,
+            by: self.heartbeat_by.clone(),
+            now_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let budget = until
+            .saturating_duration_since(Instant::now())
+            .min(HEARTBEAT_TIMEOUT);
+        match tokio::time::timeout(budget, self.checkpoints.heartbeat(&hb)).await {
+            Ok(Ok(())) => {
+                lock(&self.heartbeats).insert(key, (Instant::now(), Mode::Forward));
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(route = %route.name, shard = %batch.shard_id, error = %e, "Heartbeat not written.")
+            }
+            Err(_) => {
+                tracing::debug!(route = %route.name, shard = %batch.shard_id, "Heartbeat not written: no answer within {} ms.", budget.as_millis())
+            }
+        }
+    }
+
+    pub(super) async fn dead_letter(
+        &self,
+        route: &Route,
+        batch: &SourceBatch,
+        index: usize,
+        why: Refusal<'_>,
+        send_by: Instant,
+    ) -> Result<String, String> {
+        let Refusal {
+            code,
+            reason,
+            attempts,
+        } = why;
+        let record = &batch.records[index];
+        let letter = DeadLetter {
+            route: &route.name,
+            source_arn: batch.source.as_str(),
+            target_arn: route.target.as_str(),
+            shard_id: &batch.shard_id,
+            record,
+            reason: reason.clone(),
+            error_code: code.to_owned(),
+            attempts,
+        };
+        match within(send_by, self.dead_letters.store(&letter)).await {
+            Ok(location) => {
+                tracing::warn!(
+                    route = %route.name,
+                    shard = %batch.shard_id,
+                    sequence_number = %record.seq,
+                    error_code = code,
+                    dead_letter = %location,
+                    "Record dead-lettered: {reason}."
+                );
+                Ok(location)
+            }
+            Err(e) => Err(format!(
+                "could not store the dead letter of record {} ({code}): {e}",
+                record.seq
+            )),
+        }
+    }
+}

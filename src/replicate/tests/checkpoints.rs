@@ -1,0 +1,151 @@
+//! Progress kept across batches: the checkpoint a retried batch skips from, and shard heartbeats.
+
+#[allow(unused_imports)]
+use super::*;
+
+#[tokio::test]
+async fn a_retried_batch_is_skipped_from_the_checkpoint() {
+    let target = FakeTarget::new(|_, _, _| Fault::None);
+    let r = one_route(&target);
+    let b = batch(300, 5);
+    r.replicate(&b, far()).await;
+    let again = r.replicate(&b, far()).await;
+    assert_eq!(again.routes[0].skipped, 300);
+    assert_eq!(again.routes[0].written, 0);
+    assert_eq!(target.written(&route("t").name).len(), 300);
+}
+
+#[tokio::test]
+async fn each_route_writes_its_heartbeat_with_its_checkpoint() {
+    let target = FakeTarget::new(|_, route, _| {
+        if route.ends_with("--bad") {
+            Fault::Systemic("ResourceNotFoundException")
+        } else {
+            Fault::None
+        }
+    });
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(
+        target,
+        cps.clone(),
+        FakeDeadLetters::default(),
+        vec![route("good"), route("bad")],
+        limits(),
+    )
+    .with_heartbeat_by("runner:test");
+    let b = batch(40, 4);
+    r.replicate(&b, far()).await;
+    let mut hbs = cps.heartbeats.lock().unwrap().clone();
+    hbs.sort_by(|a, b| a.route.cmp(&b.route));
+    assert_eq!(hbs.len(), 2, "one per route");
+    assert!(hbs[0].route.ends_with("--bad") && hbs[0].last_seq.is_none());
+    assert_eq!(hbs[1].last_seq.as_ref(), Some(&b.records[39].seq));
+    assert!(hbs.iter().all(|h| h.by == "runner:test" && h.records == 40));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_busy_shard_writes_its_heartbeat_every_few_seconds_and_a_mode_change_at_once() {
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(
+        FakeTarget::new(|_, _, _| Fault::None),
+        cps.clone(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
+    let written = || cps.heartbeats.lock().unwrap().len();
+    let mut next = 1000;
+    let mut run = |n: usize| {
+        let b = batch_from(next, n, 4);
+        next += n;
+        b
+    };
+    // Back-to-back batches: the first writes a heartbeat, the next ones within
+    // HEARTBEAT_EVERY only their checkpoints.
+    for _ in 0..3 {
+        r.replicate(&run(10), far()).await;
+    }
+    assert_eq!(written(), 1, "one heartbeat for three batches in a row");
+    assert_eq!(
+        cps.items
+            .lock()
+            .unwrap()
+            .values()
+            .next()
+            .map(|c| c.last_seq.to_string()),
+        Some("1029".to_owned()),
+        "every batch still advances the checkpoint"
+    );
+    // Past the interval: written again, with the newest batch.
+    tokio::time::advance(HEARTBEAT_EVERY).await;
+    let b = run(10);
+    r.replicate(&b, far()).await;
+    assert_eq!(written(), 2);
+    assert_eq!(
+        cps.heartbeats.lock().unwrap()[1].last_seq.as_ref(),
+        Some(&b.records[9].seq)
+    );
+    // The handler wrote a `hold` heartbeat in between: the next forward batch says so at once.
+    let name = r.routes()[0].name.clone();
+    r.heartbeat_written(&name, &b.shard_id, Mode::Hold);
+    r.replicate(&run(10), far()).await;
+    assert_eq!(written(), 3, "forward again is written at once");
+    r.replicate(&run(10), far()).await;
+    assert_eq!(written(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_of_a_stopped_batch_skip_what_it_wrote_past_its_first_unhandled_record() {
+    // 1,000 records over 40 keys, half of all entries throttled, 25 ms round trips, and an
+    // invocation time that stops every batch part-way: the event source mapping retries from
+    // the first unhandled record each time. What an invocation wrote past that record is kept
+    // with the checkpoint and skipped by the retry, so copies beyond the first are few (only
+    // requests cut off by the deadline, whose outcome is unknown) and every one is counted.
+    let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(50)));
+    let target = FakeTarget::new(move |_, _, _| {
+        if rng.lock().unwrap().random_bool(0.5) {
+            Fault::Throttle
+        } else {
+            Fault::None
+        }
+    })
+    .with_round_trip(Duration::from_millis(25));
+    let r = one_route(&target);
+    let all = batch(1000, 40);
+    let mut from = 0;
+    let (mut invocations, mut counted, mut skipped) = (0, 0, 0);
+    while from < all.records.len() {
+        invocations += 1;
+        assert!(invocations < 500, "no progress");
+        let b = SourceBatch {
+            records: all.records[from..].to_vec(),
+            ..all.clone()
+        };
+        let rep = r
+            .replicate(&b, Instant::now() + Duration::from_millis(400))
+            .await;
+        counted += rep.routes[0].possible_duplicates;
+        skipped += rep.routes[0].skipped;
+        from = match &rep.first_unhandled {
+            Some(seq) => all.records.iter().position(|x| x.seq == *seq).unwrap(),
+            None => all.records.len(),
+        };
+    }
+    let written = target.written(&route("t").name);
+    assert_complete_and_ordered(&written, 1000, &[]);
+    let duplicates = written.len() - 1000;
+    eprintln!(
+        "{invocations} invocations, {} copies, {duplicates} duplicates, {counted} counted, {skipped} skipped",
+        written.len()
+    );
+    assert!(invocations > 3, "the batch was stopped and retried");
+    assert!(
+        skipped > 100,
+        "the retries skipped what was written past the stop"
+    );
+    assert!(duplicates <= 10, "{duplicates} duplicates (at most 1%)");
+    assert!(
+        counted >= duplicates,
+        "{counted} counted, {duplicates} found"
+    );
+}
