@@ -1,4 +1,4 @@
-//! Self-test of the fault-injection proxy in `tests/support/fault_proxy.rs`.
+//! Self-test of the fault-injection proxy in `tests/support/fault_proxy/`.
 //!
 //! The first group runs against an in-process fake upstream, so the proxy's own mechanics
 //! (what goes upstream, response shape, big bodies, concurrency) are checked everywhere. The
