@@ -44,6 +44,9 @@ pub struct Settings {
     /// How long a flip waits after telling producers to hold before it measures catch-up:
     /// longer than producers' routing cache and the replicator's mode cache.
     pub settle_ms: i64,
+    /// The replicator's mode cache (its `FANOUT_MODE_CACHE_MS`) as declared at `start`;
+    /// `None`: its default, [`DEFAULT_MODE_CACHE_MS`]. `settle_ms` must be longer.
+    pub mode_cache_ms: Option<i64>,
     /// One identity requests a flip, a different one approves it.
     pub two_person: bool,
     /// While rolled back, replicate old → new so the new side stays current for the next
@@ -58,9 +61,32 @@ impl Default for Settings {
             verification_max_age_ms: 3_600_000,
             drain_timeout_ms: 120_000,
             settle_ms: 7_000,
+            mode_cache_ms: None,
             two_person: false,
             reverse: false,
         }
+    }
+}
+
+/// The replicator's mode cache when `FANOUT_MODE_CACHE_MS` is not set.
+pub const DEFAULT_MODE_CACHE_MS: i64 = 5_000;
+
+impl Settings {
+    /// Why these settings cannot flip safely, if they cannot: a settle time not longer than
+    /// the replicator's mode cache lets a flip measure the drain (or start the other
+    /// direction) while a replicator still acts on the mode it cached before the hold.
+    pub fn settle_problem(&self) -> Option<String> {
+        let cache = self.mode_cache_ms.unwrap_or(DEFAULT_MODE_CACHE_MS);
+        (self.settle_ms <= cache).then(|| {
+            format!(
+                "the settle time ({} ms) is not longer than the replicator's mode cache \
+                 (FANOUT_MODE_CACHE_MS = {cache} ms): a flip would go on while replicators \
+                 still act on the mode they cached. Use --settle {}s or more, or lower \
+                 FANOUT_MODE_CACHE_MS on the replicator (and in this environment)",
+                self.settle_ms,
+                cache / 1000 + 1
+            )
+        })
     }
 }
 

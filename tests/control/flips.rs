@@ -146,7 +146,7 @@ async fn two_people_a_drain_that_times_out_and_an_abandoned_flip() {
     let settings = Settings {
         two_person: true,
         drain_timeout_ms: 1_000,
-        settle_ms: 200,
+        settle_ms: 300,
         ..fast_settings()
     };
     start(

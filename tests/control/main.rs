@@ -55,6 +55,8 @@ fn fast_settings() -> Settings {
         verification_max_age_ms: 3_600_000,
         drain_timeout_ms: 20_000,
         settle_ms: 800,
+        // The replicators these tests run (spawn_runner) cache modes for 200 ms.
+        mode_cache_ms: Some(200),
         two_person: false,
         reverse: false,
     }

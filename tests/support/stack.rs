@@ -251,6 +251,9 @@ impl World {
             ("FANOUT_BACKOFF_MAX_MS", "200".to_owned()),
             ("FANOUT_DEADLINE_MARGIN_MS", "1000".to_owned()),
             ("FANOUT_REQUEST_TIMEOUT_MS", "2000".to_owned()),
+            // Test replicators see a mode change within 200 ms, so a flip's settle of a
+            // few hundred ms is longer than their mode cache, as `start` requires.
+            ("FANOUT_MODE_CACHE_MS", "200".to_owned()),
         ])
     }
 }

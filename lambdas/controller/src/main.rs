@@ -42,6 +42,11 @@ async fn main() -> Result<(), Error> {
             req.bucket.get_or_insert(config.dead_letter_bucket.clone());
             req.dead_letter_prefix
                 .get_or_insert(config.dead_letter_prefix.clone());
+            if let Some(settings) = req.settings.as_mut() {
+                settings
+                    .mode_cache_ms
+                    .get_or_insert(config.mode_cache.as_millis() as i64);
+            }
         }
         let report = execute(ctx, &req).await;
         tracing::info!(

@@ -62,7 +62,8 @@ async fn the_controller_lambda_runs_the_same_commands_from_json_payloads() {
     let r = response(
         runtime
             .invoke(json!({"command": "start", "reason": "from the Lambda",
-                           "settings": {"settle_ms": 200, "drain_timeout_ms": 10000}}))
+                           "settings": {"settle_ms": 200, "mode_cache_ms": 100,
+                                        "drain_timeout_ms": 10000}}))
             .await,
     );
     assert_eq!(

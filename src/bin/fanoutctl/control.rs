@@ -65,7 +65,8 @@ pub struct StartArgs {
     #[arg(long, default_value = "2m")]
     pub drain_timeout: String,
     /// How long a flip waits after telling producers to hold: longer than producers'
-    /// routing cache and the replicator's FANOUT_MODE_CACHE_MS.
+    /// routing cache and the replicator's FANOUT_MODE_CACHE_MS (read from this environment,
+    /// default 5000 ms; `start` refuses a shorter settle).
     #[arg(long, default_value = "7s")]
     pub settle: String,
     /// One identity requests each flip, a different one approves it.
@@ -196,6 +197,7 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, String> {
         verification_max_age_ms: ms("--verification-max-age", &args.verification_max_age)?,
         drain_timeout_ms: ms("--drain-timeout", &args.drain_timeout)?,
         settle_ms: ms("--settle", &args.settle)?,
+        mode_cache_ms: Some(config.mode_cache.as_millis() as i64),
         two_person: args.two_person,
         reverse: args.reverse,
     });

@@ -16,6 +16,13 @@ pub(super) async fn flip<C: ControlStore>(
         ));
     }
     let mut st = load(ctx, req).await?;
+    if let Some(problem) = st.migration.settings.settle_problem() {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            format!("{problem}; the migration's settings are fixed at start: start a new one"),
+        ));
+    }
     let mut abandoned = String::new();
     if let Some(f) = st.flip.clone() {
         if now_ms() <= f.deadline_ms {

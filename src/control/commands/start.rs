@@ -22,6 +22,9 @@ pub(super) async fn start<C: ControlStore>(
         ));
     };
     let settings = req.settings.clone().unwrap_or_default();
+    if let Some(problem) = settings.settle_problem() {
+        return Ok(Report::new(req, Outcome::Failed, problem));
+    }
     let mut streams = req.streams.clone();
     if settings.reverse {
         // The reverse replicator's route: old → new, named the way FANOUT_ROUTES names it.

@@ -300,3 +300,46 @@ async fn a_forced_flip_needs_a_reason_and_a_dry_run_writes_nothing() {
     assert_eq!(ctx.control.stored().version, 7);
     assert!(ctx.control.routing().is_empty() && ctx.control.history().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_settle_not_longer_than_the_replicators_mode_cache_is_refused_at_start_and_at_a_flip() {
+    let template = cut_over(settings());
+    let start = |settings: Settings| Request {
+        command: CommandName::Start,
+        migration: "orders-move".into(),
+        streams: template.migration.streams.clone(),
+        settings: Some(settings),
+        bucket: Some("state-bucket".into()),
+        ..Request::default()
+    };
+    let ctx = ctx(MemoryControl::default(), "alice");
+    let short = Settings {
+        settle_ms: 1_000,
+        ..settings()
+    };
+    let r = execute(&ctx, &start(short.clone())).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(
+        r.message.contains("(FANOUT_MODE_CACHE_MS = 5000 ms)") && r.message.contains("--settle 6s"),
+        "{}",
+        r.message
+    );
+    assert!(
+        ctx.control.state.lock().unwrap().is_none(),
+        "nothing stored"
+    );
+    // Replicators declared with a 500 ms mode cache: a 1 s settle is long enough.
+    let declared = Settings {
+        mode_cache_ms: Some(500),
+        ..short.clone()
+    };
+    let r = execute(&ctx, &start(declared)).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+
+    // A migration stored with a settle too short (before the rule) cannot flip.
+    let ctx = self::ctx(MemoryControl::new(cut_over(short)), "alice");
+    let r = execute(&ctx, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(r.message.contains("start a new one"), "{}", r.message);
+    assert!(ctx.control.routing().is_empty() && ctx.control.history().is_empty());
+}
