@@ -26,6 +26,7 @@ use crate::kpl::hash_key;
 use crate::model::{RequestError, Route, StreamArn};
 use crate::pacing::{ShardMap, TargetShard};
 pub use crate::ports::control::{CapacityOptions, RoundTrip};
+use crate::ports::reader::ShardReader;
 use crate::ports::TargetWriter;
 
 /// Records asked for per GetRecords (Kinesis's most).

@@ -23,6 +23,8 @@ use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
 use crate::control::record::{HistoryEntry, Migration, StoredState};
 use crate::model::{StoreError, StreamArn};
+use crate::ports::control::ControlStore;
+use crate::ports::reader::ShardReader;
 use crate::routing::RoutingDocument;
 use crate::seq::SequenceNumber;
 
@@ -84,106 +86,8 @@ impl AwsControl {
         }
     }
 
-    pub fn table(&self) -> &str {
-        &self.table
-    }
-
     pub fn sdk(&self) -> &SdkConfig {
         &self.sdk
-    }
-
-    /// The state item, if the migration was started.
-    pub async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(state_pk(migration)))
-            .key("sk", s("state"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        let Some(item) = out.item() else {
-            return Ok(None);
-        };
-        let doc = text(item, "doc")
-            .ok_or_else(|| corrupt(format!("state of {migration} in {} has no doc", self.table)))?;
-        let state: StoredState = serde_json::from_str(doc)
-            .map_err(|e| corrupt(format!("state of {migration} in {}: {e}", self.table)))?;
-        Ok(Some(state))
-    }
-
-    /// Writes `next` if the stored version is still `expected` (`None`: only if there is no
-    /// state item yet). `next.version` must be `expected + 1`.
-    pub async fn write_state(
-        &self,
-        expected: Option<u64>,
-        next: &StoredState,
-    ) -> Result<Write, StoreError> {
-        let doc = serde_json::to_string(next).map_err(|e| corrupt(e.to_string()))?;
-        let req = self
-            .ddb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(state_pk(&next.migration.name)))
-            .item("sk", s("state"))
-            .item("version", n(next.version))
-            .item("state", s(next.state.as_str()))
-            .item("updated_at_ms", n(next.updated_at_ms))
-            .item("updated_by", s(&next.updated_by))
-            .item("doc", s(doc));
-        let req = match expected {
-            None => req.condition_expression("attribute_not_exists(pk)"),
-            Some(v) => req
-                .condition_expression("version = :v")
-                .expression_attribute_values(":v", n(v)),
-        };
-        conditional(req.send().await)
-    }
-
-    /// Appends a history entry (never overwrites one).
-    pub async fn append_history(
-        &self,
-        migration: &str,
-        entry: &HistoryEntry,
-    ) -> Result<(), StoreError> {
-        let doc = serde_json::to_string(entry).map_err(|e| corrupt(e.to_string()))?;
-        self.ddb
-            .put_item()
-            .table_name(&self.table)
-            .item("pk", s(history_pk(migration)))
-            .item("sk", s(format!("{:016}#{}", entry.at_ms, entry.id)))
-            .item("command", s(&entry.command))
-            .item("outcome", s(entry.outcome.as_str()))
-            .item("actor", s(&entry.actor))
-            .item("doc", s(doc))
-            .condition_expression("attribute_not_exists(pk)")
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok(())
-    }
-
-    /// The history, oldest first (`last`: only the most recent ones).
-    pub async fn history(
-        &self,
-        migration: &str,
-        last: Option<usize>,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let items = self
-            .query(&history_pk(migration), last.is_some(), last)
-            .await?;
-        let mut out = items
-            .iter()
-            .map(|item| {
-                let doc = text(item, "doc").unwrap_or_default();
-                serde_json::from_str::<HistoryEntry>(doc)
-                    .map_err(|e| corrupt(format!("history of {migration}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        out.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
-        Ok(out)
     }
 
     async fn query(
@@ -218,41 +122,6 @@ impl AwsControl {
                 _ => return Ok(items),
             }
         }
-    }
-
-    /// Sets a route's replication mode, unless a newer state version already set it.
-    pub async fn set_mode(
-        &self,
-        route: &str,
-        mode: RouteMode,
-        version: u64,
-        migration: &str,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<Write, StoreError> {
-        let mut req = self.ddb.put_item();
-        if let Some(since) = mode.since_ms {
-            req = req.item("since_ms", n(since));
-        }
-        let mode = mode.mode;
-        let result = req
-            .table_name(&self.table)
-            .item("pk", s(mode_pk(route)))
-            .item("sk", s("mode"))
-            .item("mode", s(mode.as_str()))
-            .item("version", n(version))
-            .item("migration", s(migration))
-            .item("updated_by", s(actor))
-            .item("updated_at_ms", n(now_ms))
-            .condition_expression("attribute_not_exists(pk) OR version <= :v")
-            .expression_attribute_values(":v", n(version))
-            .send()
-            .await;
-        conditional(result)
-    }
-
-    pub async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
-        read_mode(&self.ddb, &self.table, route).await
     }
 
     /// Every heartbeat of a route, by shard.
@@ -302,13 +171,137 @@ impl AwsControl {
         }
         Ok(out)
     }
+}
 
-    /// How far each shard of `source` is behind the route's checkpoints: the age of the
-    /// first record after the checkpoint (0 when there is none), read with GetRecords.
-    ///
-    /// A route started at `since_ms` (see [`RouteMode`]) is measured from then: records
-    /// before it are not its to replicate. `old_side`: the source is in the old account.
-    pub async fn lag(
+impl ControlStore for AwsControl {
+    fn table(&self) -> &str {
+        &self.table
+    }
+
+    async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(state_pk(migration)))
+            .key("sk", s("state"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        let Some(item) = out.item() else {
+            return Ok(None);
+        };
+        let doc = text(item, "doc")
+            .ok_or_else(|| corrupt(format!("state of {migration} in {} has no doc", self.table)))?;
+        let state: StoredState = serde_json::from_str(doc)
+            .map_err(|e| corrupt(format!("state of {migration} in {}: {e}", self.table)))?;
+        Ok(Some(state))
+    }
+
+    async fn write_state(
+        &self,
+        expected: Option<u64>,
+        next: &StoredState,
+    ) -> Result<Write, StoreError> {
+        let doc = serde_json::to_string(next).map_err(|e| corrupt(e.to_string()))?;
+        let req = self
+            .ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(state_pk(&next.migration.name)))
+            .item("sk", s("state"))
+            .item("version", n(next.version))
+            .item("state", s(next.state.as_str()))
+            .item("updated_at_ms", n(next.updated_at_ms))
+            .item("updated_by", s(&next.updated_by))
+            .item("doc", s(doc));
+        let req = match expected {
+            None => req.condition_expression("attribute_not_exists(pk)"),
+            Some(v) => req
+                .condition_expression("version = :v")
+                .expression_attribute_values(":v", n(v)),
+        };
+        conditional(req.send().await)
+    }
+
+    async fn append_history(
+        &self,
+        migration: &str,
+        entry: &HistoryEntry,
+    ) -> Result<(), StoreError> {
+        let doc = serde_json::to_string(entry).map_err(|e| corrupt(e.to_string()))?;
+        self.ddb
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(history_pk(migration)))
+            .item("sk", s(format!("{:016}#{}", entry.at_ms, entry.id)))
+            .item("command", s(&entry.command))
+            .item("outcome", s(entry.outcome.as_str()))
+            .item("actor", s(&entry.actor))
+            .item("doc", s(doc))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    async fn history(
+        &self,
+        migration: &str,
+        last: Option<usize>,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let items = self
+            .query(&history_pk(migration), last.is_some(), last)
+            .await?;
+        let mut out = items
+            .iter()
+            .map(|item| {
+                let doc = text(item, "doc").unwrap_or_default();
+                serde_json::from_str::<HistoryEntry>(doc)
+                    .map_err(|e| corrupt(format!("history of {migration}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+        Ok(out)
+    }
+
+    async fn set_mode(
+        &self,
+        route: &str,
+        mode: RouteMode,
+        version: u64,
+        migration: &str,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<Write, StoreError> {
+        let mut req = self.ddb.put_item();
+        if let Some(since) = mode.since_ms {
+            req = req.item("since_ms", n(since));
+        }
+        let mode = mode.mode;
+        let result = req
+            .table_name(&self.table)
+            .item("pk", s(mode_pk(route)))
+            .item("sk", s("mode"))
+            .item("mode", s(mode.as_str()))
+            .item("version", n(version))
+            .item("migration", s(migration))
+            .item("updated_by", s(actor))
+            .item("updated_at_ms", n(now_ms))
+            .condition_expression("attribute_not_exists(pk) OR version <= :v")
+            .expression_attribute_values(":v", n(version))
+            .send()
+            .await;
+        conditional(result)
+    }
+
+    async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
+        read_mode(&self.ddb, &self.table, route).await
+    }
+
+    async fn lag(
         &self,
         route: &str,
         source: &StreamArn,
@@ -381,9 +374,7 @@ impl AwsControl {
         Ok(out)
     }
 
-    /// DescribeStreamSummary of a stream, as guard facts. A stream that cannot be described
-    /// is reported with the error code as its status.
-    pub async fn stream_facts(&self, stream: &str, old_side: bool) -> StreamFacts {
+    async fn stream_facts(&self, stream: &str, old_side: bool) -> StreamFacts {
         let sdk = if old_side { &self.old_sdk } else { &self.sdk };
         let client = aws_sdk_kinesis::Client::new(sdk);
         let missing = |status: String| StreamFacts {
@@ -421,8 +412,7 @@ impl AwsControl {
         }
     }
 
-    /// Records that a person looked at dead letters.
-    pub async fn acknowledge(
+    async fn acknowledge(
         &self,
         migration: &str,
         keys: &[String],
@@ -446,93 +436,12 @@ impl AwsControl {
         Ok(())
     }
 
-    /// The dead-letter keys acknowledged in a migration.
-    pub async fn acknowledged(&self, migration: &str) -> Result<HashSet<String>, StoreError> {
+    async fn acknowledged(&self, migration: &str) -> Result<HashSet<String>, StoreError> {
         let items = self.query(&ack_pk(migration), false, None).await?;
         Ok(items
             .iter()
             .filter_map(|i| text(i, "sk").map(str::to_owned))
             .collect())
-    }
-}
-
-impl crate::ports::control::ControlStore for AwsControl {
-    fn table(&self) -> &str {
-        AwsControl::table(self)
-    }
-
-    async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
-        AwsControl::load(self, migration).await
-    }
-
-    async fn write_state(
-        &self,
-        expected: Option<u64>,
-        next: &StoredState,
-    ) -> Result<Write, StoreError> {
-        AwsControl::write_state(self, expected, next).await
-    }
-
-    async fn append_history(
-        &self,
-        migration: &str,
-        entry: &HistoryEntry,
-    ) -> Result<(), StoreError> {
-        AwsControl::append_history(self, migration, entry).await
-    }
-
-    async fn history(
-        &self,
-        migration: &str,
-        last: Option<usize>,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        AwsControl::history(self, migration, last).await
-    }
-
-    async fn set_mode(
-        &self,
-        route: &str,
-        mode: RouteMode,
-        version: u64,
-        migration: &str,
-        actor: &str,
-        now_ms: i64,
-    ) -> Result<Write, StoreError> {
-        AwsControl::set_mode(self, route, mode, version, migration, actor, now_ms).await
-    }
-
-    async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
-        AwsControl::mode(self, route).await
-    }
-
-    async fn lag(
-        &self,
-        route: &str,
-        source: &StreamArn,
-        since_ms: Option<i64>,
-        old_side: bool,
-        now_ms: i64,
-    ) -> Result<Vec<ShardLag>, StoreError> {
-        AwsControl::lag(self, route, source, since_ms, old_side, now_ms).await
-    }
-
-    async fn stream_facts(&self, stream: &str, old_side: bool) -> StreamFacts {
-        AwsControl::stream_facts(self, stream, old_side).await
-    }
-
-    async fn acknowledge(
-        &self,
-        migration: &str,
-        keys: &[String],
-        actor: &str,
-        reason: &str,
-        now_ms: i64,
-    ) -> Result<(), StoreError> {
-        AwsControl::acknowledge(self, migration, keys, actor, reason, now_ms).await
-    }
-
-    async fn acknowledged(&self, migration: &str) -> Result<HashSet<String>, StoreError> {
-        AwsControl::acknowledged(self, migration).await
     }
 
     async fn latest_verification(

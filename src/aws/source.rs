@@ -16,6 +16,7 @@ use crate::seq::SequenceNumber;
 
 pub use crate::model::ShardInfo;
 
+use crate::ports::reader::ShardReader;
 pub use crate::ports::reader::{FanOutEvent, Page, StartPosition};
 
 #[derive(Clone)]
@@ -28,99 +29,6 @@ impl KinesisSource {
         KinesisSource {
             client: Client::new(sdk),
         }
-    }
-
-    /// Every shard of the stream, open and closed, paging by hand (`NextToken` alone on later pages).
-    pub async fn list_shards(&self, stream: &StreamArn) -> Result<Vec<ShardInfo>, RequestError> {
-        let mut shards = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let req = match &token {
-                Some(t) => self.client.list_shards().next_token(t),
-                None => self.client.list_shards().stream_arn(stream.as_str()),
-            };
-            let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
-            for s in out.shards() {
-                shards.push(ShardInfo {
-                    shard_id: s.shard_id().to_owned(),
-                    parent: s.parent_shard_id().map(str::to_owned),
-                    adjacent_parent: s.adjacent_parent_shard_id().map(str::to_owned),
-                    closed: s
-                        .sequence_number_range()
-                        .and_then(|r| r.ending_sequence_number())
-                        .is_some(),
-                });
-            }
-            token = out.next_token().map(str::to_owned);
-            if token.is_none() {
-                return Ok(shards);
-            }
-        }
-    }
-
-    pub async fn shard_iterator(
-        &self,
-        stream: &StreamArn,
-        shard_id: &str,
-        start: &StartPosition,
-    ) -> Result<String, RequestError> {
-        let req = self
-            .client
-            .get_shard_iterator()
-            .stream_arn(stream.as_str())
-            .shard_id(shard_id);
-        let req = match start {
-            StartPosition::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
-            StartPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
-            StartPosition::AtTimestamp(ms) => req
-                .shard_iterator_type(ShardIteratorType::AtTimestamp)
-                .timestamp(DateTime::from_millis(*ms)),
-            StartPosition::AtSequence(s) => req
-                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-                .starting_sequence_number(s.as_str()),
-            StartPosition::AfterSequence(s) => req
-                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
-                .starting_sequence_number(s.as_str()),
-        };
-        let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
-        out.shard_iterator()
-            .map(str::to_owned)
-            .ok_or_else(|| RequestError {
-                class: crate::model::FailureClass::Systemic,
-                ambiguous: false,
-                code: "NoShardIterator".to_owned(),
-                message: format!("GetShardIterator on {stream} {shard_id} returned no iterator"),
-            })
-    }
-
-    /// One GetRecords call. Records with unreadable sequence numbers are an error: they cannot
-    /// be positioned, so nothing after them could be checkpointed safely.
-    pub async fn get_records(
-        &self,
-        stream: &StreamArn,
-        iterator: &str,
-        limit: i32,
-    ) -> Result<Page, RequestError> {
-        let out = self
-            .client
-            .get_records()
-            .stream_arn(stream.as_str())
-            .shard_iterator(iterator)
-            .limit(limit)
-            .send()
-            .await
-            .map_err(|e| classify_sdk_error(&e))?;
-        let records = out
-            .records()
-            .iter()
-            .map(|r| to_source_record(stream, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Page {
-            records,
-            next_iterator: out.next_shard_iterator().map(str::to_owned),
-            millis_behind_latest: out.millis_behind_latest(),
-            child_shards: out.child_shards().iter().map(to_shard_info).collect(),
-        })
     }
 
     /// Writes records with PutRecords (plain, no ordering guarantees beyond Kinesis's own):
@@ -371,10 +279,111 @@ impl KinesisSource {
             message: format!("{stream} did not become ACTIVE within 20 s"),
         })
     }
+}
 
-    /// The ARN of the stream's enhanced fan-out consumer `name`, registering it if needed and
-    /// waiting until it is ACTIVE.
-    pub async fn ensure_consumer(
+impl crate::redrive::ShardLister for KinesisSource {
+    async fn list_shards(
+        &self,
+        stream: &StreamArn,
+    ) -> Result<Vec<crate::model::ShardInfo>, RequestError> {
+        ShardReader::list_shards(self, stream).await
+    }
+}
+
+impl ShardReader for KinesisSource {
+    type Subscription = Subscription;
+
+    async fn list_shards(&self, stream: &StreamArn) -> Result<Vec<ShardInfo>, RequestError> {
+        let mut shards = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let req = match &token {
+                Some(t) => self.client.list_shards().next_token(t),
+                None => self.client.list_shards().stream_arn(stream.as_str()),
+            };
+            let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
+            for s in out.shards() {
+                shards.push(ShardInfo {
+                    shard_id: s.shard_id().to_owned(),
+                    parent: s.parent_shard_id().map(str::to_owned),
+                    adjacent_parent: s.adjacent_parent_shard_id().map(str::to_owned),
+                    closed: s
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .is_some(),
+                });
+            }
+            token = out.next_token().map(str::to_owned);
+            if token.is_none() {
+                return Ok(shards);
+            }
+        }
+    }
+
+    async fn shard_iterator(
+        &self,
+        stream: &StreamArn,
+        shard_id: &str,
+        start: &StartPosition,
+    ) -> Result<String, RequestError> {
+        let req = self
+            .client
+            .get_shard_iterator()
+            .stream_arn(stream.as_str())
+            .shard_id(shard_id);
+        let req = match start {
+            StartPosition::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartPosition::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            StartPosition::AtTimestamp(ms) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(*ms)),
+            StartPosition::AtSequence(s) => req
+                .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                .starting_sequence_number(s.as_str()),
+            StartPosition::AfterSequence(s) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(s.as_str()),
+        };
+        let out = req.send().await.map_err(|e| classify_sdk_error(&e))?;
+        out.shard_iterator()
+            .map(str::to_owned)
+            .ok_or_else(|| RequestError {
+                class: crate::model::FailureClass::Systemic,
+                ambiguous: false,
+                code: "NoShardIterator".to_owned(),
+                message: format!("GetShardIterator on {stream} {shard_id} returned no iterator"),
+            })
+    }
+
+    async fn get_records(
+        &self,
+        stream: &StreamArn,
+        iterator: &str,
+        limit: i32,
+    ) -> Result<Page, RequestError> {
+        let out = self
+            .client
+            .get_records()
+            .stream_arn(stream.as_str())
+            .shard_iterator(iterator)
+            .limit(limit)
+            .send()
+            .await
+            .map_err(|e| classify_sdk_error(&e))?;
+        let records = out
+            .records()
+            .iter()
+            .map(|r| to_source_record(stream, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Page {
+            records,
+            next_iterator: out.next_shard_iterator().map(str::to_owned),
+            millis_behind_latest: out.millis_behind_latest(),
+            child_shards: out.child_shards().iter().map(to_shard_info).collect(),
+        })
+    }
+
+    async fn ensure_consumer(
         &self,
         stream: &StreamArn,
         name: &str,
@@ -439,8 +448,7 @@ impl KinesisSource {
         })
     }
 
-    /// Opens a SubscribeToShard stream for `shard_id` from `start`.
-    pub async fn subscribe(
+    async fn subscribe(
         &self,
         stream: &StreamArn,
         consumer_arn: &str,
@@ -481,58 +489,5 @@ impl KinesisSource {
             stream: stream.clone(),
             output: out,
         })
-    }
-}
-
-impl crate::redrive::ShardLister for KinesisSource {
-    async fn list_shards(
-        &self,
-        stream: &StreamArn,
-    ) -> Result<Vec<crate::model::ShardInfo>, RequestError> {
-        KinesisSource::list_shards(self, stream).await
-    }
-}
-
-impl crate::ports::reader::ShardReader for KinesisSource {
-    type Subscription = Subscription;
-
-    async fn list_shards(&self, stream: &StreamArn) -> Result<Vec<ShardInfo>, RequestError> {
-        KinesisSource::list_shards(self, stream).await
-    }
-
-    async fn shard_iterator(
-        &self,
-        stream: &StreamArn,
-        shard_id: &str,
-        start: &StartPosition,
-    ) -> Result<String, RequestError> {
-        KinesisSource::shard_iterator(self, stream, shard_id, start).await
-    }
-
-    async fn get_records(
-        &self,
-        stream: &StreamArn,
-        iterator: &str,
-        limit: i32,
-    ) -> Result<Page, RequestError> {
-        KinesisSource::get_records(self, stream, iterator, limit).await
-    }
-
-    async fn ensure_consumer(
-        &self,
-        stream: &StreamArn,
-        name: &str,
-    ) -> Result<String, RequestError> {
-        KinesisSource::ensure_consumer(self, stream, name).await
-    }
-
-    async fn subscribe(
-        &self,
-        stream: &StreamArn,
-        consumer_arn: &str,
-        shard_id: &str,
-        start: &StartPosition,
-    ) -> Result<Subscription, RequestError> {
-        KinesisSource::subscribe(self, stream, consumer_arn, shard_id, start).await
     }
 }

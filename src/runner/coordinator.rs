@@ -112,14 +112,7 @@ pub async fn run_with<R: ShardReader, I: Invoker + 'static, L: LeaseStore + 'sta
                 if end == TaskEnd::Failed {
                     failed.insert(shard.clone());
                 }
-                if let Ok(mut h) = held.lock() {
-                    h.remove(&shard);
-                }
-                if let Some(r) = running.remove(&shard) {
-                    if end != TaskEnd::Lost {
-                        release(&*leases, &r.lease).await;
-                    }
-                }
+                ended(&shard, &end, &held, &mut running, &*leases).await;
             }
         }
         if stop.load(Ordering::Relaxed) {
@@ -266,14 +259,7 @@ pub async fn run_with<R: ShardReader, I: Invoker + 'static, L: LeaseStore + 'sta
     }
     while let Some(done) = tasks.join_next().await {
         if let Ok((shard, end)) = done {
-            if let Ok(mut h) = held.lock() {
-                h.remove(&shard);
-            }
-            if let Some(r) = running.remove(&shard) {
-                if end != TaskEnd::Lost {
-                    release(&*leases, &r.lease).await;
-                }
-            }
+            ended(&shard, &end, &held, &mut running, &*leases).await;
         }
     }
     keeper.abort();
@@ -284,6 +270,25 @@ pub async fn run_with<R: ShardReader, I: Invoker + 'static, L: LeaseStore + 'sta
         shards: shared.snapshot(),
         elapsed: started.elapsed(),
     })
+}
+
+/// A shard task ended: stop renewing its lease and give it back, unless it was lost
+/// (its position is already written).
+async fn ended<L: LeaseStore>(
+    shard: &str,
+    end: &TaskEnd,
+    held: &Held,
+    running: &mut HashMap<String, Running>,
+    leases: &L,
+) {
+    if let Ok(mut h) = held.lock() {
+        h.remove(shard);
+    }
+    if let Some(r) = running.remove(shard) {
+        if *end != TaskEnd::Lost {
+            release(leases, &r.lease).await;
+        }
+    }
 }
 
 async fn release<L: LeaseStore>(leases: &L, lease: &Lease) {

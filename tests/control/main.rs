@@ -23,6 +23,7 @@ use fanout::aws::source::KinesisSource;
 use fanout::control::commands::{execute, CommandName, Context, Report, Request};
 use fanout::control::record::{LogicalStream, Outcome, Settings};
 use fanout::handler::MetricsOutput;
+use fanout::ports::control::ControlStore;
 use fanout::runner::{self, InProcess, RunnerOptions};
 use support::stack::{records, unique, Backend, World};
 

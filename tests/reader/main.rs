@@ -20,6 +20,7 @@ use fanout::aws::source::KinesisSource;
 use fanout::handler::MetricsOutput;
 use fanout::lease::{check_history, LeaseStore, Position};
 use fanout::model::SourceRecord;
+use fanout::ports::reader::ShardReader;
 use fanout::runner::{self, InProcess, RunnerOptions};
 use fanout::verify;
 use support::stack::{records, Backend, World};

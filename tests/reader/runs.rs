@@ -261,6 +261,7 @@ async fn a_local_run_reports_what_the_handler_wrote_dead_lettered_and_skipped_an
 async fn a_local_run_on_a_paused_route_says_held_and_writes_nothing_until_resumed() {
     use fanout::aws::control::AwsControl;
     use fanout::control::machine::{Mode, RouteMode};
+    use fanout::ports::control::ControlStore;
     let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
         return;
     };
