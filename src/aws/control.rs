@@ -290,8 +290,11 @@ impl ControlStore for AwsControl {
             .item("migration", s(migration))
             .item("updated_by", s(actor))
             .item("updated_at_ms", n(now_ms))
-            .condition_expression("attribute_not_exists(pk) OR version <= :v")
+            // A later step of the same migration wins; another migration's item (one that was
+            // committed: `start` refuses routes a live migration holds) is replaced.
+            .condition_expression("attribute_not_exists(pk) OR migration <> :m OR version <= :v")
             .expression_attribute_values(":v", n(version))
+            .expression_attribute_values(":m", s(migration))
             .send()
             .await;
         conditional(result)
@@ -299,6 +302,23 @@ impl ControlStore for AwsControl {
 
     async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
         read_mode(&self.ddb, &self.table, route).await
+    }
+
+    async fn mode_owner(&self, route: &str) -> Result<Option<String>, StoreError> {
+        let out = self
+            .ddb
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(mode_pk(route)))
+            .key("sk", s("mode"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(out
+            .item()
+            .and_then(|item| text(item, "migration"))
+            .map(str::to_owned))
     }
 
     async fn lag(

@@ -96,7 +96,8 @@ pub trait ControlStore: Send + Sync {
         last: Option<usize>,
     ) -> impl Future<Output = Result<Vec<HistoryEntry>, StoreError>> + Send;
 
-    /// Sets a route's replication mode, unless a later version of the migration set it.
+    /// Sets a route's replication mode, unless a later version of the same migration set
+    /// it; an item another migration wrote is replaced.
     fn set_mode(
         &self,
         route: &str,
@@ -108,6 +109,12 @@ pub trait ControlStore: Send + Sync {
     ) -> impl Future<Output = Result<Write, StoreError>> + Send;
 
     fn mode(&self, route: &str) -> impl Future<Output = Result<RouteMode, StoreError>> + Send;
+
+    /// The migration that last set `route`'s mode, if any.
+    fn mode_owner(
+        &self,
+        route: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
 
     /// Every shard of `source` on `route`: how far replication is behind.
     fn lag(

@@ -115,3 +115,79 @@ async fn a_held_route_writes_nothing_and_loses_nothing_and_heartbeats_tell_idle_
     assert!(shard.pending);
     assert_eq!(shard.condition(0), "stuck");
 }
+
+/// A second migration over the same streams, after the first was committed, starts clean:
+/// its modes replace the committed one's (issue 16, item 1) and its records are replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_migration_over_a_committed_ones_streams_replicates() {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
+        return;
+    };
+    let ctx = context(&world, "arn:aws:sts::123456789012:assumed-role/oncall/bob");
+    let route = world.route().name;
+    let first = unique("first");
+    start(
+        &world,
+        &ctx,
+        &first,
+        vec![stream_of(&world)],
+        fast_settings(),
+    )
+    .await;
+    // Through to commit (forced past the verification and capacity guards: nothing to test).
+    for command in [CommandName::Cutover, CommandName::Commit] {
+        let r = execute(&ctx, &flip(&first, command, Some("test"), true)).await;
+        assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    }
+    assert_eq!(ctx.control.mode(&route).await.unwrap().mode, Mode::Stopped);
+
+    // Another migration over the same streams and route.
+    let second = unique("second");
+    start(
+        &world,
+        &ctx,
+        &second,
+        vec![stream_of(&world)],
+        fast_settings(),
+    )
+    .await;
+    assert_eq!(
+        ctx.control.mode(&route).await.unwrap().mode,
+        Mode::Forward,
+        "the new migration's modes replace the committed one's"
+    );
+    // The committed migration can no longer steer the route.
+    let r = execute(&ctx, &req(&first, CommandName::Pause)).await;
+    assert_eq!(r.outcome, Outcome::NotAllowed, "{}", r.message);
+    assert_eq!(ctx.control.mode(&route).await.unwrap().mode, Mode::Forward);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let replicator = spawn_replicator(&world, stop.clone());
+    KinesisSource::new(&world.new_account)
+        .put_all(&world.source, &records(20, 4, 20))
+        .await
+        .unwrap();
+    let have = wait_for_target(&world, 20, Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    replicator.await.unwrap();
+    assert_eq!(have, 20, "every record of the new migration is replicated");
+
+    // And a third migration is refused while the second is live.
+    let r = execute(
+        &ctx,
+        &Request {
+            streams: vec![stream_of(&world)],
+            settings: Some(fast_settings()),
+            bucket: Some(world.bucket.clone()),
+            ..req(&unique("third"), CommandName::Start)
+        },
+    )
+    .await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(
+        r.message
+            .contains(&format!("is replicated under migration {second}")),
+        "{}",
+        r.message
+    );
+}

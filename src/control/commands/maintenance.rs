@@ -9,6 +9,24 @@ pub(super) async fn pause<C: ControlStore>(
     paused: bool,
 ) -> Result<Report, StoreError> {
     let st = load(ctx, req).await?;
+    if st.state == State::Committed {
+        let msg = format!(
+            "migration {} is committed: replication is stopped for good and its routes may \
+             belong to a newer migration; nothing to {}",
+            st.migration.name,
+            if paused { "pause" } else { "resume" }
+        );
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(st.state),
+            Outcome::NotAllowed,
+            &[],
+            msg.clone(),
+        );
+        return finish(ctx, req, e, msg).await;
+    }
     if st.paused == paused {
         let msg = format!(
             "replication is already {}: nothing to do",

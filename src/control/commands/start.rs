@@ -79,6 +79,9 @@ pub(super) async fn start<C: ControlStore>(
         r.version = Some(existing.version);
         return Ok(r);
     }
+    if let Some(refusal) = routes_held_elsewhere(ctx, &migration).await? {
+        return Ok(Report::new(req, Outcome::Failed, refusal));
+    }
     let st = StoredState {
         migration,
         state: State::Replicating,
@@ -157,4 +160,39 @@ pub(super) async fn start<C: ControlStore>(
         ),
     )
     .await
+}
+
+/// A route of `m` whose replication mode another migration still controls (one not
+/// committed): two live migrations must not steer one replicator. A committed migration's
+/// routes are free: the new migration's modes replace its last ones.
+async fn routes_held_elsewhere<C: ControlStore>(
+    ctx: &Context<C>,
+    m: &Migration,
+) -> Result<Option<String>, StoreError> {
+    // Collected first: an iterator of closures held across an await is not `Send` for every
+    // lifetime (the controller Lambda's future must be).
+    let mut routes: Vec<&String> = Vec::new();
+    for s in &m.streams {
+        routes.push(&s.forward_route);
+        routes.extend(s.reverse_route.as_ref());
+    }
+    for route in routes {
+        let Some(owner) = ctx.control.mode_owner(route).await? else {
+            continue;
+        };
+        if owner == m.name {
+            continue;
+        }
+        if let Some(other) = ctx.control.load(&owner).await? {
+            if other.state != State::Committed {
+                return Ok(Some(format!(
+                    "route {route} is replicated under migration {owner}, which is {} (not \
+                     committed): two migrations cannot steer one route. Commit or roll back \
+                     and commit {owner} first, or give this migration other routes",
+                    other.state
+                )));
+            }
+        }
+    }
+    Ok(None)
 }

@@ -325,7 +325,7 @@ async fn a_settle_not_longer_than_the_replicators_mode_cache_is_refused_at_start
         r.message
     );
     assert!(
-        ctx.control.state.lock().unwrap().is_none(),
+        ctx.control.states.lock().unwrap().is_empty(),
         "nothing stored"
     );
     // Replicators declared with a 500 ms mode cache: a 1 s settle is long enough.
@@ -342,4 +342,87 @@ async fn a_settle_not_longer_than_the_replicators_mode_cache_is_refused_at_start
     assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
     assert!(r.message.contains("start a new one"), "{}", r.message);
     assert!(ctx.control.routing().is_empty() && ctx.control.history().is_empty());
+}
+
+/// `start` of a migration named `name` over the tests' streams and routes.
+fn start_of(name: &str) -> Request {
+    let template = cut_over(settings());
+    Request {
+        command: CommandName::Start,
+        migration: name.into(),
+        streams: template.migration.streams,
+        settings: Some(settings()),
+        bucket: Some("state-bucket".into()),
+        ..Request::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_migration_over_a_committed_ones_routes_replicates_and_the_old_one_cannot_steer_them()
+{
+    // orders-move was committed: its last step (version 9) stopped the forward route.
+    let mut st = cut_over(settings());
+    st.state = State::Committed;
+    st.version = 9;
+    let store = MemoryControl::new(st.clone());
+    store.modes.lock().unwrap().insert(
+        "orders-forward".into(),
+        (
+            crate::control::machine::RouteMode {
+                mode: Mode::Stopped,
+                since_ms: None,
+            },
+            9,
+            "orders-move".into(),
+        ),
+    );
+    let ctx = ctx(store, "alice");
+
+    let r = execute(&ctx, &start_of("orders-move-2")).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert_eq!(
+        ctx.control.mode_of("orders-forward").map(|m| m.mode),
+        Some(Mode::Forward),
+        "the new migration's first step (version 1) replaces the committed one's last (9)"
+    );
+
+    // The committed migration's pause and resume change nothing and say why.
+    for command in [CommandName::Pause, CommandName::Resume] {
+        let r = execute(
+            &ctx,
+            &Request {
+                command,
+                migration: "orders-move".into(),
+                ..Request::default()
+            },
+        )
+        .await;
+        assert_eq!(r.outcome, Outcome::NotAllowed, "{}", r.message);
+        assert!(r.message.contains("is committed"), "{}", r.message);
+    }
+    assert_eq!(
+        ctx.control.mode_of("orders-forward").map(|m| m.mode),
+        Some(Mode::Forward)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_migration_cannot_start_over_routes_a_live_migration_steers() {
+    let ctx = ctx(MemoryControl::default(), "alice");
+    let r = execute(&ctx, &start_of("orders-move")).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+
+    let r = execute(&ctx, &start_of("orders-move-2")).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(
+        r.message.contains(
+            "route orders-forward is replicated under migration orders-move, which is replicating"
+        ),
+        "{}",
+        r.message
+    );
+    assert!(
+        ctx.control.stored_of("orders-move-2").is_none(),
+        "nothing stored"
+    );
 }

@@ -25,10 +25,11 @@ pub enum Shard {
 
 #[derive(Default)]
 pub struct MemoryControl {
-    pub state: Mutex<Option<StoredState>>,
+    /// The state item of each migration, by name.
+    pub states: Mutex<BTreeMap<String, StoredState>>,
     pub history: Mutex<Vec<HistoryEntry>>,
-    /// Each route's mode, with the version that set it.
-    pub modes: Mutex<BTreeMap<String, (RouteMode, u64)>>,
+    /// Each route's mode, with the version and the migration that set it.
+    pub modes: Mutex<BTreeMap<String, (RouteMode, u64, String)>>,
     /// Every routing document published, in order.
     pub published: Mutex<Vec<RoutingDocument>>,
     /// What each lag call sees, call by call; the last entry repeats.
@@ -42,13 +43,21 @@ pub struct MemoryControl {
 impl MemoryControl {
     pub fn new(st: StoredState) -> Self {
         let m = MemoryControl::default();
-        *m.state.lock().unwrap() = Some(st);
+        m.states
+            .lock()
+            .unwrap()
+            .insert(st.migration.name.clone(), st);
         *m.shard.lock().unwrap() = vec![Shard::Idle];
         m
     }
 
+    /// The state item of the tests' migration, `orders-move`.
     pub fn stored(&self) -> StoredState {
-        self.state.lock().unwrap().clone().unwrap()
+        self.stored_of("orders-move").unwrap()
+    }
+
+    pub fn stored_of(&self, migration: &str) -> Option<StoredState> {
+        self.states.lock().unwrap().get(migration).cloned()
     }
 
     pub fn history(&self) -> Vec<HistoryEntry> {
@@ -69,7 +78,7 @@ impl MemoryControl {
     }
 
     pub fn mode_of(&self, route: &str) -> Option<RouteMode> {
-        self.modes.lock().unwrap().get(route).map(|(m, _)| *m)
+        self.modes.lock().unwrap().get(route).map(|(m, _, _)| *m)
     }
 }
 
@@ -78,8 +87,8 @@ impl ControlStore for MemoryControl {
         "memory"
     }
 
-    async fn load(&self, _migration: &str) -> Result<Option<StoredState>, StoreError> {
-        Ok(self.state.lock().unwrap().clone())
+    async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
+        Ok(self.stored_of(migration))
     }
 
     async fn write_state(
@@ -92,17 +101,18 @@ impl ControlStore for MemoryControl {
             *w += 1;
             *w
         };
-        let mut state = self.state.lock().unwrap();
+        let mut states = self.states.lock().unwrap();
+        let name = &next.migration.name;
         if *self.race_before_write.lock().unwrap() == Some(n) {
-            if let Some(st) = state.as_mut() {
+            if let Some(st) = states.get_mut(name) {
                 st.version += 1;
                 st.updated_by = "someone-else".into();
             }
         }
-        if state.as_ref().map(|s| s.version) != expected {
+        if states.get(name).map(|s| s.version) != expected {
             return Ok(Write::Lost);
         }
-        *state = Some(next.clone());
+        states.insert(name.clone(), next.clone());
         Ok(Write::Done)
     }
 
@@ -126,20 +136,32 @@ impl ControlStore for MemoryControl {
         route: &str,
         mode: RouteMode,
         version: u64,
-        _migration: &str,
+        migration: &str,
         _actor: &str,
         _now_ms: i64,
     ) -> Result<Write, StoreError> {
         let mut modes = self.modes.lock().unwrap();
-        if modes.get(route).is_some_and(|(_, v)| *v > version) {
+        if modes
+            .get(route)
+            .is_some_and(|(_, v, m)| m == migration && *v > version)
+        {
             return Ok(Write::Lost);
         }
-        modes.insert(route.to_owned(), (mode, version));
+        modes.insert(route.to_owned(), (mode, version, migration.to_owned()));
         Ok(Write::Done)
     }
 
     async fn mode(&self, route: &str) -> Result<RouteMode, StoreError> {
         Ok(self.mode_of(route).unwrap_or(RouteMode::FORWARD))
+    }
+
+    async fn mode_owner(&self, route: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .modes
+            .lock()
+            .unwrap()
+            .get(route)
+            .map(|(_, _, m)| m.clone()))
     }
 
     async fn lag(
