@@ -203,6 +203,7 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/control.rs::AwsControl::append_history",
             "src/aws/control.rs::AwsControl::query",
             "src/aws/control.rs::AwsControl::set_mode",
+            "src/aws/control.rs::AwsControl::mode_owner",
             "src/aws/control.rs::AwsControl::stream_facts",
             "src/aws/control.rs::AwsControl::acknowledge",
             "src/aws/routing.rs::S3Routing::publish",
