@@ -188,7 +188,7 @@ IDENTITIES: dict[str, dict] = {
         "functions": [
             "src/aws/checkpoints.rs::DynamoCheckpoints::load",
             "src/aws/checkpoints.rs::DynamoCheckpoints::advance",
-            "src/aws/table.rs::read_mode",
+            "src/aws/table.rs::mode_item",
             "src/aws/table.rs::write_heartbeat",
             "src/aws/dead_letters.rs::S3DeadLetters::store",
             "src/aws/target.rs::KinesisTarget::new",  # assumes the writer role
@@ -197,13 +197,12 @@ IDENTITIES: dict[str, dict] = {
     "controller": {
         "module": "controller",
         "functions": [
-            "src/aws/table.rs::read_mode",
+            "src/aws/table.rs::mode_item",
             "src/aws/control.rs::AwsControl::load",
             "src/aws/control.rs::AwsControl::write_state",
             "src/aws/control.rs::AwsControl::append_history",
             "src/aws/control.rs::AwsControl::query",
             "src/aws/control.rs::AwsControl::set_mode",
-            "src/aws/control.rs::AwsControl::mode_owner",
             "src/aws/control.rs::AwsControl::stream_facts",
             "src/aws/control.rs::AwsControl::acknowledge",
             "src/aws/routing.rs::S3Routing::publish",

@@ -15,8 +15,8 @@ use super::routing::S3Routing;
 use super::source::{KinesisSource, StartPosition};
 use super::store_error;
 use super::table::{
-    ack_pk, checkpoint_pk, corrupt, heartbeat_pk, history_pk, mode_pk, n, num, read_mode, s,
-    state_pk, text, Item,
+    ack_pk, checkpoint_pk, corrupt, heartbeat_pk, history_pk, mode_item, mode_pk, n, num,
+    read_mode, s, state_pk, text, Item,
 };
 use crate::capacity::{ConfiguredRoute, RouteCapacity};
 use crate::control::guards::{ShardLag, StreamFacts};
@@ -305,18 +305,9 @@ impl ControlStore for AwsControl {
     }
 
     async fn mode_owner(&self, route: &str) -> Result<Option<String>, StoreError> {
-        let out = self
-            .ddb
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(mode_pk(route)))
-            .key("sk", s("mode"))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| store_error(&e))?;
-        Ok(out
-            .item()
+        let item = mode_item(&self.ddb, &self.table, route).await?;
+        Ok(item
+            .as_ref()
             .and_then(|item| text(item, "migration"))
             .map(str::to_owned))
     }

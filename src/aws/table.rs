@@ -103,8 +103,12 @@ pub(crate) fn num(item: &Item, name: &str) -> Option<i64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Reads a route's replication mode (the replicator's side). No item: forward.
-pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<RouteMode, StoreError> {
+/// A route's mode item (mode, version and the migration that set it), read consistently.
+pub async fn mode_item(
+    client: &Client,
+    table: &str,
+    route: &str,
+) -> Result<Option<Item>, StoreError> {
     let out = client
         .get_item()
         .table_name(table)
@@ -114,9 +118,15 @@ pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<Rout
         .send()
         .await
         .map_err(|e| store_error(&e))?;
-    let Some(item) = out.item() else {
+    Ok(out.item)
+}
+
+/// Reads a route's replication mode (the replicator's side). No item: forward.
+pub async fn read_mode(client: &Client, table: &str, route: &str) -> Result<RouteMode, StoreError> {
+    let Some(item) = mode_item(client, table, route).await? else {
         return Ok(RouteMode::FORWARD);
     };
+    let item = &item;
     let mode = text(item, "mode")
         .unwrap_or_default()
         .parse()
