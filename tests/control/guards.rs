@@ -194,6 +194,13 @@ async fn each_guard_refuses_when_its_condition_is_false_and_force_with_a_reason_
     stop.store(true, Ordering::SeqCst);
     replicator.await.unwrap();
 
+    // The first migration is done with the world's route: through to commit, so that a
+    // second one may steer it (`start` refuses a route a live migration steers).
+    for command in [CommandName::Cutover, CommandName::Commit] {
+        let r = execute(&ctx, &flip(&migration, command, Some("done"), true)).await;
+        assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    }
+
     // The streams guard: a second migration whose old stream does not exist.
     let broken = unique("guards-streams");
     let mut stream = stream_of(&world);
