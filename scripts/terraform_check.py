@@ -202,6 +202,7 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/control.rs::AwsControl::write_state",
             "src/aws/control.rs::AwsControl::append_history",
             "src/aws/control.rs::AwsControl::query",
+            "src/aws/control.rs::AwsControl::migrations",
             "src/aws/control.rs::AwsControl::set_mode",
             "src/aws/control.rs::AwsControl::stream_facts",
             "src/aws/control.rs::AwsControl::acknowledge",

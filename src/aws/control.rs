@@ -13,11 +13,11 @@ use super::capacity::CapacityOptions;
 use super::dead_letters::S3DeadLetters;
 use super::routing::S3Routing;
 use super::source::{KinesisSource, StartPosition};
-use super::store_error;
 use super::table::{
     ack_pk, checkpoint_pk, corrupt, heartbeat_pk, history_pk, mode_item, mode_pk, n, num,
     read_mode, s, state_pk, text, Item,
 };
+use super::{endpoint_of, store_error, with_service, SERVICES};
 use crate::capacity::{ConfiguredRoute, RouteCapacity};
 use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
@@ -178,6 +178,66 @@ impl ControlStore for AwsControl {
         &self.table
     }
 
+    /// Adds the endpoint (and region) to an error of a service that did not answer, could not
+    /// be reached or has no such resource; a missing state table is named with them.
+    fn locate(&self, mut e: StoreError) -> StoreError {
+        let placed = matches!(
+            e.code.as_str(),
+            "Timeout"
+                | "NetworkError"
+                | "UnreadableResponse"
+                | "CredentialsUnavailable"
+                | "ResourceNotFoundException"
+                | "NoSuchBucket"
+        );
+        let Some((name, id)) = SERVICES
+            .iter()
+            .find(|(name, _)| placed && e.message.starts_with(name))
+        else {
+            return e;
+        };
+        let endpoint = endpoint_of(&self.sdk, id);
+        e.message = if *name == "DynamoDB" && e.code == "ResourceNotFoundException" {
+            format!(
+                "DynamoDB table {} was not found at {endpoint}: check --table (FANOUT_TABLE) and \
+                 the region (AWS_REGION, AWS_PROFILE) ({})",
+                self.table, e.message
+            )
+        } else {
+            format!("{} [{name} endpoint {endpoint}]", e.message)
+        };
+        e
+    }
+
+    async fn migrations(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = Vec::new();
+        let mut start: Option<Item> = None;
+        // Enough for any real table's migrations; a scan of a huge table stops here.
+        for _ in 0..20 {
+            let out = self
+                .ddb
+                .scan()
+                .table_name(&self.table)
+                .filter_expression("sk = :state AND begins_with(pk, :migration)")
+                .expression_attribute_values(":state", s("state"))
+                .expression_attribute_values(":migration", s(state_pk("")))
+                .projection_expression("pk")
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            names.extend(out.items().iter().filter_map(|i| {
+                text(i, "pk").and_then(|pk| pk.strip_prefix(&state_pk("")).map(str::to_owned))
+            }));
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
         let out = self
             .ddb
@@ -326,8 +386,8 @@ impl ControlStore for AwsControl {
             &self.new_kinesis
         };
         let to_store = |e: crate::model::RequestError| StoreError {
+            message: with_service("Kinesis", &e.code, format!("{source}: {}", e.message)),
             code: e.code,
-            message: format!("{source}: {}", e.message),
         };
         let checkpoints = self.checkpoints(route).await?;
         let stamps = self.checkpoint_times(route).await?;

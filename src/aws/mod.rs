@@ -29,6 +29,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::config::ReplicatorConfig;
 use crate::handler::{Handler, MetricsOutput};
@@ -42,10 +43,53 @@ pub type AwsReplicator =
 pub type AwsHandler =
     Handler<target::KinesisTarget, checkpoints::DynamoCheckpoints, dead_letters::S3DeadLetters>;
 
-/// Loads the SDK configuration the usual way (environment, profile, instance role).
-/// `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` point it at local emulators.
+/// Loads the SDK configuration the usual way (environment, profile, instance role), with
+/// [`call_timeouts`]. `AWS_ENDPOINT_URL` / `AWS_ENDPOINT_URL_<SERVICE>` point it at local
+/// emulators.
 pub async fn load_sdk_config() -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest()).load().await
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(call_timeouts())
+        .load()
+        .await
+}
+
+/// The longest one AWS call may take, retries included: `FANOUT_AWS_TIMEOUT` (e.g. `20s`,
+/// `2500ms`), 20 s if unset or unreadable. AWS answers in milliseconds; an endpoint that
+/// accepts connections and never answers must not hold a command (or a flip) forever.
+pub fn call_timeout() -> Duration {
+    std::env::var("FANOUT_AWS_TIMEOUT")
+        .ok()
+        .and_then(|v| crate::verify::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_CALL_TIMEOUT)
+}
+
+/// See [`call_timeout`].
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Every client's timeouts: connect within [`CONNECT_TIMEOUT`], each attempt within half of
+/// [`call_timeout`] (so a retry fits), the whole call within it. Streaming answers (an
+/// enhanced fan-out subscription, an S3 body) are bounded only until their first bytes.
+pub fn call_timeouts() -> TimeoutConfig {
+    let total = call_timeout();
+    TimeoutConfig::builder()
+        .connect_timeout(CONNECT_TIMEOUT.min(total / 2))
+        .operation_attempt_timeout(total / 2)
+        .operation_timeout(total)
+        .build()
+}
+
+/// Where `service_id` (`dynamodb`, `kinesis`, `s3`, `sts`) calls go with `sdk`: the
+/// endpoint override, or the service's regional AWS endpoint. For messages.
+pub fn endpoint_of(sdk: &SdkConfig, service_id: &str) -> String {
+    let region = sdk
+        .region()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "(no region: set AWS_REGION)".to_owned());
+    match endpoint_override(sdk, service_id) {
+        Some(url) => format!("{url} (region {region})"),
+        None => format!("https://{service_id}.{region}.amazonaws.com"),
+    }
 }
 
 /// Builds the handler and its clients once, at cold start.
@@ -108,6 +152,7 @@ impl aws_types::service_config::LoadServiceConfig for LocalEndpoints {
 /// `access_key_id` (kinesis-local picks the account from it), in us-east-1.
 pub async fn local_sdk_config(endpoints: LocalEndpoints, access_key_id: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(call_timeouts())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(aws_credential_types::Credentials::new(
             access_key_id,
@@ -126,17 +171,20 @@ pub async fn local_sdk_config(endpoints: LocalEndpoints, access_key_id: &str) ->
 /// True when an endpoint override is in force for `service` (local emulators): S3 then needs
 /// path-style addressing.
 pub fn endpoint_overridden(sdk: &SdkConfig, service_id: &str) -> bool {
+    endpoint_override(sdk, service_id).is_some()
+}
+
+/// The endpoint override for `service_id`, if one is in force.
+fn endpoint_override(sdk: &SdkConfig, service_id: &str) -> Option<String> {
     let key = aws_types::service_config::ServiceConfigKey::builder()
         .service_id(service_id)
         .env("AWS_ENDPOINT_URL")
         .profile("endpoint_url")
-        .build();
-    sdk.endpoint_url().is_some()
-        || key.is_ok_and(|key| {
-            sdk.service_config()
-                .and_then(|c| c.load_config(key))
-                .is_some()
-        })
+        .build()
+        .ok()?;
+    sdk.service_config()
+        .and_then(|c| c.load_config(key))
+        .or_else(|| sdk.endpoint_url().map(str::to_owned))
 }
 
 /// Classifies an SDK error of any operation. Service errors use the modeled code; server
@@ -247,10 +295,55 @@ where
 {
     let e = classify_sdk_error(err);
     StoreError {
+        message: with_service(service_of::<E>(), &e.code, e.message),
         code: e.code,
-        message: e.message,
     }
 }
+
+/// The service an SDK error type belongs to (`aws_sdk_dynamodb::…` → `DynamoDB`).
+fn service_of<E>() -> &'static str {
+    let t = std::any::type_name::<E>();
+    [
+        ("aws_sdk_dynamodb", "DynamoDB"),
+        ("aws_sdk_kinesis", "Kinesis"),
+        ("aws_sdk_s3", "S3"),
+        ("aws_sdk_sts", "STS"),
+    ]
+    .into_iter()
+    .find(|(krate, _)| t.starts_with(krate))
+    .map_or("AWS", |(_, name)| name)
+}
+
+/// `message` of a failed call to `service`, saying which service when that is what a person
+/// needs (it did not answer, could not be reached, or has no such resource). Messages that
+/// start with a service's name can then be placed ([`SERVICES`]).
+pub fn with_service(service: &str, code: &str, message: String) -> String {
+    match code {
+        "Timeout" => format!(
+            "{service} did not answer within {} s: {message}",
+            call_timeout().as_secs_f64()
+        ),
+        "NetworkError" => format!("{service} could not be reached: {message}"),
+        "UnreadableResponse" => {
+            format!("{service} sent an answer that could not be read: {message}")
+        }
+        "CredentialsUnavailable" => {
+            format!("{service}: no usable AWS credentials ({message}); check AWS_PROFILE or run `aws sso login`")
+        }
+        "ResourceNotFoundException" | "NoSuchBucket" | "NoSuchKey" => {
+            format!("{service}: {message}")
+        }
+        _ => message,
+    }
+}
+
+/// Service names as [`with_service`] writes them, with the endpoint id each one has.
+pub const SERVICES: [(&str, &str); 4] = [
+    ("DynamoDB", "dynamodb"),
+    ("Kinesis", "kinesis"),
+    ("S3", "s3"),
+    ("STS", "sts"),
+];
 
 /// Connect timeout for every client: a dead endpoint must fail fast, not eat the deadline.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);

@@ -7,7 +7,6 @@
 //! target account for reading the target stream.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use aws_config::SdkConfig;
 use aws_credential_types::provider::SharedCredentialsProvider;
@@ -211,15 +210,35 @@ pub async fn latest(
         .transpose()
 }
 
-/// Who is calling: the ARN from STS GetCallerIdentity, or `None` if STS cannot say (within
-/// a few seconds).
-pub async fn caller_identity(sdk: &SdkConfig) -> Option<String> {
+/// Who is calling: the ARN from STS GetCallerIdentity. The error says whether there are no
+/// usable credentials, they were refused, or STS did not answer (named with its endpoint).
+pub async fn caller_identity(sdk: &SdkConfig) -> Result<String, StoreError> {
     let client = aws_sdk_sts::Client::new(sdk);
-    let call = client.get_caller_identity().send();
-    match tokio::time::timeout(Duration::from_secs(5), call).await {
-        Ok(Ok(out)) => out.arn().map(str::to_owned),
-        _ => None,
-    }
+    let out = client.get_caller_identity().send().await.map_err(|e| {
+        let mut e = store_error(&e);
+        let refused = matches!(
+            e.code.as_str(),
+            "InvalidClientTokenId" | "ExpiredToken" | "SignatureDoesNotMatch" | "AccessDenied"
+        );
+        if refused {
+            e.message = format!(
+                "STS refused these credentials ({}: {}); refresh them (`aws sso login`, or \
+                 check AWS_PROFILE / AWS_ACCESS_KEY_ID)",
+                e.code, e.message
+            );
+        } else if e.code != "CredentialsUnavailable" {
+            e.message = format!(
+                "{} [STS endpoint {}]",
+                e.message,
+                super::endpoint_of(sdk, "sts")
+            );
+        }
+        e
+    })?;
+    out.arn().map(str::to_owned).ok_or_else(|| StoreError {
+        code: "NoIdentity".to_owned(),
+        message: "STS GetCallerIdentity answered without an ARN".to_owned(),
+    })
 }
 
 /// The configuration for the old account's streams: `sdk` with the writer role's credentials

@@ -70,6 +70,15 @@ pub trait ControlStore: Send + Sync {
     /// The state table's name, for messages.
     fn table(&self) -> &str;
 
+    /// `e` with where it happened, for a person (the endpoint of a service that did not
+    /// answer, the table that does not exist).
+    fn locate(&self, e: StoreError) -> StoreError {
+        e
+    }
+
+    /// The names of every migration started in the table.
+    fn migrations(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+
     /// The state item, if the migration was started.
     fn load(
         &self,

@@ -5,6 +5,7 @@
 //! routing document through cutover → rollback → cutover → commit.
 
 // The shared helpers are here; the tests are in the topic modules below.
+mod bounded;
 mod drill;
 mod flips;
 mod guards;

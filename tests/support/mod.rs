@@ -23,3 +23,68 @@ pub fn fanoutctl(world: &stack::World, extra: &[(&str, &str)], args: &[&str]) ->
     );
     (out.status.code().unwrap_or(-1), text)
 }
+
+/// A listener on loopback that accepts every connection and never answers: an endpoint that
+/// hangs. Its connections stay open until the test process ends.
+pub fn black_hole() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a black hole");
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in listener.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    url
+}
+
+/// [`fanoutctl`], killed (and the test failed) if it has not ended within `limit`. Returns
+/// the exit code, stdout and stderr.
+pub fn fanoutctl_within(
+    world: &stack::World,
+    extra: &[(&str, &str)],
+    args: &[&str],
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
+        .args(args)
+        .envs(world.process_env())
+        .envs(extra.iter().copied())
+        .env_remove("AWS_PROFILE")
+        .env("FANOUT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fanoutctl");
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for fanoutctl") {
+            break status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("fanoutctl {} did not end within {limit:?}", args.join(" "));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    eprintln!(
+        "$ fanoutctl {} ({:?})\n{out}{err}",
+        args.join(" "),
+        started.elapsed()
+    );
+    (status.code().unwrap_or(-1), out, err)
+}

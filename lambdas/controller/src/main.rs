@@ -23,9 +23,13 @@ async fn main() -> Result<(), Error> {
         .map_err(|_| "FANOUT_TABLE is not set; set it to the state table's name")?;
     let sdk = load_sdk_config().await;
     let old = old_account_config(&sdk).await;
-    let actor = caller_identity(&sdk).await.ok_or(
-        "STS GetCallerIdentity failed: the controller records every change with an identity",
-    )?;
+    let actor = caller_identity(&sdk).await.map_err(|e| {
+        format!(
+            "STS GetCallerIdentity failed (the controller records every change with an \
+             identity): {}",
+            e.message
+        )
+    })?;
     let ctx: &'static Context<AwsControl> = Box::leak(Box::new(Context {
         control: AwsControl::new(&sdk, &old, &table),
         actor,

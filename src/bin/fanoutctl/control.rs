@@ -155,10 +155,12 @@ fn ms(flag: &str, text: &str) -> Result<i64, String> {
 async fn context(table: &str) -> Result<Context<AwsControl>, String> {
     let sdk = load_sdk_config().await;
     let old = old_account_config(&sdk).await;
-    let actor = caller_identity(&sdk).await.ok_or(
-        "cannot tell who you are: STS GetCallerIdentity failed. Check your AWS credentials \
-         (every change is recorded with the caller's identity)",
-    )?;
+    let actor = caller_identity(&sdk).await.map_err(|e| {
+        format!(
+            "cannot tell who you are (every change is recorded with the caller's identity): {}",
+            e.message
+        )
+    })?;
     Ok(Context {
         control: AwsControl::new(&sdk, &old, table),
         actor,

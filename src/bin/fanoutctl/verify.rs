@@ -277,8 +277,8 @@ pub async fn verify(args: VerifyArgs) -> Result<ExitCode, String> {
     let mut stored: Result<Option<(String, String, String)>, String> = Ok(None);
     if let (false, Some(table)) = (args.no_store, table) {
         let actor = match verifications::caller_identity(&sdk).await {
-            Some(arn) => arn,
-            None => std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()),
+            Ok(arn) => arn,
+            Err(_) => std::env::var("USER").unwrap_or_else(|_| "unknown".to_owned()),
         };
         let record = report.to_record(&actor, &host());
         stored = verifications::store(&sdk, table, &record)

@@ -162,65 +162,161 @@ pub(super) async fn history<C: ControlStore>(
     Ok(r)
 }
 
+/// How long `status` waits for any one part of its screen (the lags, the routing document,
+/// …) before showing the rest without it. Each AWS call has its own, shorter, timeout.
+const STATUS_PART_BUDGET: Duration = Duration::from_secs(25);
+
+/// One part of the status screen: its value, or why it could not be read (named for a person).
+async fn part<C: ControlStore, T>(
+    ctx: &Context<C>,
+    what: &str,
+    read: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(STATUS_PART_BUDGET, read).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            let e = ctx.control.locate(e);
+            Err(format!("{what}: {} ({})", e.message, e.code))
+        }
+        Err(_) => Err(format!(
+            "{what}: not read within {} s (see the endpoints in FANOUT_LOG=debug output)",
+            STATUS_PART_BUDGET.as_secs()
+        )),
+    }
+}
+
+/// Each stream's (forward mode, reverse mode).
+async fn route_modes<C: ControlStore>(
+    ctx: &Context<C>,
+    st: &StoredState,
+) -> Result<Vec<(Mode, Option<Mode>)>, StoreError> {
+    let mut out = Vec::new();
+    for s in &st.migration.streams {
+        let reverse = match &s.reverse_route {
+            Some(r) => Some(ctx.control.mode(r).await?.mode),
+            None => None,
+        };
+        out.push((ctx.control.mode(&s.forward_route).await?.mode, reverse));
+    }
+    Ok(out)
+}
+
+/// Everything there is to see about a migration. Only the state item must be read; every
+/// other part is read at the same time as the rest, and one that cannot be read (a service
+/// that does not answer) is listed as such while the others are shown.
 pub(super) async fn status<C: ControlStore>(
     ctx: &Context<C>,
     req: &Request,
 ) -> Result<Report, StoreError> {
     let st = load(ctx, req).await?;
     let now = now_ms();
-    let mut shards = Vec::new();
-    let mut streams = Vec::new();
-    let doc = ctx.control.fetch_routing(&st.migration).await?;
-    shards.extend(lags(ctx, &st, Direction::Forward, now).await?);
     // The reverse direction's shards only while it runs: otherwise the old streams' records
     // are not its to replicate, and their "lag" would mean nothing.
-    if st
+    let reverse_runs = st
         .state
         .modes(st.migration.settings.reverse, st.paused)
         .reverse
-        != Mode::Stopped
-    {
-        shards.extend(lags(ctx, &st, Direction::Reverse, now).await?);
-    }
-    for s in &st.migration.streams {
-        let routed = doc.as_ref().and_then(|d| d.streams.get(&s.name));
-        streams.push(StreamView {
-            name: s.name.clone(),
-            active: routed
-                .map(|r| r.active.clone())
-                .unwrap_or_else(|| "(no routing document)".to_owned()),
-            routing_mode: routed
-                .map(|r| {
-                    match r.mode {
-                        StreamMode::Active => "active",
-                        StreamMode::Hold => "hold",
-                    }
-                    .to_owned()
-                })
-                .unwrap_or_default(),
-            routing_version: routed.map(|r| r.version).unwrap_or(0),
-            forward_route: s.forward_route.clone(),
-            forward_mode: ctx.control.mode(&s.forward_route).await?.mode,
-            reverse_route: s.reverse_route.clone(),
-            reverse_mode: match &s.reverse_route {
-                Some(r) => Some(ctx.control.mode(r).await?.mode),
-                None => None,
-            },
-        });
-    }
-    let (discarded, unacked): (Vec<String>, Vec<String>) = unacknowledged(ctx, &st)
-        .await?
-        .into_iter()
-        .partition(|k| k.starts_with(on_failure::PREFIX));
-    let mut last_flips: Vec<HistoryEntry> = ctx
-        .control
-        .history(&req.migration, Some(20))
-        .await?
+        != Mode::Stopped;
+    let (doc, forward, reverse, modes, pending, history) = tokio::join!(
+        part(
+            ctx,
+            "routing document",
+            ctx.control.fetch_routing(&st.migration)
+        ),
+        part(ctx, "shard lags", lags(ctx, &st, Direction::Forward, now)),
+        part(ctx, "reverse shard lags", async {
+            if reverse_runs {
+                lags(ctx, &st, Direction::Reverse, now).await
+            } else {
+                Ok(Vec::new())
+            }
+        }),
+        part(ctx, "replication modes", route_modes(ctx, &st)),
+        part(ctx, "dead letters", unacknowledged(ctx, &st)),
+        part(
+            ctx,
+            "history",
+            ctx.control.history(&req.migration, Some(20))
+        ),
+    );
+    let mut unavailable = Vec::new();
+    let mut keep = |e: String| unavailable.push(e);
+    let doc = doc.unwrap_or_else(|e| {
+        keep(e);
+        None
+    });
+    let mut shards = forward.unwrap_or_else(|e| {
+        keep(e);
+        Vec::new()
+    });
+    shards.extend(reverse.unwrap_or_else(|e| {
+        keep(e);
+        Vec::new()
+    }));
+    let modes = modes.map_err(&mut keep).ok();
+    let pending = pending.map_err(&mut keep).ok();
+    let history = history.unwrap_or_else(|e| {
+        keep(e);
+        Vec::new()
+    });
+    let streams = st
+        .migration
+        .streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let routed = doc.as_ref().and_then(|d| d.streams.get(&s.name));
+            let mode = modes.as_ref().map(|m| m[i]);
+            StreamView {
+                name: s.name.clone(),
+                active: routed
+                    .map(|r| r.active.clone())
+                    .unwrap_or_else(|| "(no routing document)".to_owned()),
+                routing_mode: routed
+                    .map(|r| {
+                        match r.mode {
+                            StreamMode::Active => "active",
+                            StreamMode::Hold => "hold",
+                        }
+                        .to_owned()
+                    })
+                    .unwrap_or_default(),
+                routing_version: routed.map(|r| r.version).unwrap_or(0),
+                forward_route: s.forward_route.clone(),
+                forward_mode: mode.map(|m| m.0),
+                reverse_route: s.reverse_route.clone(),
+                reverse_mode: mode.and_then(|m| m.1),
+            }
+        })
+        .collect();
+    let (discarded, unacked): (Option<usize>, Option<usize>) = match &pending {
+        Some(keys) => {
+            let discarded = keys
+                .iter()
+                .filter(|k| k.starts_with(on_failure::PREFIX))
+                .count();
+            (Some(discarded), Some(keys.len() - discarded))
+        }
+        None => (None, None),
+    };
+    let mut last_flips: Vec<HistoryEntry> = history
         .into_iter()
         .filter(|e| e.outcome != Outcome::AlreadyThere && e.command != "dlq_ack")
         .collect();
     last_flips.drain(..last_flips.len().saturating_sub(5));
-    let mut r = Report::new(req, Outcome::Applied, String::new());
+    let (outcome, message) = if unavailable.is_empty() {
+        (Outcome::Applied, String::new())
+    } else {
+        (
+            Outcome::Failed,
+            format!(
+                "status is INCOMPLETE: {} part(s) could not be read (listed above); what is \
+                 shown was read now",
+                unavailable.len()
+            ),
+        )
+    };
+    let mut r = Report::new(req, outcome, message);
     r.state = Some(st.state);
     r.version = Some(st.version);
     r.status = Some(StatusView {
@@ -232,11 +328,12 @@ pub(super) async fn status<C: ControlStore>(
         request: st.request.clone(),
         streams,
         shards,
-        unacknowledged_dead_letters: unacked.len(),
-        unacknowledged_discarded_batches: discarded.len(),
+        unacknowledged_dead_letters: unacked,
+        unacknowledged_discarded_batches: discarded,
         discarded_batches_at: format!("s3://{}/{}", st.migration.bucket, on_failure::PREFIX),
         last_flips,
         heartbeat_stale_ms: HEARTBEAT_STALE_MS,
+        unavailable,
     });
     Ok(r)
 }

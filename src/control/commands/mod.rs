@@ -148,13 +148,17 @@ pub struct StatusView {
     pub request: Option<ApprovalRequest>,
     pub streams: Vec<StreamView>,
     pub shards: Vec<ShardLag>,
-    pub unacknowledged_dead_letters: usize,
+    /// `None`: the dead letters could not be listed (see `unavailable`).
+    pub unacknowledged_dead_letters: Option<usize>,
     /// On-failure records (batches the event source mapping discarded) not acknowledged.
-    pub unacknowledged_discarded_batches: usize,
+    pub unacknowledged_discarded_batches: Option<usize>,
     /// Where those are: `s3://<bucket>/aws/lambda/`.
     pub discarded_batches_at: String,
     pub last_flips: Vec<HistoryEntry>,
     pub heartbeat_stale_ms: i64,
+    /// The parts that could not be read, each with why (a service that did not answer,
+    /// named with its endpoint). Everything else was read.
+    pub unavailable: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -164,7 +168,8 @@ pub struct StreamView {
     pub routing_mode: String,
     pub routing_version: u64,
     pub forward_route: String,
-    pub forward_mode: Mode,
+    /// `None`: the modes could not be read (see `unavailable`).
+    pub forward_mode: Option<Mode>,
     pub reverse_route: Option<String>,
     pub reverse_mode: Option<Mode>,
 }
@@ -248,6 +253,7 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
             " Nothing was changed past the last step reported; run the command again once the \
              cause is fixed (it is idempotent)."
         };
+        let e = ctx.control.locate(e);
         Report::new(
             req,
             Outcome::Failed,
@@ -257,18 +263,39 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
 }
 
 async fn load<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Result<StoredState, StoreError> {
-    ctx.control
-        .load(&req.migration)
-        .await?
-        .ok_or_else(|| StoreError {
-            code: "NoSuchMigration".to_owned(),
-            message: format!(
-            "migration {:?} has not been started in table {}: run `fanoutctl start --migration {}`",
-            req.migration,
-            ctx.control.table(),
-            req.migration
-        ),
-        })
+    if let Some(st) = ctx.control.load(&req.migration).await? {
+        return Ok(st);
+    }
+    let known = ctx.control.migrations().await.unwrap_or_default();
+    Err(StoreError {
+        code: "NoSuchMigration".to_owned(),
+        message: no_such_migration(&req.migration, ctx.control.table(), &known),
+    })
+}
+
+/// Says that `name` was not started in `table`, listing the migrations that were (the
+/// closest spellings first), and how to start it if it is new.
+fn no_such_migration(name: &str, table: &str, known: &[String]) -> String {
+    let mut ranked: Vec<&String> = known.iter().collect();
+    ranked.sort_by_key(|k| (strsim::damerau_levenshtein(name, k), k.as_str()));
+    let start = format!("to begin a new migration, `fanoutctl start --migration {name}`");
+    if ranked.is_empty() {
+        return format!(
+            "no migration named {name:?} in table {table}, and no migration was started in \
+             it: check --table (FANOUT_TABLE) and the region; {start}"
+        );
+    }
+    let shown: Vec<&str> = ranked.iter().take(10).map(|k| k.as_str()).collect();
+    format!(
+        "no migration named {name:?} in table {table}. Migrations there{}: {}. Use \
+         --migration with one of them (or set FANOUT_MIGRATION); {start}",
+        if ranked.len() > shown.len() {
+            format!(" ({} in all, closest first)", ranked.len())
+        } else {
+            " (closest first)".to_owned()
+        },
+        shown.join(", ")
+    )
 }
 
 /// The routing document for `st`, with every stream in `mode`.

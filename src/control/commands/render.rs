@@ -85,6 +85,9 @@ impl Report {
                     r.reason
                 ));
             }
+            for u in &s.unavailable {
+                out.push_str(&format!("NOT READ: {u}\n"));
+            }
             out.push_str("\nstreams\n");
             for v in &s.streams {
                 out.push_str(&format!(
@@ -94,7 +97,8 @@ impl Report {
                     v.routing_version,
                     v.active,
                     "",
-                    v.forward_mode,
+                    v.forward_mode
+                        .map_or_else(|| "(mode not read)".to_owned(), |m| m.to_string()),
                     v.forward_route
                 ));
                 if let (Some(route), Some(mode)) = (&v.reverse_route, v.reverse_mode) {
@@ -123,19 +127,24 @@ impl Report {
                     l.heartbeat_mode.as_deref().unwrap_or("-"),
                 ));
             }
-            out.push_str(&format!(
-                "\nunacknowledged dead letters: {}\n",
-                s.unacknowledged_dead_letters
-            ));
-            if s.unacknowledged_discarded_batches > 0 {
-                out.push_str(&format!(
-                    "DISCARDED BATCHES: {} on-failure record(s) at {}: batches the event source \
-                     mapping gave up on, NOT replicated. See what can be recovered with \
-                     `fanoutctl redrive --dry-run`\n",
-                    s.unacknowledged_discarded_batches, s.discarded_batches_at
-                ));
-            } else {
-                out.push_str("discarded batches (on-failure records): 0\n");
+            match (
+                s.unacknowledged_dead_letters,
+                s.unacknowledged_discarded_batches,
+            ) {
+                (Some(letters), Some(discarded)) => {
+                    out.push_str(&format!("\nunacknowledged dead letters: {letters}\n"));
+                    if discarded > 0 {
+                        out.push_str(&format!(
+                            "DISCARDED BATCHES: {discarded} on-failure record(s) at {}: batches \
+                             the event source mapping gave up on, NOT replicated. See what can \
+                             be recovered with `fanoutctl redrive --dry-run`\n",
+                            s.discarded_batches_at
+                        ));
+                    } else {
+                        out.push_str("discarded batches (on-failure records): 0\n");
+                    }
+                }
+                _ => out.push_str("\ndead letters and discarded batches: NOT READ (above)\n"),
             }
             out.push_str("\nlast flips\n");
             if s.last_flips.is_empty() {
@@ -145,6 +154,10 @@ impl Report {
                 out.push_str(&format!("  {}\n", history_line(e)));
             }
             out.push_str(&format!("\nas of {}\n", rfc3339(now)));
+            if !self.message.is_empty() {
+                out.push_str(&self.message);
+                out.push('\n');
+            }
             return out;
         }
         if !self.history.is_empty() {

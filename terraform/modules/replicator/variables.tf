@@ -261,6 +261,18 @@ variable "mode_cache_ms" {
   }
 }
 
+variable "aws_call_timeout_ms" {
+  type        = number
+  description = "FANOUT_AWS_TIMEOUT: the longest one AWS call may take, retries included (each attempt gets half). An endpoint that accepts connections and never answers fails the call after this, instead of holding the function until its own timeout."
+  nullable    = false
+  default     = 20000
+
+  validation {
+    condition     = var.aws_call_timeout_ms >= 1000 && var.aws_call_timeout_ms <= 120000 && floor(var.aws_call_timeout_ms) == var.aws_call_timeout_ms
+    error_message = "aws_call_timeout_ms must be a whole number from 1000 to 120000."
+  }
+}
+
 variable "max_request_entries" {
   type        = number
   description = "FANOUT_MAX_REQUEST_ENTRIES: entries per PutRecords request."

@@ -91,6 +91,10 @@ impl ControlStore for MemoryControl {
         Ok(self.stored_of(migration))
     }
 
+    async fn migrations(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self.states.lock().unwrap().keys().cloned().collect())
+    }
+
     async fn write_state(
         &self,
         expected: Option<u64>,
