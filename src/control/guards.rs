@@ -61,10 +61,49 @@ impl ShardLag {
     }
 }
 
-/// Every shard's lag is at most `max_lag_ms`.
-pub fn lag(shards: &[ShardLag], max_lag_ms: i64) -> GuardResult {
+/// How long a shard with records waiting may go without a heartbeat before its replicator
+/// counts as not running (`stuck`). A running replicator writes one at least every 5 s while
+/// it has records to handle.
+pub const HEARTBEAT_STALE_MS: i64 = 15_000;
+
+impl ShardLag {
+    /// Records wait and no replicator has reported on this shard within `stale_ms`.
+    pub fn stuck(&self, stale_ms: i64) -> bool {
+        self.condition(stale_ms) == "stuck"
+    }
+
+    /// `no heartbeat for 42 s` / `never had a heartbeat`.
+    pub fn heartbeat_words(&self) -> String {
+        match self.heartbeat_age_ms {
+            Some(age) => format!("no heartbeat for {} s", age / 1000),
+            None => "never had a heartbeat".to_owned(),
+        }
+    }
+}
+
+/// Every shard's lag is at most `max_lag_ms`, and every shard with records waiting has a
+/// replicator that reported within `stale_ms`: a replicator that died a moment ago leaves a
+/// small lag that would only grow while a flip waits for it.
+pub fn lag(shards: &[ShardLag], max_lag_ms: i64, stale_ms: i64) -> GuardResult {
     let worst = shards.iter().max_by_key(|s| s.lag_ms);
-    let over: Vec<&ShardLag> = shards.iter().filter(|s| s.lag_ms > max_lag_ms).collect();
+    let over: Vec<String> = shards
+        .iter()
+        .filter_map(|s| {
+            if s.stuck(stale_ms) {
+                Some(format!(
+                    "{} {} {} ({} ms waiting)",
+                    s.route,
+                    s.shard_id,
+                    s.heartbeat_words(),
+                    s.lag_ms
+                ))
+            } else if s.lag_ms > max_lag_ms {
+                Some(format!("{} {} {} ms", s.route, s.shard_id, s.lag_ms))
+            } else {
+                None
+            }
+        })
+        .collect();
     let detail = match (worst, over.is_empty()) {
         (None, _) => "no shards found".to_owned(),
         (Some(w), true) => format!(
@@ -75,14 +114,12 @@ pub fn lag(shards: &[ShardLag], max_lag_ms: i64) -> GuardResult {
             w.shard_id
         ),
         (Some(_), false) => format!(
-            "{} of {} shard(s) over the {max_lag_ms} ms limit: {}. See `fanoutctl status` \
-             (runbook: a shard is stuck)",
+            "{} of {} shard(s) over the {max_lag_ms} ms limit or with no replicator running \
+             (no heartbeat within {} s): {}. See `fanoutctl status` (runbook: a shard is stuck)",
             over.len(),
             shards.len(),
-            over.iter()
-                .map(|s| format!("{} {} {} ms", s.route, s.shard_id, s.lag_ms))
-                .collect::<Vec<_>>()
-                .join(", ")
+            stale_ms / 1000,
+            over.join(", ")
         ),
     };
     GuardResult::new("lag", !shards.is_empty() && over.is_empty(), detail)
@@ -331,11 +368,31 @@ mod tests {
 
     #[test]
     fn lag_passes_at_the_limit_and_fails_above_it_naming_the_shard() {
-        assert!(lag(&[shard(0), shard(500)], 500).passed);
-        let r = lag(&[shard(0), shard(501)], 500);
+        assert!(lag(&[shard(0), shard(500)], 500, 15_000).passed);
+        let r = lag(&[shard(0), shard(501)], 500, 15_000);
         assert!(!r.passed);
         assert!(r.detail.contains("shardId-501 501 ms"), "{}", r.detail);
-        assert!(!lag(&[], 500).passed, "no shards proves nothing");
+        assert!(!lag(&[], 500, 15_000).passed, "no shards proves nothing");
+    }
+
+    #[test]
+    fn a_shard_whose_replicator_stopped_reporting_fails_the_lag_guard_however_small_its_lag() {
+        let mut dead = shard(300);
+        dead.heartbeat_age_ms = Some(20_000);
+        let r = lag(&[shard(0), dead.clone()], 60_000, 15_000);
+        assert!(!r.passed, "{}", r.detail);
+        assert!(
+            r.detail.contains("shardId-300 no heartbeat for 20 s"),
+            "{}",
+            r.detail
+        );
+        // Idle shards need no heartbeat: nothing waits for a replicator.
+        let mut idle = shard(0);
+        idle.heartbeat_age_ms = None;
+        assert!(lag(&[idle, shard(10)], 60_000, 15_000).passed);
+        dead.heartbeat_age_ms = None;
+        let r = lag(&[dead], 60_000, 15_000);
+        assert!(r.detail.contains("never had a heartbeat"), "{}", r.detail);
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub(super) async fn evaluate_guards<C: ControlStore>(
     let s = &st.migration.settings;
     // The lag that matters is the direction that must catch up.
     let lags = lags(ctx, st, t.drain.unwrap_or(Direction::Forward), now).await?;
-    let mut out = vec![guards::lag(&lags, s.max_lag_ms)];
+    let mut out = vec![guards::lag(&lags, s.max_lag_ms, HEARTBEAT_STALE_MS)];
     let mut pairs = Vec::new();
     for stream in &st.migration.streams {
         pairs.push((

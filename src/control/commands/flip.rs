@@ -248,10 +248,14 @@ pub(super) async fn flip<C: ControlStore>(
             direction,
             point,
             Duration::from_millis(s.drain_timeout_ms.max(0) as u64),
+            req.force,
         )
         .await?;
         match drained {
-            Ok(waited) => detail.push_str(&format!("drained in {} ms; ", waited.as_millis())),
+            Ok((waited, skipped)) => {
+                detail.push_str(&format!("drained in {} ms; ", waited.as_millis()));
+                detail.push_str(&skipped_words(&skipped, point));
+            }
             Err(behind) => {
                 // Release producers where they were; the state does not change.
                 let mut released = begun.clone();
@@ -417,31 +421,79 @@ pub(super) async fn lost<C: ControlStore>(
 
 /// Waits until every record that arrived in the migration's new streams before `point` has
 /// been replicated (no shard's oldest waiting record is older). `Err` says which shards were
-/// still behind when `timeout` passed.
+/// still behind when `timeout` passed. With `skip_stuck` (a forced flip), a shard with no
+/// replicator running (records waiting, no recent heartbeat) is not waited for: it is
+/// returned, to be reported.
 pub(super) async fn drain<C: ControlStore>(
     ctx: &Context<C>,
     st: &StoredState,
     direction: Direction,
     point: i64,
     timeout: Duration,
-) -> Result<Result<Duration, String>, StoreError> {
+    skip_stuck: bool,
+) -> Result<Result<(Duration, Vec<ShardLag>), String>, StoreError> {
     let started = tokio::time::Instant::now();
+    let mut skipped: Vec<ShardLag> = Vec::new();
     loop {
         let now = now_ms();
         let mut behind = Vec::new();
         for lag in lags(ctx, st, direction, now).await? {
-            if lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
-                behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
+            if !lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
+                continue;
             }
+            let known = |s: &ShardLag| s.route == lag.route && s.shard_id == lag.shard_id;
+            if skip_stuck && (skipped.iter().any(known) || lag.stuck(HEARTBEAT_STALE_MS)) {
+                if !skipped.iter().any(known) {
+                    skipped.push(lag);
+                }
+                continue;
+            }
+            behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
         }
         if behind.is_empty() {
-            return Ok(Ok(started.elapsed()));
+            return Ok(Ok((started.elapsed(), skipped)));
         }
         if started.elapsed() >= timeout {
             return Ok(Err(format!("still behind: {}", behind.join(", "))));
         }
         tokio::time::sleep(ctx.poll).await;
     }
+}
+
+/// What a forced flip did not wait for, and how to make up for it.
+fn skipped_words(skipped: &[ShardLag], point: i64) -> String {
+    let Some(first) = skipped
+        .iter()
+        .filter_map(|s| s.first_pending_arrival_ms)
+        .min()
+    else {
+        return String::new();
+    };
+    let shards: Vec<String> = skipped
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} ({}, {} ms waiting)",
+                s.route,
+                s.shard_id,
+                s.heartbeat_words(),
+                s.lag_ms
+            )
+        })
+        .collect();
+    format!(
+        "NOT DRAINED (forced; no replicator running): {}. Their records from {} to {} are in \
+         their source streams and NOT in the other side: once the cause is fixed, replay them \
+         with `fanoutctl backfill --from {} --until {}` and check with `fanoutctl verify --from \
+         {} --until {}`; ",
+        shards.join(", "),
+        rfc3339_ms(first),
+        rfc3339_ms(point),
+        rfc3339_ms(first),
+        rfc3339_ms(point),
+        rfc3339_ms(first),
+        rfc3339_ms(point)
+    )
 }
 
 /// A flip whose process died (past its deadline): put replication modes and routing back as

@@ -204,8 +204,7 @@ pub struct Context<C> {
 /// Kept between a direction's start time and releasing producers (clock differences).
 const CLOCK_MARGIN: Duration = Duration::from_secs(1);
 
-/// Seconds a heartbeat may be old before a shard with records waiting is called stuck.
-const HEARTBEAT_STALE_MS: i64 = 60_000;
+use super::guards::HEARTBEAT_STALE_MS;
 
 fn attempt_id() -> String {
     format!("{:016x}", rand::random::<u64>())

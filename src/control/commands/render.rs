@@ -127,6 +127,16 @@ impl Report {
                     l.heartbeat_mode.as_deref().unwrap_or("-"),
                 ));
             }
+            for l in s.shards.iter().filter(|l| l.stuck(s.heartbeat_stale_ms)) {
+                out.push_str(&format!(
+                    "STUCK: {} {}: {}, records waiting {} ms: its replicator is not running \
+                     (runbook: a shard is stuck)\n",
+                    l.route,
+                    l.shard_id,
+                    l.heartbeat_words(),
+                    l.lag_ms
+                ));
+            }
             match (
                 s.unacknowledged_dead_letters,
                 s.unacknowledged_discarded_batches,

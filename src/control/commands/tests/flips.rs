@@ -154,6 +154,49 @@ async fn a_drain_that_times_out_releases_producers_where_they_were_and_changes_n
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_forced_rollback_does_not_wait_for_a_shard_with_no_replicator_and_says_how_to_make_up() {
+    let store = MemoryControl::new(cut_over(settings()));
+    *store.shard.lock().unwrap() = vec![Shard::Stuck {
+        since_ms: now_ms() - 20_000,
+    }];
+    let ctx = ctx(store, "alice");
+    // Without --force the lag guard refuses: the replicator stopped reporting.
+    let r = execute(&ctx, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::RefusedByGuard, "{}", r.message);
+    let lag = r.guards.iter().find(|g| g.name == "lag").unwrap();
+    assert!(
+        lag.detail.contains("no heartbeat for 60 s"),
+        "{}",
+        lag.detail
+    );
+
+    let started = tokio::time::Instant::now();
+    let mut forced = rollback();
+    forced.force = true;
+    let r = execute(&ctx, &forced).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert_eq!(ctx.control.stored().state, State::RolledBack);
+    // The settle and the clock margin; not the 30 s drain timeout.
+    assert!(
+        started.elapsed() < Duration::from_millis(7_000 + 5_000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        r.message.contains("NOT DRAINED")
+            && r.message.contains("orders-forward shardId-000000000000")
+            && r.message.contains("fanoutctl backfill --from")
+            && r.message.contains("fanoutctl verify --from"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        ctx.control.routing().last().unwrap(),
+        &(OLD.to_owned(), "active".to_owned())
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_abandoned_flip_is_released_first_and_recorded() {
     let mut st = cut_over(settings());
     st.flip = Some(PendingFlip {

@@ -21,6 +21,8 @@ pub enum Shard {
     Idle,
     /// Records from `since_ms` on wait, and the replicator is working on them.
     Behind { since_ms: i64 },
+    /// Records from `since_ms` on wait, and no replicator reported for a minute.
+    Stuck { since_ms: i64 },
 }
 
 #[derive(Default)]
@@ -183,9 +185,10 @@ impl ControlStore for MemoryControl {
             *calls += 1;
             s
         };
-        let (lag_ms, first) = match shard {
-            Shard::Idle => (0, None),
-            Shard::Behind { since_ms } => (now_ms - since_ms, Some(since_ms)),
+        let (lag_ms, first, heartbeat_age_ms) = match shard {
+            Shard::Idle => (0, None, 100),
+            Shard::Behind { since_ms } => (now_ms - since_ms, Some(since_ms), 100),
+            Shard::Stuck { since_ms } => (now_ms - since_ms, Some(since_ms), 60_000),
         };
         Ok(vec![ShardLag {
             route: route.to_owned(),
@@ -193,7 +196,7 @@ impl ControlStore for MemoryControl {
             lag_ms,
             pending: first.is_some(),
             first_pending_arrival_ms: first,
-            heartbeat_age_ms: Some(100),
+            heartbeat_age_ms: Some(heartbeat_age_ms),
             heartbeat_mode: Some("forward".into()),
             checkpoint: None,
         }])
