@@ -438,7 +438,7 @@ pub(super) async fn drain<C: ControlStore>(
         let now = now_ms();
         let mut behind = Vec::new();
         for lag in lags(ctx, st, direction, now).await? {
-            if !lag.first_pending_arrival_ms.is_some_and(|a| a < point) {
+            if lag.first_pending_arrival_ms.is_none_or(|a| a >= point) {
                 continue;
             }
             let known = |s: &ShardLag| s.route == lag.route && s.shard_id == lag.shard_id;
