@@ -113,6 +113,21 @@ pub struct PendingFlip {
     pub started_at_ms: i64,
     /// After this a flip is abandoned (its process died); the next command releases it.
     pub deadline_ms: i64,
+    /// The flip's last sign of life: its process rewrites it every few seconds while it
+    /// waits. One older than [`FLIP_STALE_MS`] means the process died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alive_ms: Option<i64>,
+}
+
+/// How long a flip may go without a sign of life before the next command (`status`
+/// included) counts it abandoned and releases its producers.
+pub const FLIP_STALE_MS: i64 = 15_000;
+
+impl PendingFlip {
+    /// Its process died: the deadline passed, or no sign of life for [`FLIP_STALE_MS`].
+    pub fn abandoned(&self, now_ms: i64) -> bool {
+        now_ms > self.deadline_ms || self.alive_ms.is_some_and(|a| now_ms - a > FLIP_STALE_MS)
+    }
 }
 
 /// A flip asked for under the two-person rule, waiting for a second identity.

@@ -171,11 +171,30 @@ async fn two_people_a_drain_that_times_out_and_an_abandoned_flip() {
     );
     let logical = world.source.name().to_owned();
 
-    // Records wait in the source and no replicator runs: the drain cannot finish.
+    // Records wait in the source and the replicator reports but writes nothing (throttled,
+    // say): the drain cannot finish. (A replicator that does not report at all fails the lag
+    // guard, and a forced flip does not wait for it: see the unit tests.)
     KinesisSource::new(&world.new_account)
         .put_all(&world.source, &records(5, 2, 20))
         .await
         .unwrap();
+    fanout::aws::table::write_heartbeat(
+        &aws_sdk_dynamodb::Client::new(&world.new_account),
+        &world.table,
+        &fanout::ports::ShardHeartbeat {
+            route: world.route().name,
+            shard_id: "shardId-000000000000".into(),
+            last_seq: None,
+            millis_behind: None,
+            newest_arrival_ms: None,
+            records: 0,
+            mode: fanout::control::machine::Mode::Forward,
+            by: "a replicator that is throttled".into(),
+            now_ms: now_ms(),
+        },
+    )
+    .await
+    .unwrap();
     let cutover = flip(
         &migration,
         CommandName::Cutover,
@@ -251,6 +270,7 @@ async fn two_people_a_drain_that_times_out_and_an_abandoned_flip() {
         actor: "arn:aws:sts::123456789012:assumed-role/oncall/carol".into(),
         started_at_ms: now_ms() - 600_000,
         deadline_ms: now_ms() - 1,
+        alive_ms: None,
     });
     assert_eq!(
         alice

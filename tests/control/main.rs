@@ -9,6 +9,7 @@ mod bounded;
 mod drill;
 mod flips;
 mod guards;
+mod interrupt;
 mod modes;
 #[path = "../support/mod.rs"]
 mod support;

@@ -10,7 +10,9 @@ use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
 use fanout::aws::verifications::{caller_identity, old_account_config};
 use fanout::config::ReplicatorConfig;
-use fanout::control::commands::{execute, streams_from_routes, CommandName, Context, Request};
+use fanout::control::commands::{
+    execute, release_interrupted, streams_from_routes, CommandName, Context, Request,
+};
 use fanout::control::machine::Action;
 use fanout::control::record::Settings;
 use fanout::verify::parse_duration;
@@ -179,7 +181,53 @@ fn request(common: &Common, command: CommandName) -> Request {
 /// Runs `req` and prints the report; the exit code says how it ended.
 async fn run(common: &Common, req: Request) -> Result<ExitCode, String> {
     let ctx = context(&common.table).await?;
-    let report = execute(&ctx, &req).await;
+    let flips = matches!(
+        req.command,
+        CommandName::Cutover | CommandName::Rollback | CommandName::Commit
+    ) && !req.dry_run;
+    let (report, interrupted) = if flips {
+        // A flip holds producers while it works: Ctrl-C or SIGTERM releases them (and
+        // records it) before the process ends, instead of leaving them held.
+        let since = fanout::time::now_ms() - 1_000;
+        tokio::select! {
+            report = execute(&ctx, &req) => (report, None),
+            why = interrupted() => {
+                eprintln!(
+                    "\n{why}: stopping the {} and releasing producers (a few seconds; every \
+                     call is bounded)…",
+                    req.command.as_str()
+                );
+                (release_interrupted(&ctx, &req, since, why).await, Some(why))
+            }
+        }
+    } else {
+        (execute(&ctx, &req).await, None)
+    };
+    print_report(common, &report)?;
+    Ok(match interrupted {
+        Some(why) if why.starts_with("SIGTERM") => ExitCode::from(143),
+        Some(_) => ExitCode::from(130),
+        None => ExitCode::from(report.exit_code()),
+    })
+}
+
+/// The first SIGINT (Ctrl-C) or SIGTERM.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT (Ctrl-C)",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+    "SIGINT (Ctrl-C)"
+}
+
+fn print_report(common: &Common, report: &fanout::control::commands::Report) -> Result<(), String> {
     match common.output {
         Output::Json => println!(
             "{}",
@@ -187,7 +235,7 @@ async fn run(common: &Common, req: Request) -> Result<ExitCode, String> {
         ),
         Output::Text => print!("{}", report.render_text()),
     }
-    Ok(ExitCode::from(report.exit_code()))
+    Ok(())
 }
 
 pub async fn start(args: StartArgs) -> Result<ExitCode, String> {

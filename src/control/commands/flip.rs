@@ -3,6 +3,13 @@
 #[allow(unused_imports)]
 use super::*;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::control::record::FLIP_STALE_MS;
+
+/// How often a flip refreshes its sign of life while it holds producers.
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
 pub(super) async fn flip<C: ControlStore>(
     ctx: &Context<C>,
     req: &Request,
@@ -25,7 +32,7 @@ pub(super) async fn flip<C: ControlStore>(
     }
     let mut abandoned = String::new();
     if let Some(f) = st.flip.clone() {
-        if now_ms() <= f.deadline_ms {
+        if !f.abandoned(now_ms()) {
             let e = entry(
                 ctx,
                 req,
@@ -51,7 +58,7 @@ pub(super) async fn flip<C: ControlStore>(
                 f.action, f.actor, f.id
             );
         } else {
-            st = release_abandoned(ctx, req, st, &f).await?;
+            st = release_flip(ctx, req, st, &f, &abandoned_words(&f)).await?;
         }
     }
     let t = match decide(st.state, action, st.migration.settings.reverse) {
@@ -218,171 +225,184 @@ pub(super) async fn flip<C: ControlStore>(
         actor: ctx.actor.clone(),
         started_at_ms: started,
         deadline_ms: started + s.settle_ms + s.drain_timeout_ms + 60_000,
+        alive_ms: Some(started),
     });
     begun.updated_at_ms = started;
     begun.updated_by = ctx.actor.clone();
     if ctx.control.write_state(Some(st.version), &begun).await? == Write::Lost {
         return lost(ctx, req, &st, t.to, &guards).await;
     }
-    let reason = req
-        .reason
-        .clone()
-        .unwrap_or_else(|| action.as_str().to_owned());
-    let from_side = st.state.producers();
-    let mut detail = approval;
-    if t.switches_routing {
+    // From here on the flip holds producers: its sign of life is kept fresh while it works,
+    // so that a flip whose process died is released quickly (by the next command).
+    let finishing = AtomicBool::new(false);
+    // Boxed: the steps are a large future, and a caller may run many flips at once.
+    let steps = Box::pin(async {
+        let reason = req
+            .reason
+            .clone()
+            .unwrap_or_else(|| action.as_str().to_owned());
+        let from_side = st.state.producers();
+        let mut detail = approval;
+        if t.switches_routing {
+            ctx.control
+                .publish_routing(
+                    &st.migration,
+                    &document(&begun, from_side, StreamMode::Hold, &ctx.actor, &reason),
+                )
+                .await?;
+            tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
+        }
+        if let Some(direction) = t.drain {
+            // The hold point: producers that honour the hold wrote nothing after it.
+            let point = now_ms();
+            let drained = drain(
+                ctx,
+                &begun,
+                direction,
+                point,
+                Duration::from_millis(s.drain_timeout_ms.max(0) as u64),
+                req.force,
+            )
+            .await?;
+            match drained {
+                Ok((waited, skipped)) => {
+                    detail.push_str(&format!("drained in {} ms; ", waited.as_millis()));
+                    detail.push_str(&skipped_words(&skipped, point));
+                }
+                Err(behind) => {
+                    // Release producers where they were; the state does not change.
+                    finishing.store(true, Ordering::SeqCst);
+                    let mut released = begun.clone();
+                    released.version += 1;
+                    released.flip = None;
+                    released.updated_at_ms = now_ms();
+                    if ctx
+                        .control
+                        .write_state(Some(begun.version), &released)
+                        .await?
+                        == Write::Lost
+                    {
+                        return lost(ctx, req, &begun, t.to, &guards).await;
+                    }
+                    ctx.control
+                        .publish_routing(
+                            &st.migration,
+                            &document(
+                                &released,
+                                from_side,
+                                StreamMode::Active,
+                                &ctx.actor,
+                                "drain timed out; released without switching",
+                            ),
+                        )
+                        .await?;
+                    let msg = format!(
+                        "{action} not done: replication did not catch up within {} ms ({}). Producers \
+                         were released on the {} streams; the state is still {}. See `fanoutctl \
+                         status` and the runbook (a shard is stuck), then try again.",
+                        s.drain_timeout_ms,
+                        behind,
+                        from_side.as_str(),
+                        st.state
+                    );
+                    let e = after(
+                        entry(
+                            ctx,
+                            req,
+                            &st,
+                            Some(t.to),
+                            Outcome::DrainTimedOut,
+                            &guards,
+                            msg.clone(),
+                        ),
+                        released.version,
+                    );
+                    return finish(ctx, req, e, msg).await;
+                }
+            }
+        }
+        // Finish: replication modes, state, then routing.
+        let mut done = begun.clone();
+        done.version += 1;
+        done.state = t.to;
+        done.flip = None;
+        if let (Some(seeded), Some(drained)) = (t.seed, t.drain) {
+            // The other direction starts exactly where this one stopped: stop the drained
+            // direction, let every replicator notice (the settle time covers their mode cache),
+            // and start the seeded one with what arrives from now on; everything before is the
+            // drained direction's copies (or older) and is skipped, so nothing echoes back.
+            set_direction(ctx, &begun, drained, Mode::Stopped, begun.version).await?;
+            tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
+            let from = now_ms();
+            match seeded {
+                Direction::Forward => done.forward_since_ms = Some(from),
+                Direction::Reverse => done.reverse_since_ms = Some(from),
+            }
+            detail.push_str(&format!(
+                "{} replication stopped; {} replication takes records from {}; ",
+                drained.as_str(),
+                seeded.as_str(),
+                rfc3339_ms(from)
+            ));
+            // Producers are released only after a margin, so their first records arrive after
+            // `from` even if the stream's clock is a little behind this one.
+            tokio::time::sleep(CLOCK_MARGIN).await;
+        }
+        done.updated_at_ms = now_ms();
+        set_modes(ctx, &done).await?;
+        finishing.store(true, Ordering::SeqCst);
+        if ctx.control.write_state(Some(begun.version), &done).await? == Write::Lost {
+            return lost(ctx, req, &begun, t.to, &guards).await;
+        }
         ctx.control
             .publish_routing(
                 &st.migration,
-                &document(&begun, from_side, StreamMode::Hold, &ctx.actor, &reason),
+                &document(
+                    &done,
+                    t.to.producers(),
+                    StreamMode::Active,
+                    &ctx.actor,
+                    &reason,
+                ),
             )
             .await?;
-        tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
-    }
-    if let Some(direction) = t.drain {
-        // The hold point: producers that honour the hold wrote nothing after it.
-        let point = now_ms();
-        let drained = drain(
-            ctx,
-            &begun,
-            direction,
-            point,
-            Duration::from_millis(s.drain_timeout_ms.max(0) as u64),
-            req.force,
-        )
-        .await?;
-        match drained {
-            Ok((waited, skipped)) => {
-                detail.push_str(&format!("drained in {} ms; ", waited.as_millis()));
-                detail.push_str(&skipped_words(&skipped, point));
-            }
-            Err(behind) => {
-                // Release producers where they were; the state does not change.
-                let mut released = begun.clone();
-                released.version += 1;
-                released.flip = None;
-                released.updated_at_ms = now_ms();
-                if ctx
-                    .control
-                    .write_state(Some(begun.version), &released)
-                    .await?
-                    == Write::Lost
-                {
-                    return lost(ctx, req, &begun, t.to, &guards).await;
-                }
-                ctx.control
-                    .publish_routing(
-                        &st.migration,
-                        &document(
-                            &released,
-                            from_side,
-                            StreamMode::Active,
-                            &ctx.actor,
-                            "drain timed out; released without switching",
-                        ),
-                    )
-                    .await?;
-                let msg = format!(
-                    "{action} not done: replication did not catch up within {} ms ({}). Producers \
-                     were released on the {} streams; the state is still {}. See `fanoutctl \
-                     status` and the runbook (a shard is stuck), then try again.",
-                    s.drain_timeout_ms,
-                    behind,
-                    from_side.as_str(),
-                    st.state
-                );
-                let e = after(
-                    entry(
-                        ctx,
-                        req,
-                        &st,
-                        Some(t.to),
-                        Outcome::DrainTimedOut,
-                        &guards,
-                        msg.clone(),
-                    ),
-                    released.version,
-                );
-                return finish(ctx, req, e, msg).await;
-            }
-        }
-    }
-    // Finish: replication modes, state, then routing.
-    let mut done = begun.clone();
-    done.version += 1;
-    done.state = t.to;
-    done.flip = None;
-    if let (Some(seeded), Some(drained)) = (t.seed, t.drain) {
-        // The other direction starts exactly where this one stopped: stop the drained
-        // direction, let every replicator notice (the settle time covers their mode cache),
-        // and start the seeded one with what arrives from now on; everything before is the
-        // drained direction's copies (or older) and is skipped, so nothing echoes back.
-        set_direction(ctx, &begun, drained, Mode::Stopped, begun.version).await?;
-        tokio::time::sleep(Duration::from_millis(s.settle_ms.max(0) as u64)).await;
-        let from = now_ms();
-        match seeded {
-            Direction::Forward => done.forward_since_ms = Some(from),
-            Direction::Reverse => done.reverse_since_ms = Some(from),
+        if !refused.is_empty() {
+            detail.push_str(&format!("forced past: {refused_names}; "));
         }
         detail.push_str(&format!(
-            "{} replication stopped; {} replication takes records from {}; ",
-            drained.as_str(),
-            seeded.as_str(),
-            rfc3339_ms(from)
+            "producers on {} streams",
+            t.to.producers().as_str()
         ));
-        // Producers are released only after a margin, so their first records arrive after
-        // `from` even if the stream's clock is a little behind this one.
-        tokio::time::sleep(CLOCK_MARGIN).await;
-    }
-    done.updated_at_ms = now_ms();
-    set_modes(ctx, &done).await?;
-    if ctx.control.write_state(Some(begun.version), &done).await? == Write::Lost {
-        return lost(ctx, req, &begun, t.to, &guards).await;
-    }
-    ctx.control
-        .publish_routing(
-            &st.migration,
-            &document(
-                &done,
-                t.to.producers(),
-                StreamMode::Active,
-                &ctx.actor,
-                &reason,
+        let e = after(
+            entry(
+                ctx,
+                req,
+                &st,
+                Some(t.to),
+                Outcome::Applied,
+                &guards,
+                detail.clone(),
+            ),
+            done.version,
+        );
+        let mut r = finish(
+            ctx,
+            req,
+            e,
+            format!(
+                "{action} done: {} → {} (version {}); {detail}",
+                t.from, t.to, done.version
             ),
         )
         .await?;
-    if !refused.is_empty() {
-        detail.push_str(&format!("forced past: {refused_names}; "));
+        r.plan = Some(t);
+        r.capacity = capacity;
+        Ok(r)
+    });
+    tokio::select! {
+        r = steps => r,
+        e = keep_alive(ctx, &begun, &finishing) => Err(e),
     }
-    detail.push_str(&format!(
-        "producers on {} streams",
-        t.to.producers().as_str()
-    ));
-    let e = after(
-        entry(
-            ctx,
-            req,
-            &st,
-            Some(t.to),
-            Outcome::Applied,
-            &guards,
-            detail.clone(),
-        ),
-        done.version,
-    );
-    let mut r = finish(
-        ctx,
-        req,
-        e,
-        format!(
-            "{action} done: {} → {} (version {}); {detail}",
-            t.from, t.to, done.version
-        ),
-    )
-    .await?;
-    r.plan = Some(t);
-    r.capacity = capacity;
-    Ok(r)
 }
 
 /// Someone else changed the state first: record it and say who.
@@ -496,13 +516,81 @@ fn skipped_words(skipped: &[ShardLag], point: i64) -> String {
     )
 }
 
-/// A flip whose process died (past its deadline): put replication modes and routing back as
-/// the state says, clear it, record it.
-pub(super) async fn release_abandoned<C: ControlStore>(
+/// Keeps `begun`'s sign of life fresh (same version, `alive_ms` now) every [`KEEP_ALIVE`]
+/// until the flip's final write begins (`finishing`). Ends only if someone else changed the
+/// state item meanwhile (released the flip as abandoned): the flip must then stop.
+async fn keep_alive<C: ControlStore>(
+    ctx: &Context<C>,
+    begun: &StoredState,
+    finishing: &AtomicBool,
+) -> StoreError {
+    loop {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        if finishing.load(Ordering::SeqCst) {
+            return std::future::pending().await;
+        }
+        let mut alive = begun.clone();
+        if let Some(f) = alive.flip.as_mut() {
+            f.alive_ms = Some(now_ms());
+        }
+        match ctx.control.write_state(Some(begun.version), &alive).await {
+            Ok(Write::Done) => {}
+            // Our own final write won: the flip is over, not taken.
+            Ok(Write::Lost) if finishing.load(Ordering::SeqCst) => {
+                return std::future::pending().await
+            }
+            Ok(Write::Lost) => {
+                let who = ctx
+                    .control
+                    .load(&begun.migration.name)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|n| {
+                        format!(
+                            "{} (version {}, state {})",
+                            n.updated_by, n.version, n.state
+                        )
+                    })
+                    .unwrap_or_else(|| "someone".to_owned());
+                return StoreError {
+                    code: "FlipTakenOver".to_owned(),
+                    message: format!(
+                        "this flip stopped: {who} changed the migration while it ran (released \
+                         it as abandoned?). Look at `fanoutctl status` and `fanoutctl history \
+                         --last 5`"
+                    ),
+                };
+            }
+            // A missed beat is not fatal; the flip has FLIP_STALE_MS to get the next one in.
+            Err(e) => tracing::warn!("could not refresh the flip's sign of life: {e}"),
+        }
+    }
+}
+
+fn abandoned_words(f: &PendingFlip) -> String {
+    format!(
+        "released abandoned flip {} ({} by {}, started {}, last sign of life {}; no sign of \
+         life for {} s counts as abandoned)",
+        f.id,
+        f.action,
+        f.actor,
+        rfc3339(f.started_at_ms),
+        f.alive_ms
+            .map(rfc3339)
+            .unwrap_or_else(|| "never".to_owned()),
+        FLIP_STALE_MS / 1000
+    )
+}
+
+/// Releases the flip `f` of `st`: replication modes and routing put back as the state says,
+/// the flip cleared, recorded as `release` with `detail`. Returns the state as it is now.
+pub(super) async fn release_flip<C: ControlStore>(
     ctx: &Context<C>,
     req: &Request,
     st: StoredState,
     f: &PendingFlip,
+    detail: &str,
 ) -> Result<StoredState, StoreError> {
     let mut next = st.clone();
     next.version += 1;
@@ -519,7 +607,7 @@ pub(super) async fn release_abandoned<C: ControlStore>(
                     next.state.producers(),
                     StreamMode::Active,
                     &ctx.actor,
-                    "abandoned flip released",
+                    &format!("flip {} released", f.id),
                 ),
             )
             .await?;
@@ -531,13 +619,7 @@ pub(super) async fn release_abandoned<C: ControlStore>(
                 Some(st.state),
                 Outcome::Applied,
                 &[],
-                format!(
-                    "released abandoned flip {} ({} by {}, started {})",
-                    f.id,
-                    f.action,
-                    f.actor,
-                    rfc3339(f.started_at_ms)
-                ),
+                detail.to_owned(),
             ),
             next.version,
         );
@@ -545,4 +627,125 @@ pub(super) async fn release_abandoned<C: ControlStore>(
         ctx.control.append_history(&req.migration, &e).await?;
     }
     load(ctx, req).await
+}
+
+/// Releases an abandoned flip, if `st` has one (any command that reads the state may).
+pub(super) async fn release_if_abandoned<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+    st: StoredState,
+) -> Result<StoredState, StoreError> {
+    match st.flip.clone() {
+        Some(f) if f.abandoned(now_ms()) => {
+            release_flip(ctx, req, st, &f, &abandoned_words(&f)).await
+        }
+        _ => Ok(st),
+    }
+}
+
+/// After `req` (a flip started at `since_ms` or later by this caller) was interrupted by
+/// `why` (a signal): releases its producers. Its flip, if still there, is released; if the
+/// flip had already written its new state but not yet the routing, the routing is written.
+/// Someone else's flip is left alone.
+pub async fn release_interrupted<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+    since_ms: i64,
+    why: &str,
+) -> Report {
+    let result: Result<Report, StoreError> = async {
+        let st = load(ctx, req).await?;
+        let mut r = match st.flip.clone() {
+            Some(f) if f.actor == ctx.actor && f.started_at_ms >= since_ms => {
+                let now = release_flip(
+                    ctx,
+                    req,
+                    st,
+                    &f,
+                    &format!(
+                        "{} interrupted by {why}: producers released, state unchanged",
+                        f.action
+                    ),
+                )
+                .await?;
+                let mut r = Report::new(
+                    req,
+                    Outcome::Failed,
+                    format!(
+                        "{} interrupted by {why}: NOT done. Producers were released on the {} \
+                         streams; the state is still {} (version {}). Recorded in the history.",
+                        f.action,
+                        now.state.producers().as_str(),
+                        now.state,
+                        now.version
+                    ),
+                );
+                r.state = Some(now.state);
+                r.version = Some(now.version);
+                r
+            }
+            Some(f) => Report::new(
+                req,
+                Outcome::Failed,
+                format!(
+                    "interrupted by {why} before this command took the flip; {} by {} (flip {}) \
+                     is in progress and was left alone",
+                    f.action, f.actor, f.id
+                ),
+            ),
+            None => {
+                // Finished, or never begun: make sure producers are not left on hold.
+                let held = ctx
+                    .control
+                    .fetch_routing(&st.migration)
+                    .await?
+                    .is_some_and(|d| d.streams.values().any(|s| s.mode == StreamMode::Hold));
+                if held {
+                    ctx.control
+                        .publish_routing(
+                            &st.migration,
+                            &document(
+                                &st,
+                                st.state.producers(),
+                                StreamMode::Active,
+                                &ctx.actor,
+                                &format!("released after {why}"),
+                            ),
+                        )
+                        .await?;
+                }
+                let mut r = Report::new(
+                    req,
+                    Outcome::Failed,
+                    format!(
+                        "interrupted by {why}; the migration is {} (version {}), producers on the \
+                         {} streams{}. See `fanoutctl status` and `fanoutctl history --last 5`",
+                        st.state,
+                        st.version,
+                        st.state.producers().as_str(),
+                        if held { " (released from hold)" } else { "" }
+                    ),
+                );
+                r.state = Some(st.state);
+                r.version = Some(st.version);
+                r
+            }
+        };
+        r.dry_run = false;
+        Ok(r)
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        Report::new(
+            req,
+            Outcome::Failed,
+            format!(
+                "interrupted by {why}, and releasing the producers failed: {}. Producers may \
+                 still be held: run `fanoutctl status`; the next command releases a flip with \
+                 no sign of life for {} s",
+                ctx.control.locate(e),
+                FLIP_STALE_MS / 1000
+            ),
+        )
+    })
 }

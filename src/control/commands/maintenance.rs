@@ -8,7 +8,7 @@ pub(super) async fn pause<C: ControlStore>(
     req: &Request,
     paused: bool,
 ) -> Result<Report, StoreError> {
-    let st = load(ctx, req).await?;
+    let st = release_if_abandoned(ctx, req, load(ctx, req).await?).await?;
     if st.state == State::Committed {
         let msg = format!(
             "migration {} is committed: replication is stopped for good and its routes may \
@@ -208,7 +208,8 @@ pub(super) async fn status<C: ControlStore>(
     ctx: &Context<C>,
     req: &Request,
 ) -> Result<Report, StoreError> {
-    let st = load(ctx, req).await?;
+    // A flip whose process died is released here too: `status --watch` is what people run.
+    let st = release_if_abandoned(ctx, req, load(ctx, req).await?).await?;
     let now = now_ms();
     // The reverse direction's shards only while it runs: otherwise the old streams' records
     // are not its to replicate, and their "lag" would mean nothing.

@@ -219,15 +219,17 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
             "no migration named: pass --migration NAME (or set FANOUT_MIGRATION)",
         );
     }
+    // Each command's future is boxed: some are large (a flip holds its steps, status reads
+    // six parts at once), and callers may run many, on small stacks.
     let result = match req.command {
-        CommandName::Start => start(ctx, req).await,
-        CommandName::Status => status(ctx, req).await,
+        CommandName::Start => Box::pin(start(ctx, req)).await,
+        CommandName::Status => Box::pin(status(ctx, req)).await,
         CommandName::History => history(ctx, req).await,
         CommandName::Plan => match req.action {
             Some(a) => {
                 let mut dry = req.clone();
                 dry.dry_run = true;
-                flip(ctx, &dry, a).await
+                Box::pin(flip(ctx, &dry, a)).await
             }
             None => Ok(Report::new(
                 req,
@@ -235,11 +237,11 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
                 "plan needs an action: cutover, rollback or commit",
             )),
         },
-        CommandName::Cutover => flip(ctx, req, Action::Cutover).await,
-        CommandName::Rollback => flip(ctx, req, Action::Rollback).await,
-        CommandName::Commit => flip(ctx, req, Action::Commit).await,
-        CommandName::Pause => pause(ctx, req, true).await,
-        CommandName::Resume => pause(ctx, req, false).await,
+        CommandName::Cutover => Box::pin(flip(ctx, req, Action::Cutover)).await,
+        CommandName::Rollback => Box::pin(flip(ctx, req, Action::Rollback)).await,
+        CommandName::Commit => Box::pin(flip(ctx, req, Action::Commit)).await,
+        CommandName::Pause => Box::pin(pause(ctx, req, true)).await,
+        CommandName::Resume => Box::pin(pause(ctx, req, false)).await,
         CommandName::DlqAck => dlq_ack(ctx, req).await,
     };
     result.unwrap_or_else(|e| {
@@ -480,6 +482,7 @@ mod render;
 mod start;
 
 use checks::*;
+pub use flip::release_interrupted;
 use flip::*;
 use maintenance::*;
 use start::*;

@@ -69,10 +69,10 @@ impl Report {
                     f.actor,
                     rfc3339(f.started_at_ms)
                 ));
-                if now > f.deadline_ms {
+                if f.abandoned(now) {
                     out.push_str(
-                        "  ABANDONED: its deadline has passed (its process died?). The next \
-                         cutover/rollback/commit releases it first; producers stay held until then.\n",
+                        "  ABANDONED: no sign of life from its process (it died?). The next \
+                         command releases it first; producers stay held until then.\n",
                     );
                 }
             }

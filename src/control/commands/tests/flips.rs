@@ -205,6 +205,7 @@ async fn an_abandoned_flip_is_released_first_and_recorded() {
         actor: "bob".into(),
         started_at_ms: now_ms() - 600_000,
         deadline_ms: now_ms() - 1_000,
+        alive_ms: None,
     });
     let ctx = ctx(MemoryControl::new(st), "alice");
     let r = execute(&ctx, &rollback()).await;
@@ -230,6 +231,88 @@ async fn an_abandoned_flip_is_released_first_and_recorded() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_flip_with_no_sign_of_life_is_released_by_the_next_status() {
+    let mut st = cut_over(settings());
+    st.flip = Some(PendingFlip {
+        id: "dead-flip".into(),
+        action: Action::Rollback,
+        actor: "bob".into(),
+        started_at_ms: now_ms() - 30_000,
+        // Its deadline is minutes away, but its process stopped beating 20 s ago.
+        deadline_ms: now_ms() + 600_000,
+        alive_ms: Some(now_ms() - 20_000),
+    });
+    let ctx = ctx(MemoryControl::new(st), "alice");
+    let mut status = rollback();
+    status.command = CommandName::Status;
+    let r = execute(&ctx, &status).await;
+
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    let st = ctx.control.stored();
+    assert_eq!((st.state, st.flip, st.version), (State::Cutover, None, 8));
+    assert_eq!(
+        ctx.control.routing(),
+        [(NEW.to_owned(), "active".to_owned())],
+        "producers released where the state says"
+    );
+    let h = ctx.control.history();
+    assert_eq!(h[0].command, "release");
+    assert!(
+        h[0].detail.contains("no sign of life for 15 s"),
+        "{}",
+        h[0].detail
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_running_flip_keeps_its_sign_of_life_fresh_and_an_interrupted_one_releases_producers() {
+    let store = MemoryControl::new(cut_over(settings()));
+    *store.shard.lock().unwrap() = vec![Shard::Behind {
+        since_ms: now_ms() - 5_000,
+    }];
+    let ctx = ctx(store, "alice");
+    let since = now_ms() - 1_000;
+    let req = rollback();
+    // Interrupted 12 s in: past the 7 s settle, in the drain.
+    let interrupted = tokio::select! {
+        r = execute(&ctx, &req) => panic!("the rollback ended: {}", r.message),
+        _ = tokio::time::sleep(Duration::from_secs(12)) => true,
+    };
+    assert!(interrupted);
+    let st = ctx.control.stored();
+    let flip = st.flip.clone().expect("the flip is still recorded");
+    assert!(flip.alive_ms.is_some());
+    // The flip's own write, then a sign of life every 3 s.
+    assert!(
+        *ctx.control.writes.lock().unwrap() >= 1 + 3,
+        "writes: {}",
+        ctx.control.writes.lock().unwrap()
+    );
+
+    let r = crate::control::commands::release_interrupted(&ctx, &req, since, "SIGINT").await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(
+        r.message
+            .contains("rollback interrupted by SIGINT: NOT done")
+            && r.message.contains("released on the new streams"),
+        "{}",
+        r.message
+    );
+    let st = ctx.control.stored();
+    assert_eq!((st.state, st.flip), (State::Cutover, None));
+    assert_eq!(
+        ctx.control.routing(),
+        [
+            (NEW.to_owned(), "hold".to_owned()),
+            (NEW.to_owned(), "active".to_owned())
+        ]
+    );
+    let h = ctx.control.history();
+    assert_eq!(h.last().unwrap().command, "release");
+    assert!(h.last().unwrap().detail.contains("interrupted by SIGINT"));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_flip_in_progress_is_not_disturbed() {
     let mut st = cut_over(settings());
     let flip = PendingFlip {
@@ -238,6 +321,7 @@ async fn a_flip_in_progress_is_not_disturbed() {
         actor: "bob".into(),
         started_at_ms: now_ms() - 1_000,
         deadline_ms: now_ms() + 600_000,
+        alive_ms: None,
     };
     st.flip = Some(flip.clone());
     let ctx = ctx(MemoryControl::new(st), "alice");

@@ -1,0 +1,118 @@
+//! A flip interrupted by Ctrl-C (SIGINT) releases the producers it held before the process
+//! ends, and says so in the history.
+
+use std::io::Read;
+
+use super::*;
+use fanout::control::machine::State;
+use fanout::routing::StreamMode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_during_a_flip_releases_producers_and_records_it() {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
+        return;
+    };
+    let migration = unique("sigint");
+    let ctx = context(&world, "arn:aws:sts::123456789012:assumed-role/oncall/bob");
+    let settings = Settings {
+        settle_ms: 5_000,
+        ..fast_settings()
+    };
+    start(&world, &ctx, &migration, vec![stream_of(&world)], settings).await;
+
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
+        .args([
+            "cutover",
+            "--migration",
+            &migration,
+            "--force",
+            "--reason",
+            "interrupt drill",
+        ])
+        .envs(world.process_env())
+        .env_remove("AWS_PROFILE")
+        .env("FANOUT_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run fanoutctl");
+    // Wait until the flip holds producers, then press Ctrl-C.
+    let started = Instant::now();
+    loop {
+        let st = ctx.control.load(&migration).await.unwrap().unwrap();
+        if st.flip.is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the cutover never began"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let held = ctx
+        .control
+        .fetch_routing(
+            &ctx.control
+                .load(&migration)
+                .await
+                .unwrap()
+                .unwrap()
+                .migration,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        held.streams.values().all(|s| s.mode == StreamMode::Hold),
+        "{held:?}"
+    );
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let interrupted = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            interrupted.elapsed() < Duration::from_secs(60),
+            "fanoutctl did not end after SIGINT"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    eprintln!("{out}{err}");
+    assert_eq!(status.code(), Some(130), "{out}{err}");
+    assert!(out.contains("interrupted by SIGINT"), "{out}");
+
+    let st = ctx.control.load(&migration).await.unwrap().unwrap();
+    assert_eq!((st.state, st.flip.is_none()), (State::Replicating, true));
+    let doc = ctx
+        .control
+        .fetch_routing(&st.migration)
+        .await
+        .unwrap()
+        .unwrap();
+    let routed = doc.streams.values().next().unwrap();
+    assert_eq!(
+        (routed.mode, routed.active.as_str()),
+        (StreamMode::Active, world.target.to_string().as_str()),
+        "producers released on the old streams"
+    );
+    let history = ctx.control.history(&migration, Some(1)).await.unwrap();
+    let last = history.last().unwrap();
+    assert_eq!(last.command, "release");
+    assert!(last.detail.contains("interrupted by SIGINT"), "{last:?}");
+}
