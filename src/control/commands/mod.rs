@@ -478,13 +478,15 @@ async fn finish<C: ControlStore>(
 mod checks;
 mod flip;
 mod maintenance;
+mod release;
 mod render;
 mod start;
 
 use checks::*;
-pub use flip::release_interrupted;
 use flip::*;
 use maintenance::*;
+pub use release::release_interrupted;
+use release::*;
 use start::*;
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ async fn a_running_flip_keeps_its_sign_of_life_fresh_and_an_interrupted_one_rele
     assert!(flip.alive_ms.is_some());
     // The flip's own write, then a sign of life every 3 s.
     assert!(
-        *ctx.control.writes.lock().unwrap() >= 1 + 3,
+        *ctx.control.writes.lock().unwrap() > 3,
         "writes: {}",
         ctx.control.writes.lock().unwrap()
     );
