@@ -28,6 +28,11 @@ output "oncall_role_arn" {
   value       = module.controller.oncall_role_arn
 }
 
+output "reader_role_arn" {
+  description = "The read role in the old account (role mode, with an on-call role): fanoutctl verify --target-role-arn <this>."
+  value       = module.writer_access.reader_role_arn
+}
+
 output "table_name" {
   description = "The state table (FANOUT_TABLE for fanoutctl)."
   value       = module.state.table_name

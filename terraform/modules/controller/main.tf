@@ -55,6 +55,8 @@ locals {
 
   # The controller publishes routing/<migration>.json (src/control/commands.rs).
   routing_prefix = "routing"
+  # Where Lambda writes the event source mapping's on-failure records (src/on_failure.rs).
+  failure_records_prefix = "aws/lambda"
 
   oncall = length(var.oncall_principal_arns) > 0
 }
@@ -292,7 +294,7 @@ resource "aws_iam_role" "oncall" {
   count = local.oncall ? 1 : 0
 
   name                  = var.oncall_role_name
-  description           = "fanout on-call: invoke the controller, or run fanoutctl with the controller's permissions."
+  description           = "fanout on-call: invoke the controller, or run every runbook command with fanoutctl."
   assume_role_policy    = data.aws_iam_policy_document.oncall_assume[0].json
   force_detach_policies = true
   tags                  = var.tags
@@ -306,27 +308,104 @@ resource "aws_iam_role_policy" "oncall_migrate" {
   policy = data.aws_iam_policy_document.migrate.json
 }
 
+# What only the on-call role does: invoke the controller, and the runbook commands the function
+# never runs (verify, redrive). scripts/terraform_check.py checks this document and `migrate`
+# against every runbook command's AWS calls.
 data "aws_iam_policy_document" "operate" {
+  # `aws lambda invoke`.
   statement {
     sid       = "InvokeController"
     actions   = ["lambda:InvokeFunction"]
     resources = [aws_lambda_function.this.arn]
   }
 
-  # `dlq ack` is for dead letters someone has looked at; this is how they look. The function
+  # `dlq ack` is for dead letters someone has looked at; this is how they look. `verify`
+  # reads them to tell dead-lettered records from missing ones; `redrive` reads each, deletes
+  # it once its record is written (or, with --keep, writes a `.redriven` marker beside it), and
+  # with --on-failure stores the records of discarded batches as dead letters. The function
   # itself never reads one, so only the on-call role has this.
   statement {
-    sid       = "ReadDeadLetters"
-    actions   = ["s3:GetObject"]
+    sid = "RedriveDeadLetters"
+    actions = [
+      "s3:DeleteObject",
+      "s3:GetObject",
+      "s3:PutObject",
+    ]
     resources = ["${var.bucket_arn}/${var.dead_letter_prefix}/*"]
+  }
+
+  # `redrive --on-failure`: reads each batch the event source mapping discarded (its
+  # on-failure record) and deletes it once its records are stored as dead letters.
+  statement {
+    sid = "RedriveDiscardedBatches"
+    actions = [
+      "s3:DeleteObject",
+      "s3:GetObject",
+    ]
+    resources = ["${var.bucket_arn}/${local.failure_records_prefix}/*"]
   }
 
   dynamic "statement" {
     for_each = var.state_kms_key_arn != null ? [1] : []
     content {
-      sid       = "DeadLettersKey"
-      actions   = ["kms:Decrypt"]
+      sid = "DeadLettersKey"
+      actions = [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+      ]
       resources = [var.state_kms_key_arn]
+    }
+  }
+
+  # Role mode: `fanoutctl verify --target-role-arn <reader role>` reads the old streams through
+  # writer-access's read role (the writer role may not read them).
+  dynamic "statement" {
+    for_each = var.reader_role_arn != null ? [1] : []
+    content {
+      sid       = "AssumeReaderRole"
+      actions   = ["sts:AssumeRole"]
+      resources = [var.reader_role_arn]
+    }
+  }
+
+  # Resource-policy mode: no role to assume, so the on-call role itself reads the old streams
+  # (verify) and writes them (redrive); the streams' resource policies must allow it too
+  # (writer-access's trusted_role_arns and reader_trusted_role_arns).
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null ? [1] : []
+    content {
+      sid = "RedriveIntoTargetStreams"
+      actions = [
+        "kinesis:DescribeStreamSummary",
+        "kinesis:ListShards",
+        "kinesis:PutRecords",
+      ]
+      resources = local.target_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null ? [1] : []
+    content {
+      sid = "VerifyTargetStreams"
+      actions = [
+        "kinesis:GetRecords",
+        "kinesis:GetShardIterator",
+        "kinesis:ListShards",
+      ]
+      resources = local.target_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null && length(var.target_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid = "TargetRecordsKeys"
+      actions = [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+      ]
+      resources = var.target_kms_key_arns
     }
   }
 }

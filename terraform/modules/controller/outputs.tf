@@ -24,6 +24,6 @@ output "log_group_name" {
 }
 
 output "oncall_role_arn" {
-  description = "ARN of the on-call role, or null when oncall_principal_arns is empty. Add it to writer-access's trusted_role_arns so fanoutctl run under it can describe the old streams."
+  description = "ARN of the on-call role, or null when oncall_principal_arns is empty. Add it to writer-access's trusted_role_arns (fanoutctl run under it describes the old streams for the guards and writes them for redrive) and reader_trusted_role_arns (verify reads them)."
   value       = local.oncall ? aws_iam_role.oncall[0].arn : null
 }
