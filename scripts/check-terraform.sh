@@ -3,7 +3,7 @@
 # configuration is parsed and checked against the Rust code instead (scripts/terraform_check.py:
 # every .tf parses; each Lambda's environment matches the variables its code reads; every AWS
 # action the code calls is granted, none on "*"; the on-call role can run every runbook command,
-# in both accounts), the READMEs' Inputs and Outputs tables are
+# in both accounts; its session names are people), the READMEs' Inputs and Outputs tables are
 # checked against variables.tf and outputs.tf (scripts/check_module_docs.py), then checkov runs
 # over every module and the example. Installs checkov (pinned, own venv under .local/) on first
 # run; python-hcl2 comes with it.

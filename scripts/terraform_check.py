@@ -12,6 +12,8 @@
    read role, or the streams' resource policies, with the example wiring the on-call role into
    writer-access), in both access modes; failures name the command, the action and the
    Terraform resource to add it to.
+5. Two-person rule: the on-call role's trust policy makes the session name the caller's IAM
+   user name, and the controller has an IAM-authenticated function URL.
 
 Where the AWS actions come from: the adapters in src/aws/ are split into functions; every SDK
 call in a function (`.put_records()`, ...) is looked up in the SDK crates' own operation lists
@@ -429,8 +431,9 @@ RUNBOOK_OUTSIDE = {
     "replicate": "stands in for the replicator (checkpoints, leases): the replicator's or an administrator's credentials",
     "backfill": "stands in for the replicator (checkpoints, leases): the replicator's or an administrator's credentials",
 }
-# Beyond fanoutctl: the on-call role invokes the controller.
-ONCALL_INVOKES = ["lambda:InvokeFunction"]
+# Beyond fanoutctl: the on-call role calls the controller through its function URL (the only
+# way the function knows who approves a flip) and directly; a function URL needs both actions.
+ONCALL_INVOKES = ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
 
 
 # --- Terraform side ----------------------------------------------------------------------
@@ -831,7 +834,7 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
     for action in ONCALL_INVOKES:
         hint, label = resource_hint(action, NEW)
         if not any(covers(s, action, hint, None) for s in oncall):
-            need("invoking the controller", f"{action} on {label}", f"no statement of the on-call role's policies grants it; add it to {operate}")
+            need("invoking the controller through its function URL", f"{action} on {label}", f"no statement of the on-call role's policies grants it; add it to {operate}")
 
     # The example must put the on-call role where writer-access trusts it.
     example = TF / "examples" / "two-account" / "main.tf"
@@ -858,6 +861,43 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
         )
     else:
         print(f"oncall       missing grants: {len(missing)} (below)")
+
+
+def check_oncall_trust(parsed: dict[Path, dict]) -> None:
+    """The two-person rule compares identities; through the on-call role an identity is the
+    session name, so its trust policy must make that the caller's own user name."""
+    module = TF / "modules" / "controller"
+    found = False
+    for st in policy_statements(parsed, "controller"):
+        if st.doc != "oncall_assume":
+            continue
+        for test, variable, values in st.conditions:
+            if test == "StringEquals" and variable == "sts:RoleSessionName" and values == ["$${aws:username}"]:
+                found = True
+    if not found:
+        problem(
+            "modules/controller data.aws_iam_policy_document.oncall_assume: the on-call role's trust policy does not "
+            "require sts:RoleSessionName = ${aws:username} (HCL \"$${aws:username}\"), so one person could request and "
+            "approve a flip from two sessions: add the condition (behind var.oncall_session_name_is_username)"
+        )
+    default = None
+    for path, doc in parsed.items():
+        if path.parent == module:
+            for v in doc.get("variable", []):
+                if "oncall_session_name_is_username" in v:
+                    default = (v["oncall_session_name_is_username"].get("default") or [None])[0]
+    if default is not True:
+        problem("modules/controller variables.tf: oncall_session_name_is_username must exist and default to true")
+    url = False
+    for path, doc in parsed.items():
+        if path.parent == module:
+            for res in doc.get("resource", []):
+                for body in res.get("aws_lambda_function_url", {}).values():
+                    url = url or one_string(body.get("authorization_type")) == "AWS_IAM"
+    if not url:
+        problem("modules/controller: no aws_lambda_function_url with authorization_type = \"AWS_IAM\" (two-person approvals through the controller need the caller's identity)")
+    print("trust        on-call session name = IAM user name: " + ("required" if found and default is True else "MISSING")
+          + "; IAM-authenticated function URL: " + ("yes" if url else "MISSING"))
 
 
 def check_runbook_listed() -> None:
@@ -887,6 +927,7 @@ def main() -> int:
         actions = adapter_actions(ops)
         check_iam(parsed, actions)
         check_oncall(parsed, actions)
+    check_oncall_trust(parsed)
     check_runbook_listed()
     check_skips()
     for p in problems:

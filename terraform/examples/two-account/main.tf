@@ -121,9 +121,10 @@ module "controller" {
   # In role mode the writer and read roles hold the key grants (writer-access's kms_key_arns).
   target_kms_key_arns = local.role_mode ? [] : var.target_kms_key_arns
 
-  oncall_principal_arns = var.oncall_principal_arns
-  oncall_role_name      = var.oncall_role_name
-  oncall_require_mfa    = var.oncall_require_mfa
+  oncall_principal_arns           = var.oncall_principal_arns
+  oncall_role_name                = var.oncall_role_name
+  oncall_require_mfa              = var.oncall_require_mfa
+  oncall_session_name_is_username = var.oncall_session_name_is_username
 
   tags = var.tags
 }

@@ -33,6 +33,11 @@ output "reader_role_arn" {
   value       = module.writer_access.reader_role_arn
 }
 
+output "controller_function_url" {
+  description = "The controller's IAM-authenticated function URL: SigV4-signed POSTs with the JSON command as body, e.g. awscurl --service lambda. Two-person approvals go this way (or through fanoutctl)."
+  value       = module.controller.function_url
+}
+
 output "table_name" {
   description = "The state table (FANOUT_TABLE for fanoutctl)."
   value       = module.state.table_name

@@ -221,7 +221,7 @@ resource "aws_iam_role_policy" "logs" {
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_50:X-Ray would need xray:PutTraceSegments and PutTelemetryRecords and the code emits no trace segments; every command's outcome, guards and timings are in its report and the history items.
   #checkov:skip=CKV_AWS_115:Invoked by hand, a few times per migration; concurrent flips are already serialised by a conditional write on the state item, and reserving concurrency would take it away from the account's other functions.
-  #checkov:skip=CKV_AWS_116:Invoked synchronously (aws lambda invoke, the caller waits for the report), never asynchronously, so a function DLQ would never receive anything.
+  #checkov:skip=CKV_AWS_116:Invoked by people, mostly synchronously; an asynchronous invocation (--invocation-type Event, then fanoutctl status --watch) is never retried and is dropped after 60 s in the queue (aws_lambda_function_event_invoke_config below), and every command attempt is in the history, so a DLQ would only hold commands nobody should run late.
   #checkov:skip=CKV_AWS_117:Reaches only AWS public endpoints (DynamoDB, S3, Kinesis, STS); a VPC would add NAT gateways or interface endpoints and cost without protecting anything.
   #checkov:skip=CKV_AWS_173:The environment holds no secret (the external id guards against a confused deputy and is not a credential); Lambda encrypts it at rest with an AWS managed key.
   #checkov:skip=CKV_AWS_272:The package is built from this repository by scripts/build-lambdas.sh and deployed by Terraform from that build; code signing would need a signing profile and pipeline this project does not have.
@@ -287,6 +287,27 @@ data "aws_iam_policy_document" "oncall_assume" {
         values   = ["true"]
       }
     }
+
+    # The session name is the identity the controller records and the two-person rule
+    # compares (arn:aws:sts::<account>:assumed-role/<role>/<session name>). Left free, one
+    # person could request a flip in one session and approve it from another. This makes it
+    # the caller's own IAM user name. `$${...}` is an IAM policy variable, not Terraform's.
+    dynamic "condition" {
+      for_each = var.oncall_session_name_is_username ? [1] : []
+      content {
+        test     = "StringEquals"
+        variable = "sts:RoleSessionName"
+        values   = ["$${aws:username}"]
+      }
+    }
+  }
+
+  lifecycle {
+    # aws:username exists only for IAM users: a role's sessions would all be refused.
+    precondition {
+      condition     = !var.oncall_session_name_is_username || alltrue([for p in var.oncall_principal_arns : !can(regex(":role/", p))])
+      error_message = "oncall_session_name_is_username = true requires sts:RoleSessionName to equal the caller's IAM user name, and a role's session has no user name, so every role in oncall_principal_arns would be refused. Trust IAM users (or the account root, for its users), or set it false and give engineers an IAM Identity Center permission set with the oncall_policy_json output instead (AWS names each of its sessions after the signed-in user): see the module README."
+    }
   }
 }
 
@@ -312,11 +333,25 @@ resource "aws_iam_role_policy" "oncall_migrate" {
 # never runs (verify, redrive). scripts/terraform_check.py checks this document and `migrate`
 # against every runbook command's AWS calls.
 data "aws_iam_policy_document" "operate" {
-  # `aws lambda invoke`.
+  # `aws lambda invoke`. Function URLs need this action too (since October 2025).
   statement {
     sid       = "InvokeController"
     actions   = ["lambda:InvokeFunction"]
     resources = [aws_lambda_function.this.arn]
+  }
+
+  # The function URL (SigV4-signed requests): the function learns who called from the request,
+  # so a two-person approval can be taken there and not from a direct invoke.
+  statement {
+    sid       = "InvokeControllerUrl"
+    actions   = ["lambda:InvokeFunctionUrl"]
+    resources = [aws_lambda_function.this.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "lambda:FunctionUrlAuthType"
+      values   = ["AWS_IAM"]
+    }
   }
 
   # `dlq ack` is for dead letters someone has looked at; this is how they look. `verify`
@@ -416,4 +451,32 @@ resource "aws_iam_role_policy" "oncall_operate" {
   name   = "operate"
   role   = aws_iam_role.oncall[0].id
   policy = data.aws_iam_policy_document.operate.json
+}
+
+# The on-call role's permissions as one document, for an IAM Identity Center permission set
+# (oncall_session_name_is_username = false: see the README).
+data "aws_iam_policy_document" "oncall" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.migrate.json,
+    data.aws_iam_policy_document.operate.json,
+  ]
+}
+
+# --- The function URL ------------------------------------------------------------------------------
+# IAM-authenticated: every request is SigV4-signed and Lambda passes the caller's identity to
+# the function (requestContext.authorizer.iam), which is what lets it take a two-person
+# approval. A direct invoke carries only the function's own identity.
+
+resource "aws_lambda_function_url" "this" {
+  function_name      = aws_lambda_function.this.function_name
+  authorization_type = "AWS_IAM"
+}
+
+# An asynchronous invocation (`aws lambda invoke --invocation-type Event`) is run once or not at
+# all: Lambda would otherwise retry a flip that failed or timed out twice more, and run one
+# that waited in its queue up to 6 hours later.
+resource "aws_lambda_function_event_invoke_config" "this" {
+  function_name                = aws_lambda_function.this.function_name
+  maximum_retry_attempts       = 0
+  maximum_event_age_in_seconds = 60
 }

@@ -428,7 +428,7 @@ variable "run_length" {
 
 variable "oncall_principal_arns" {
   type        = list(string)
-  description = "IAM principals (users, account roots, or roles) that may assume the on-call role, to invoke the controller or run every runbook command with fanoutctl (status, plan, flips, pause and resume, history, dlq ack, verify, redrive, capacity). Empty = no on-call role is created."
+  description = "IAM principals (users, account roots, or roles) that may assume the on-call role, to invoke the controller or run every runbook command with fanoutctl (status, plan, flips, pause and resume, history, dlq ack, verify, redrive, capacity). Roles need oncall_session_name_is_username = false. Empty = no on-call role is created."
   nullable    = false
   default     = []
 
@@ -453,6 +453,13 @@ variable "oncall_role_name" {
 variable "oncall_require_mfa" {
   type        = bool
   description = "Require MFA (aws:MultiFactorAuthPresent) to assume the on-call role. Right for IAM users who sign in with MFA. Set false when the principals are roles, e.g. IAM Identity Center permission sets: a session obtained by assuming a role carries no MFA flag, so the condition would refuse everyone; enforce MFA at the identity provider instead."
+  nullable    = false
+  default     = true
+}
+
+variable "oncall_session_name_is_username" {
+  type        = bool
+  description = "Require the on-call role's session name (sts:RoleSessionName) to be the caller's own IAM user name (aws:username), so the identity the controller records, arn:aws:sts::<account>:assumed-role/<role>/<session name>, names a person and the two-person rule cannot be met by one person from two sessions. Only IAM users have a user name: with role principals (federation, IAM Identity Center) set it false, and give engineers an Identity Center permission set with the oncall_policy_json output instead of this role (AWS names each of its sessions after the signed-in user; see the README)."
   nullable    = false
   default     = true
 }

@@ -122,8 +122,8 @@ resource "aws_iam_role_policy" "encrypt" {
 
 # The read role (access_mode = "role", reader_trusted_role_arns set): what on-call engineers
 # assume to compare the old streams with the new ones. No external id: it is assumed by named
-# roles of the new account (the on-call role), not by a service acting for someone else, and it
-# can only read.
+# roles of the new account (the on-call role, itself gated by MFA and a session name that is
+# the engineer's user name), not by a service acting for someone else, and it can only read.
 data "aws_iam_policy_document" "reader_trust" {
   count = local.role_mode && local.reader ? 1 : 0
 
