@@ -303,6 +303,9 @@ CONTEXT = [
     step("verifications.rs::caller_identity"),
     step("verifications.rs::assumed_role_config", ASSUME_WRITER),  # old_account_config
 ]
+# The migration's state item; when there is none, the message lists the migrations that exist
+# (commands/mod.rs `load`).
+LOAD = [step("control.rs::AwsControl::load"), step("control.rs::AwsControl::migrations")]
 # The lag of every shard of a direction (AwsControl::lag): checkpoints and heartbeats, then the
 # first record after each checkpoint. Reverse routes read the old streams.
 LAG = [
@@ -324,10 +327,10 @@ UNACKNOWLEDGED = [
 # `--dry-run`) stops there.
 GUARDS = (
     CONTEXT
+    + LOAD
     + LAG
     + UNACKNOWLEDGED
     + [
-        step("control.rs::AwsControl::load"),
         step("control.rs::AwsControl::stream_facts"),
         step("control.rs::AwsControl::stream_facts", WRITER),
         step("verifications.rs::latest"),
@@ -367,10 +370,10 @@ RUNBOOK_COMMANDS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         step("control.rs::AwsControl::append_history"),
     ],
     "status": CONTEXT
+    + LOAD
     + LAG
     + UNACKNOWLEDGED
     + [
-        step("control.rs::AwsControl::load"),
         step("routing.rs::S3Routing::fetch", on=("routing documents",)),
         step("table.rs::mode_item"),
     ],
@@ -379,17 +382,17 @@ RUNBOOK_COMMANDS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
     "rollback": FLIP,
     "commit": FLIP,
     "pause": CONTEXT
+    + LOAD
     + [
-        step("control.rs::AwsControl::load"),
         step("control.rs::AwsControl::write_state"),
         step("control.rs::AwsControl::set_mode"),
         step("control.rs::AwsControl::append_history"),
     ],
-    "history": CONTEXT + [step("control.rs::AwsControl::load"), step("control.rs::AwsControl::query")],
+    "history": CONTEXT + LOAD + [step("control.rs::AwsControl::query")],
     "dlq ack": CONTEXT
+    + LOAD
     + UNACKNOWLEDGED
     + [
-        step("control.rs::AwsControl::load"),
         step("control.rs::AwsControl::acknowledge"),
         step("control.rs::AwsControl::append_history"),
     ],
