@@ -2,8 +2,11 @@
 # Static checks of terraform/: no terraform binary can be installed on these machines, so the
 # configuration is parsed and checked against the Rust code instead (scripts/terraform_check.py:
 # every .tf parses; each Lambda's environment matches the variables its code reads; every AWS
-# action the code calls is granted, none on "*"), then checkov runs over every module and the
-# example. Installs checkov (pinned, own venv under .local/) on first run.
+# action the code calls is granted, none on "*"; the on-call role can run every runbook command,
+# in both accounts; its session names are people), the READMEs' Inputs and Outputs tables are
+# checked against variables.tf and outputs.tf (scripts/check_module_docs.py), then checkov runs
+# over every module and the example. Installs checkov (pinned, own venv under .local/) on first
+# run; python-hcl2 comes with it.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -22,7 +25,11 @@ if [ ! -x "$venv/bin/checkov" ] || [ "$(cat "$stamp" 2>/dev/null)" != "checkov==
 fi
 # The IAM check reads the AWS SDK crates' operation lists from the cargo registry.
 cargo fetch --locked --quiet
-"$venv/bin/python" scripts/terraform_check.py
+static=0
+"$venv/bin/python" scripts/terraform_check.py || static=1
+echo "== module READMEs"
+"$venv/bin/python" scripts/check_module_docs.py || static=1
+[ "$static" = 0 ] || exit 1
 echo "== checkov"
 status=0
 for dir in terraform/modules/*/ terraform/examples/*/; do

@@ -6,12 +6,21 @@
    the keys its module sets in `local.environment`.
 3. IAM: every AWS action the code calls is granted to the identity that calls it, and no
    data-plane action is granted on "*" (nor any action by wildcard).
+4. The on-call role: every command of docs/runbook.md (`RUNBOOK_COMMANDS`: the adapter
+   functions each runs, and where) is covered by the grants Terraform gives that role, in the
+   new account (its own policies, per S3 key prefix) and in the old one (the writer role, the
+   read role, or the streams' resource policies, with the example wiring the on-call role into
+   writer-access), in both access modes; failures name the command, the action and the
+   Terraform resource to add it to.
+5. Two-person rule: the on-call role's trust policy makes the session name the caller's IAM
+   user name, and the controller has an IAM-authenticated function URL.
 
 Where the AWS actions come from: the adapters in src/aws/ are split into functions; every SDK
 call in a function (`.put_records()`, ...) is looked up in the SDK crates' own operation lists
 (from Cargo.lock's versions in the cargo registry) to find its service, which gives the IAM
-action. `IDENTITIES` below says which adapter functions each deployed identity runs; every
-adapter function that calls AWS must be listed there or in `NOT_DEPLOYED`, so new code cannot
+action. `IDENTITIES` below says which adapter functions each deployed identity runs, and
+`RUNBOOK_COMMANDS` which ones each runbook command runs under the on-call role; every adapter
+function that calls AWS must be listed in one of them or in `NOT_DEPLOYED`, so new code cannot
 slip past the check. Exits 1 with one line per problem.
 """
 
@@ -244,13 +253,11 @@ IDENTITIES: dict[str, dict] = {
         ],
     },
 }
-# Adapter functions only fanoutctl runs locally or with an engineer's own credentials
-# (replicate, backfill, redrive, verify, the benches); no deployed role needs them.
+# Adapter functions no deployed identity runs: the local stack, the benches, and the fanoutctl
+# commands that stand in for the replicator (replicate, backfill), which run with the
+# replicator's or an administrator's credentials, never the on-call role's (RUNBOOK_OUTSIDE).
 NOT_DEPLOYED = {
     "src/aws/table.rs::create_table": "the local stack's set-up and the tests",
-    "src/aws/dead_letters.rs::S3DeadLetters::get_bytes": "redrive (dead letters, on-failure objects)",
-    "src/aws/dead_letters.rs::S3DeadLetters::delete": "redrive",
-    "src/aws/dead_letters.rs::S3DeadLetters::put_json": "redrive's report",
     "src/aws/leases.rs::DynamoLeases::query_all": "fanoutctl replicate's leases",
     "src/aws/leases.rs::DynamoLeases::shard_heartbeat": "fanoutctl replicate's leases",
     "src/aws/leases.rs::DynamoLeases::fenced": "fanoutctl replicate's leases",
@@ -261,8 +268,175 @@ NOT_DEPLOYED = {
     "src/aws/source.rs::KinesisSource::wait_active": "the benches",
     "src/aws/source.rs::KinesisSource::ensure_consumer": "fanoutctl replicate --efo",
     "src/aws/source.rs::KinesisSource::subscribe": "fanoutctl replicate --efo",
-    "src/aws/verifications.rs::store": "fanoutctl verify",
 }
+
+# --- The on-call role: every runbook command ---------------------------------------------------
+#
+# docs/runbook.md is run by an on-call engineer under the on-call role (modules/controller's
+# `oncall` role), as `fanoutctl`. Each command is listed with the adapter functions it runs
+# (read from src/bin/fanoutctl/, src/control/, src/verify/, src/redrive/, src/aws/) and where
+# each acts, which says whose grants it needs:
+NEW = "new"  # the new account, with the on-call role's own credentials
+ASSUME_WRITER = "assume the writer role"  # FANOUT_WRITER_ROLE_ARN (role mode only)
+ASSUME_READER = "assume the read role"  # verify --target-role-arn (role mode only)
+WRITER = "old streams as the writer"  # the writer role, or the streams' policies (trusted_role_arns)
+WRITER_REVERSE = "old streams as the writer, reverse replication"  # with writer-access reverse_replication
+READER = "old streams as a reader"  # the read role, or the streams' policies (reader_trusted_role_arns)
+
+# S3 objects an action touches (a statement must cover each), as the key pattern under the
+# bucket; for s3:ListBucket, the s3:prefix the listing uses.
+LOCATIONS = {
+    "dead letters": "${var.dead_letter_prefix}/*",
+    "discarded batches": "aws/lambda/*",  # the event source mapping's on-failure records
+    "routing documents": "routing/*",
+}
+S3_OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+
+
+def step(function: str, where: str = NEW, on: tuple[str, ...] = ()) -> tuple[str, str, tuple[str, ...]]:
+    return (f"src/aws/{function}", where, on)
+
+
+# Every migration command builds its context first (src/bin/fanoutctl/control.rs `context`):
+# the caller's identity, and the old account's configuration (the writer role's credentials).
+CONTEXT = [
+    step("verifications.rs::caller_identity"),
+    step("verifications.rs::assumed_role_config", ASSUME_WRITER),  # old_account_config
+]
+# The migration's state item; when there is none, the message lists the migrations that exist
+# (commands/mod.rs `load`).
+LOAD = [step("control.rs::AwsControl::load"), step("control.rs::AwsControl::migrations")]
+# The lag of every shard of a direction (AwsControl::lag): checkpoints and heartbeats, then the
+# first record after each checkpoint. Reverse routes read the old streams.
+LAG = [
+    step("control.rs::AwsControl::query"),
+    step("source.rs::KinesisSource::list_shards"),
+    step("source.rs::KinesisSource::shard_iterator"),
+    step("source.rs::KinesisSource::get_records"),
+    step("source.rs::KinesisSource::list_shards", WRITER_REVERSE),
+    step("source.rs::KinesisSource::shard_iterator", WRITER_REVERSE),
+    step("source.rs::KinesisSource::get_records", WRITER_REVERSE),
+]
+# Dead letters and discarded batches not acknowledged (commands/checks.rs `unacknowledged`).
+UNACKNOWLEDGED = [
+    step("control.rs::AwsControl::query"),
+    step("dead_letters.rs::S3DeadLetters::list_prefix", on=("dead letters", "discarded batches")),
+]
+# What every flip reads (commands/flip.rs, checks.rs): the state item and the guards `lag`,
+# `streams` (both sides' summaries), `dead_letters` and `verification`. A dry run (`plan`,
+# `--dry-run`) stops there.
+GUARDS = (
+    CONTEXT
+    + LOAD
+    + LAG
+    + UNACKNOWLEDGED
+    + [
+        step("control.rs::AwsControl::stream_facts"),
+        step("control.rs::AwsControl::stream_facts", WRITER),
+        step("verifications.rs::latest"),
+    ]
+)
+# ...and what it writes: the state item, the hold and release (routing document, modes), the
+# history. An abandoned flip is released the same way.
+FLIP = GUARDS + [
+    step("control.rs::AwsControl::write_state"),
+    step("control.rs::AwsControl::set_mode"),
+    step("routing.rs::S3Routing::publish", on=("routing documents",)),
+    step("control.rs::AwsControl::append_history"),
+]
+# The capacity guard and `fanoutctl capacity` (src/aws/capacity.rs): the newest window of every
+# source shard, and the target's round trip, shard count and record limit through the writer
+# role. (Reading the target's traffic too is optional: without reverse_replication it is
+# denied, noted, and the source alone decides.)
+CAPACITY = [
+    step("target.rs::KinesisTarget::new", ASSUME_WRITER),
+    step("verifications.rs::assumed_role_config", ASSUME_WRITER),
+    step("target.rs::KinesisTarget::target_info", WRITER),
+    step("target.rs::list_open_shards", WRITER),
+    step("capacity.rs::open_shard_count", WRITER),
+    step("target.rs::list_open_shards"),
+    step("source.rs::KinesisSource::shard_iterator"),
+    step("source.rs::KinesisSource::get_records"),
+]
+
+RUNBOOK_COMMANDS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
+    "start": CONTEXT
+    + [
+        step("control.rs::AwsControl::load"),
+        step("table.rs::mode_item"),  # which migration steers each route (mode_owner)
+        step("control.rs::AwsControl::write_state"),
+        step("control.rs::AwsControl::set_mode"),
+        step("routing.rs::S3Routing::publish", on=("routing documents",)),
+        step("control.rs::AwsControl::append_history"),
+    ],
+    "status": CONTEXT
+    + LOAD
+    + LAG
+    + UNACKNOWLEDGED
+    + [
+        step("routing.rs::S3Routing::fetch", on=("routing documents",)),
+        step("table.rs::mode_item"),
+    ],
+    "plan": GUARDS + CAPACITY,
+    "cutover": FLIP + CAPACITY,
+    "rollback": FLIP,
+    "commit": FLIP,
+    "pause": CONTEXT
+    + LOAD
+    + [
+        step("control.rs::AwsControl::write_state"),
+        step("control.rs::AwsControl::set_mode"),
+        step("control.rs::AwsControl::append_history"),
+    ],
+    "history": CONTEXT + LOAD + [step("control.rs::AwsControl::query")],
+    "dlq ack": CONTEXT
+    + LOAD
+    + UNACKNOWLEDGED
+    + [
+        step("control.rs::AwsControl::acknowledge"),
+        step("control.rs::AwsControl::append_history"),
+    ],
+    # src/bin/fanoutctl/verify.rs: the route's dead letters, both streams over the window (the
+    # old one through --target-role-arn), the result stored for the verification guard.
+    "verify": [
+        step("verifications.rs::caller_identity"),
+        step("dead_letters.rs::S3DeadLetters::list_prefix", on=("dead letters",)),
+        step("dead_letters.rs::S3DeadLetters::get_bytes", on=("dead letters",)),
+        step("source.rs::KinesisSource::list_shards"),
+        step("source.rs::KinesisSource::shard_iterator"),
+        step("source.rs::KinesisSource::get_records"),
+        step("verifications.rs::assumed_role_config", ASSUME_READER),
+        step("source.rs::KinesisSource::list_shards", READER),
+        step("source.rs::KinesisSource::shard_iterator", READER),
+        step("source.rs::KinesisSource::get_records", READER),
+        step("verifications.rs::store"),
+    ],
+    # src/bin/fanoutctl/redrive.rs and src/redrive/: list, read, replay through the writer, then
+    # delete (or mark, --keep) each dead letter; with --on-failure, read each discarded batch,
+    # store its records as dead letters and delete it. The source's shards give lineage order.
+    "redrive": [
+        step("target.rs::KinesisTarget::new", ASSUME_WRITER),
+        step("target.rs::KinesisTarget::target_info", WRITER),
+        step("target.rs::list_open_shards", WRITER),
+        step("target.rs::KinesisTarget::put_records", WRITER),
+        step("dead_letters.rs::S3DeadLetters::list_prefix", on=("dead letters", "discarded batches")),
+        step("dead_letters.rs::S3DeadLetters::get_bytes", on=("dead letters", "discarded batches")),
+        step("dead_letters.rs::S3DeadLetters::delete", on=("dead letters", "discarded batches")),
+        step("dead_letters.rs::S3DeadLetters::put_json", on=("dead letters",)),
+        step("dead_letters.rs::S3DeadLetters::store", on=("dead letters",)),
+        step("source.rs::KinesisSource::list_shards"),
+    ],
+    "capacity": CAPACITY,
+}
+RUNBOOK_COMMANDS["resume"] = RUNBOOK_COMMANDS["pause"]
+# Commands docs/runbook.md names that the on-call role is not meant to run.
+RUNBOOK_OUTSIDE = {
+    "replicate": "stands in for the replicator (checkpoints, leases): the replicator's or an administrator's credentials",
+    "backfill": "stands in for the replicator (checkpoints, leases): the replicator's or an administrator's credentials",
+}
+# Beyond fanoutctl: the on-call role calls the controller through its function URL (the only
+# way the function knows who approves a flip) and directly; a function URL needs both actions.
+ONCALL_INVOKES = ["lambda:InvokeFunction", "lambda:InvokeFunctionUrl"]
 
 
 # --- Terraform side ----------------------------------------------------------------------
@@ -344,10 +518,13 @@ def statements(docs: list[dict]):
 DATA_PLANE = ("kinesis:", "dynamodb:", "s3:", "kms:", "sts:")
 
 
-def granted_actions(module: str, docs: list[dict]) -> set[str]:
+def granted_actions(module: str, docs: list[dict], only: set[str] | None = None) -> set[str]:
+    """What the module's policy documents grant (only those named in `only`, if given)."""
     local_values = locals_of(docs)
     granted: set[str] = set()
     for name, st in statements(docs):
+        if only is not None and name not in only:
+            continue
         actions = resolve_list(st.get("actions", []), local_values)
         resources = resolve_list(st.get("resources", []), local_values)
         sid = str(unwrap(st.get("sid", "(no sid)"))).strip("[]'\"")
@@ -393,16 +570,16 @@ def check_environment(parsed: dict[Path, dict]) -> None:
         print(f"environment  {lam:<11} {len(reads)} variables read by the code, {len(keys)} set by the module")
 
 
-def check_iam(parsed: dict[Path, dict]) -> None:
-    ops = sdk_operations()
-    if not ops:
-        return
-    actions = adapter_actions(ops)
-    listed = {f for ident in IDENTITIES.values() for f in ident["functions"]} | set(NOT_DEPLOYED)
+def check_iam(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None:
+    runbook = {fn for steps in RUNBOOK_COMMANDS.values() for fn, _, _ in steps}
+    listed = {f for ident in IDENTITIES.values() for f in ident["functions"]} | set(NOT_DEPLOYED) | runbook
+    for fn in sorted(runbook & set(NOT_DEPLOYED)):
+        problem(f"scripts/terraform_check.py: {fn} is in RUNBOOK_COMMANDS (the on-call role runs it) and in NOT_DEPLOYED: remove it from NOT_DEPLOYED")
     for fn in sorted(set(actions) - listed):
         problem(
-            f"{fn} calls {', '.join(sorted(actions[fn]))}: add it to IDENTITIES (the role that runs it) "
-            "or NOT_DEPLOYED in scripts/terraform_check.py, and grant it in that module"
+            f"{fn} calls {', '.join(sorted(actions[fn]))}: add it to IDENTITIES (the role that runs it), "
+            "RUNBOOK_COMMANDS (the on-call commands that run it) or NOT_DEPLOYED in "
+            "scripts/terraform_check.py, and grant it in that module"
         )
     for fn in sorted(listed - set(actions)):
         problem(f"scripts/terraform_check.py lists {fn}, which calls no AWS operation (renamed or removed?)")
@@ -412,7 +589,10 @@ def check_iam(parsed: dict[Path, dict]) -> None:
         if not docs:
             problem(f"terraform/modules/{module} is missing")
             continue
-        granted = granted_actions(module, docs)
+        # A Lambda's own role: only the documents attached to it (the controller module's
+        # on-call role has documents of its own).
+        own = set(documents_of_role(parsed, module, "this")) if "locals" not in spec else None
+        granted = granted_actions(module, docs, own)
         needed = set()
         for fn in spec["functions"]:
             needed |= actions.get(fn, set())
@@ -425,12 +605,311 @@ def check_iam(parsed: dict[Path, dict]) -> None:
             granted = listed_actions
         for a in sorted(needed - granted):
             users = [fn for fn in spec["functions"] if a in actions.get(fn, set())]
-            problem(f"modules/{module}: {ident} calls {a} ({', '.join(users)}) but no policy grants it")
+            problem(f"modules/{module}: {ident} calls {a} ({', '.join(users)}) but no policy attached to its role (aws_iam_role.this) grants it")
         print(f"iam          {ident:<11} {len(needed)} actions called by the code, all granted: {sorted(needed)}"
               if not (needed - granted) else f"iam          {ident:<11} missing {sorted(needed - granted)}")
     modules = (TF / "modules").iterdir() if (TF / "modules").is_dir() else []
     for module in sorted(p.name for p in modules if p.is_dir()):
         granted_actions(module, module_docs(parsed, module))  # wildcard checks everywhere
+
+
+# --- The on-call role ---------------------------------------------------------------------------
+
+MODES = ("role", "resource_policy")
+# Parts of a document's `count` or a dynamic statement's `for_each` that decide, per access mode
+# (writer-access's access_mode; the controller's writer_role_arn set or null), whether it
+# exists. Any other condition (an optional KMS key, ...) is taken as met.
+GATES = {
+    "role": {
+        "var.writer_role_arn != null": True,
+        "var.writer_role_arn == null": False,
+        "var.reader_role_arn != null": True,
+        "local.role_mode": True,
+        "local.resource_policy_mode": False,
+    },
+    "resource_policy": {
+        "var.writer_role_arn != null": False,
+        "var.writer_role_arn == null": True,
+        "var.reader_role_arn != null": False,
+        "local.role_mode": False,
+        "local.resource_policy_mode": True,
+    },
+}
+MODE_NAMES = {"role": "role mode", "resource_policy": "resource-policy mode"}
+
+
+def gate_open(gate: str, mode: str) -> bool:
+    gate = gate.replace("None", "null")  # the parser writes HCL's null as None
+    return all(value or key not in gate for key, value in GATES[mode].items())
+
+
+def flat_strings(value) -> list[str]:
+    """Every string in a parsed value (lists and blocks searched through)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [s for v in value for s in flat_strings(v)]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() if not k.startswith("__") for s in flat_strings(v)]
+    return []
+
+
+def one_string(value) -> str:
+    strings = flat_strings(value)
+    return strings[0] if len(strings) == 1 else ""
+
+
+def substitute_locals(text: str, local_values: dict) -> str:
+    """`${local.x}` replaced by x's value where that is a plain string (a key prefix)."""
+    return re.sub(
+        r"\$\{local\.(\w+)\}",
+        lambda m: one_string(local_values.get(m.group(1))) or m.group(0),
+        text,
+    )
+
+
+class Statement:
+    """One Allow statement of an aws_iam_policy_document: what it grants, on what, when."""
+
+    def __init__(self, doc: str, body: dict, gate: str, local_values: dict, path: Path, line):
+        self.doc = doc
+        self.sid = str(unwrap(body.get("sid", "(no sid)"))).strip("[]'\"")
+        self.effect = str(unwrap(body.get("effect", "Allow"))).strip("[]'\" ")
+        self.actions = set(resolve_list(body.get("actions", []), local_values))
+        raw = flat_strings(body.get("resources", []))
+        self.raw_resources = " ".join(raw)
+        self.resources = [substitute_locals(r, local_values) for r in resolve_list(body.get("resources", []), local_values)]
+        self.principals = " ".join(flat_strings(body.get("principals", [])))
+        self.conditions: list[tuple[str, str, list[str]]] = []
+        blocks = list(body.get("condition", []))
+        for dyn in body.get("dynamic", []):
+            blocks += dyn.get("condition", {}).get("content", [])
+        for c in blocks:
+            self.conditions.append(
+                (
+                    one_string(c.get("test", "")),
+                    one_string(c.get("variable", "")),
+                    [substitute_locals(v, local_values) for v in flat_strings(c.get("values", []))],
+                )
+            )
+        self.gate = gate
+        self.where = f"data.aws_iam_policy_document.{doc} ({path.relative_to(ROOT)}:{line})"
+
+
+def policy_statements(parsed: dict[Path, dict], module: str) -> list[Statement]:
+    out = []
+    local_values = locals_of(module_docs(parsed, module))
+    for path, doc in parsed.items():
+        if path.parent != TF / "modules" / module:
+            continue
+        for data in doc.get("data", []):
+            for name, body in data.get("aws_iam_policy_document", {}).items():
+                doc_gate = " ".join(flat_strings(body.get("count", [])) + flat_strings(body.get("for_each", [])))
+                line = body.get("__start_line__", "?")
+                for st in body.get("statement", []):
+                    out.append(Statement(name, st, doc_gate, local_values, path, line))
+                for dyn in body.get("dynamic", []):
+                    d = dyn.get("statement", {})
+                    gate = doc_gate + " " + " ".join(flat_strings(d.get("for_each", [])))
+                    for content in d.get("content", []):
+                        out.append(Statement(name, content, gate, local_values, path, line))
+    return [s for s in out if s.effect != "Deny"]
+
+
+def documents_of_role(parsed: dict[Path, dict], module: str, role: str) -> dict[str, str]:
+    """The policy documents attached (aws_iam_role_policy) to aws_iam_role.<role>: name → where."""
+    out = {}
+    for path, doc in parsed.items():
+        if path.parent != TF / "modules" / module:
+            continue
+        for res in doc.get("resource", []):
+            for name, body in res.get("aws_iam_role_policy", {}).items():
+                if f"aws_iam_role.{role}" not in " ".join(flat_strings(body.get("role", []))):
+                    continue
+                for policy in flat_strings(body.get("policy", [])):
+                    m = re.search(r"data\.aws_iam_policy_document\.(\w+)(?:\[\d+\])?\.json", policy)
+                    if m:
+                        out[m.group(1)] = f"aws_iam_role_policy.{name} ({path.relative_to(ROOT)}:{body.get('__start_line__', '?')})"
+    return out
+
+
+def resource_hint(action: str, where: str) -> tuple[str, str]:
+    """(text a statement's resources must contain, what it is for a person) for `action`."""
+    if action.startswith("dynamodb:"):
+        return "var.table_arn", "the state table"
+    if action.startswith("kinesis:"):
+        if where == NEW:
+            return "local.source_arns", "the source (new) streams"
+        return "local.target_arns", "the target (old) streams"
+    if action == "s3:ListBucket":
+        return "var.bucket_arn", "the state bucket"
+    if action.startswith("lambda:"):
+        return "aws_lambda_function.this.arn", "the controller function"
+    if action == "sts:AssumeRole":
+        return ("var.reader_role_arn", "the read role") if where == ASSUME_READER else ("var.writer_role_arn", "the writer role")
+    return "", "any resource"
+
+
+def covers(st: Statement, action: str, hint: str, location: str | None) -> bool:
+    if action not in st.actions or hint not in st.raw_resources:
+        return False
+    if location is None:
+        return True
+    pattern = LOCATIONS[location]
+    if action in S3_OBJECT_ACTIONS:
+        return any(r.startswith("${var.bucket_arn}/") and r.endswith("/" + pattern) for r in st.resources)
+    if action == "s3:ListBucket":
+        prefixes = [v for test, var, values in st.conditions if var == "s3:prefix" for v in values]
+        return not prefixes or pattern in prefixes
+    return True
+
+
+def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None:
+    """Every runbook command, under the on-call role, with the grants Terraform gives it in both
+    accounts, in both access modes."""
+    controller = "terraform/modules/controller/main.tf"
+    oncall_docs = documents_of_role(parsed, "controller", "oncall")
+    if not oncall_docs:
+        problem(f"{controller}: no aws_iam_role_policy attaches a policy document to aws_iam_role.oncall")
+        return
+    oncall = [s for s in policy_statements(parsed, "controller") if s.doc in oncall_docs]
+    access = policy_statements(parsed, "writer-access")
+    writer_locals = locals_of(module_docs(parsed, "writer-access"))
+    writer_actions = set(resolve_list(writer_locals.get("writer_actions", []), {}))
+    reverse_actions = writer_actions | set(resolve_list(writer_locals.get("reverse_read_actions", []), {}))
+    reader_docs = documents_of_role(parsed, "writer-access", "reader")
+    operate = next((s.where for s in oncall if s.doc == "operate"), f"data.aws_iam_policy_document.operate ({controller})")
+    operate = operate.replace("data.aws_iam_policy_document.operate", "data.aws_iam_policy_document.operate, the on-call role's own document")
+    wa = "terraform/modules/writer-access/main.tf"
+
+    missing: dict[str, list[str]] = {}  # the fix → the commands that need it
+
+    def need(command: str, what: str, fix: str) -> None:
+        missing.setdefault(f"{what}: {fix}", []).append(command)
+
+    def label_of(action: str, hint_label: str, location: str | None) -> str:
+        if location is None:
+            return f"{action} on {hint_label}"
+        if action == "s3:ListBucket":
+            return f"{action} on the state bucket with s3:prefix {LOCATIONS[location]} (the {location})"
+        return f"{action} on the {location} (<bucket>/{LOCATIONS[location]})"
+
+    for command, steps in RUNBOOK_COMMANDS.items():
+        for fn, where, on in steps:
+            for action in sorted(actions.get(fn, set()) - NEEDS_NO_GRANT):
+                if action in S3_OBJECT_ACTIONS | {"s3:ListBucket"} and not on:
+                    problem(f"scripts/terraform_check.py: RUNBOOK_COMMANDS[{command!r}] runs {fn} ({action}) without saying on which objects (on=...)")
+                    continue
+                for mode in MODES:
+                    in_mode = f" ({MODE_NAMES[mode]})"
+                    own = [s for s in oncall if gate_open(s.gate, mode)]
+                    if where in (ASSUME_WRITER, ASSUME_READER):
+                        if mode != "role":
+                            continue  # nothing to assume without a writer role
+                        hint, label = resource_hint(action, where)
+                        if not any(covers(s, action, hint, None) for s in own):
+                            need(command, f"{action} on {label} ({fn}){in_mode}", f"no statement of the on-call role's policies grants it; add one on {hint} to {operate}")
+                        continue
+                    if where == NEW or mode == "resource_policy":
+                        # The on-call role's own policies (in resource-policy mode also for the old streams).
+                        hint, label = resource_hint(action, NEW if where == NEW else WRITER)
+                        for location in on or (None,):
+                            if not any(covers(s, action, hint, location) for s in own):
+                                what = label_of(action, label, location)
+                                need(command, f"{what} ({fn}){in_mode}", f"no statement of the on-call role's policies grants it; add it to {operate}")
+                    if where == NEW:
+                        continue
+                    # The old account's side: the writer role's or read role's policy, or the streams' policies.
+                    if where in (WRITER, WRITER_REVERSE):
+                        granted = reverse_actions if where == WRITER_REVERSE else writer_actions
+                        if action not in granted:
+                            extra = ", and reverse_read_actions with reverse_replication" if where == WRITER_REVERSE else ""
+                            need(command, f"{action} on the old streams as the writer ({fn}){in_mode}", f"the writer-access module does not grant it: add it to local.writer_actions{extra} ({wa})")
+                    elif where == READER:
+                        if mode == "role":
+                            granted_by = [s for s in access if s.doc in reader_docs and gate_open(s.gate, mode)]
+                            home = "the read role's policy, data.aws_iam_policy_document.read"
+                        else:
+                            granted_by = [s for s in access if "reader_trusted_role_arns" in s.principals and gate_open(s.gate, mode)]
+                            home = "the streams' policy statement for reader_trusted_role_arns, data.aws_iam_policy_document.stream"
+                        if not any(action in s.actions for s in granted_by):
+                            need(command, f"{action} on the old streams as a reader ({fn}){in_mode}", f"not granted by {home}: add it to local.reader_actions ({wa})")
+    for action in ONCALL_INVOKES:
+        hint, label = resource_hint(action, NEW)
+        if not any(covers(s, action, hint, None) for s in oncall):
+            need("invoking the controller through its function URL", f"{action} on {label}", f"no statement of the on-call role's policies grants it; add it to {operate}")
+
+    # The example must put the on-call role where writer-access trusts it.
+    example = TF / "examples" / "two-account" / "main.tf"
+    calls = {}
+    for module_block in parsed.get(example, {}).get("module", []):
+        calls.update(module_block)
+    wa_call, ctl_call = calls.get("writer_access", {}), calls.get("controller", {})
+    if "module.controller.oncall_role_arn" not in " ".join(flat_strings(wa_call.get("trusted_role_arns", []))):
+        need("every command through the writer role", "the on-call role in writer-access's trusted_role_arns", f"it is not there: add module.controller.oncall_role_arn to module.writer_access's trusted_role_arns ({example.relative_to(ROOT)})")
+    if "module.controller.oncall_role_arn" not in " ".join(flat_strings(wa_call.get("reader_trusted_role_arns", []))):
+        need("verify", "the on-call role in writer-access's reader_trusted_role_arns", f"it is not there: add module.controller.oncall_role_arn to module.writer_access's reader_trusted_role_arns ({example.relative_to(ROOT)})")
+    if not [v for v in flat_strings(ctl_call.get("reader_role_arn", [])) if v != "null"]:
+        need("verify", "the read role's ARN in the controller module (reader_role_arn)", f"it is not given: pass it to module.controller ({example.relative_to(ROOT)}), as local.reader_role_arn")
+
+    for what, commands in missing.items():
+        names = ", ".join(f"`fanoutctl {c}`" if c in RUNBOOK_COMMANDS else c for c in dict.fromkeys(commands))
+        verb = "needs" if len(set(commands)) == 1 else "need"
+        problem(f"on-call role: {names} {verb} {what}")
+    total = {a for steps in RUNBOOK_COMMANDS.values() for fn, _, _ in steps for a in actions.get(fn, set())} - NEEDS_NO_GRANT
+    if not missing:
+        print(
+            f"oncall       {len(RUNBOOK_COMMANDS)} runbook commands, {len(total) + len(ONCALL_INVOKES)} actions, "
+            f"all granted in role and resource-policy modes: {sorted(total | set(ONCALL_INVOKES))}"
+        )
+    else:
+        print(f"oncall       missing grants: {len(missing)} (below)")
+
+
+def check_oncall_trust(parsed: dict[Path, dict]) -> None:
+    """The two-person rule compares identities; through the on-call role an identity is the
+    session name, so its trust policy must make that the caller's own user name."""
+    module = TF / "modules" / "controller"
+    found = False
+    for st in policy_statements(parsed, "controller"):
+        if st.doc != "oncall_assume":
+            continue
+        for test, variable, values in st.conditions:
+            if test == "StringEquals" and variable == "sts:RoleSessionName" and values == ["$${aws:username}"]:
+                found = True
+    if not found:
+        problem(
+            "modules/controller data.aws_iam_policy_document.oncall_assume: the on-call role's trust policy does not "
+            "require sts:RoleSessionName = ${aws:username} (HCL \"$${aws:username}\"), so one person could request and "
+            "approve a flip from two sessions: add the condition (behind var.oncall_session_name_is_username)"
+        )
+    default = None
+    for path, doc in parsed.items():
+        if path.parent == module:
+            for v in doc.get("variable", []):
+                if "oncall_session_name_is_username" in v:
+                    default = (v["oncall_session_name_is_username"].get("default") or [None])[0]
+    if default is not True:
+        problem("modules/controller variables.tf: oncall_session_name_is_username must exist and default to true")
+    url = False
+    for path, doc in parsed.items():
+        if path.parent == module:
+            for res in doc.get("resource", []):
+                for body in res.get("aws_lambda_function_url", {}).values():
+                    url = url or one_string(body.get("authorization_type")) == "AWS_IAM"
+    if not url:
+        problem("modules/controller: no aws_lambda_function_url with authorization_type = \"AWS_IAM\" (two-person approvals through the controller need the caller's identity)")
+    print("trust        on-call session name = IAM user name: " + ("required" if found and default is True else "MISSING")
+          + "; IAM-authenticated function URL: " + ("yes" if url else "MISSING"))
+
+
+def check_runbook_listed() -> None:
+    """Every `fanoutctl <command>` of docs/runbook.md is either checked for the on-call role or
+    named as one it does not run."""
+    text = (ROOT / "docs" / "runbook.md").read_text()
+    for m in sorted(set(re.findall(r"fanoutctl (dlq ack|[a-z]+)", text))):
+        if m not in RUNBOOK_COMMANDS and m not in RUNBOOK_OUTSIDE:
+            problem(f"docs/runbook.md runs `fanoutctl {m}`: add it to RUNBOOK_COMMANDS in scripts/terraform_check.py (the adapter functions it runs) or to RUNBOOK_OUTSIDE (why the on-call role does not)")
 
 
 def check_skips() -> None:
@@ -446,7 +925,13 @@ def main() -> int:
     parsed = parse_all()
     print(f"parse        {len(parsed)} .tf files")
     check_environment(parsed)
-    check_iam(parsed)
+    ops = sdk_operations()
+    if ops:  # else a problem says why
+        actions = adapter_actions(ops)
+        check_iam(parsed, actions)
+        check_oncall(parsed, actions)
+    check_oncall_trust(parsed)
+    check_runbook_listed()
     check_skips()
     for p in problems:
         print(f"FAIL: {p}")

@@ -14,6 +14,11 @@ locals {
   writer_role_arn    = local.role_mode ? "arn:${data.aws_partition.old.partition}:iam::${var.old_account_id}:role/${var.writer_role_name}" : null
   writer_external_id = local.role_mode ? var.writer_external_id : null
 
+  # The on-call role reads the old streams for `fanoutctl verify` through a read role (role
+  # mode), known in advance like the writer role's.
+  oncall          = length(var.oncall_principal_arns) > 0
+  reader_role_arn = local.role_mode && local.oncall ? "arn:${data.aws_partition.old.partition}:iam::${var.old_account_id}:role/${var.reader_role_name}" : null
+
   repo_root               = "${path.root}/../../.."
   replicator_package_path = coalesce(var.replicator_package_path, "${local.repo_root}/target/lambda/replicator/bootstrap.zip")
   controller_package_path = coalesce(var.controller_package_path, "${local.repo_root}/target/lambda/controller/bootstrap.zip")
@@ -111,11 +116,15 @@ module "controller" {
 
   writer_role_arn     = local.writer_role_arn
   writer_external_id  = local.writer_external_id
+  reader_role_arn     = local.reader_role_arn
   source_kms_key_arns = var.source_kms_key_arns
+  # In role mode the writer and read roles hold the key grants (writer-access's kms_key_arns).
+  target_kms_key_arns = local.role_mode ? [] : var.target_kms_key_arns
 
-  oncall_principal_arns = var.oncall_principal_arns
-  oncall_role_name      = var.oncall_role_name
-  oncall_require_mfa    = var.oncall_require_mfa
+  oncall_principal_arns           = var.oncall_principal_arns
+  oncall_role_name                = var.oncall_role_name
+  oncall_require_mfa              = var.oncall_require_mfa
+  oncall_session_name_is_username = var.oncall_session_name_is_username
 
   tags = var.tags
 }
@@ -133,10 +142,14 @@ module "writer_access" {
   trusted_role_arns = [
     for arn in [module.replicator.role_arn, module.controller.role_arn, module.controller.oncall_role_arn] : arn if arn != null
   ]
-  external_id  = local.writer_external_id
-  kms_key_arns        = var.target_kms_key_arns
-  reverse_replication = var.reverse_replication
-  tags                = var.tags
+  # Only the on-call role may read the old streams (`fanoutctl verify`). The list's length
+  # must be known at plan time (it decides whether the read role exists), hence no filter.
+  reader_trusted_role_arns = local.oncall ? [module.controller.oncall_role_arn] : []
+  reader_role_name         = var.reader_role_name
+  external_id              = local.writer_external_id
+  kms_key_arns             = var.target_kms_key_arns
+  reverse_replication      = var.reverse_replication
+  tags                     = var.tags
 }
 
 module "observability" {

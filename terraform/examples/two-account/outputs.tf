@@ -28,6 +28,16 @@ output "oncall_role_arn" {
   value       = module.controller.oncall_role_arn
 }
 
+output "reader_role_arn" {
+  description = "The read role in the old account (role mode, with an on-call role): fanoutctl verify --target-role-arn <this>."
+  value       = module.writer_access.reader_role_arn
+}
+
+output "controller_function_url" {
+  description = "The controller's IAM-authenticated function URL: SigV4-signed POSTs with the JSON command as body, e.g. awscurl --service lambda. Two-person approvals go this way (or through fanoutctl)."
+  value       = module.controller.function_url
+}
+
 output "table_name" {
   description = "The state table (FANOUT_TABLE for fanoutctl)."
   value       = module.state.table_name

@@ -156,6 +156,12 @@ variable "writer_role_name" {
   default     = "fanout-writer"
 }
 
+variable "reader_role_name" {
+  type        = string
+  description = "Name of the read role in the old account (role mode, with an on-call role): the on-call role assumes it for `fanoutctl verify`."
+  default     = "fanout-reader"
+}
+
 variable "writer_external_id" {
   type        = string
   description = "External id the writer role requires (role mode). Any hard-to-guess string, e.g. from `openssl rand -hex 16`; pass it as TF_VAR_writer_external_id rather than committing it."
@@ -243,7 +249,7 @@ variable "enhanced_fan_out" {
 
 variable "oncall_principal_arns" {
   type        = list(string)
-  description = "Principals of the new account allowed to assume the on-call role (invoke the controller, run fanoutctl). Empty = no on-call role."
+  description = "Principals of the new account allowed to assume the on-call role (invoke the controller, run every runbook command with fanoutctl): IAM users, or roles with oncall_session_name_is_username = false. Empty = no on-call role."
   default     = []
 }
 
@@ -256,6 +262,12 @@ variable "oncall_role_name" {
 variable "oncall_require_mfa" {
   type        = bool
   description = "Require MFA to assume the on-call role. Set false for IAM Identity Center roles (their chained sessions carry no MFA flag)."
+  default     = true
+}
+
+variable "oncall_session_name_is_username" {
+  type        = bool
+  description = "Require the on-call role's session name to be the caller's IAM user name, so the identities the controller records (and the two-person rule compares) are people. Only IAM users have one: set false for role principals and see modules/controller/README.md."
   default     = true
 }
 

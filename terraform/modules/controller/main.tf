@@ -55,6 +55,8 @@ locals {
 
   # The controller publishes routing/<migration>.json (src/control/commands.rs).
   routing_prefix = "routing"
+  # Where Lambda writes the event source mapping's on-failure records (src/on_failure.rs).
+  failure_records_prefix = "aws/lambda"
 
   oncall = length(var.oncall_principal_arns) > 0
 }
@@ -219,7 +221,7 @@ resource "aws_iam_role_policy" "logs" {
 resource "aws_lambda_function" "this" {
   #checkov:skip=CKV_AWS_50:X-Ray would need xray:PutTraceSegments and PutTelemetryRecords and the code emits no trace segments; every command's outcome, guards and timings are in its report and the history items.
   #checkov:skip=CKV_AWS_115:Invoked by hand, a few times per migration; concurrent flips are already serialised by a conditional write on the state item, and reserving concurrency would take it away from the account's other functions.
-  #checkov:skip=CKV_AWS_116:Invoked synchronously (aws lambda invoke, the caller waits for the report), never asynchronously, so a function DLQ would never receive anything.
+  #checkov:skip=CKV_AWS_116:Invoked by people, mostly synchronously; an asynchronous invocation (--invocation-type Event, then fanoutctl status --watch) is never retried and is dropped after 60 s in the queue (aws_lambda_function_event_invoke_config below), and every command attempt is in the history, so a DLQ would only hold commands nobody should run late.
   #checkov:skip=CKV_AWS_117:Reaches only AWS public endpoints (DynamoDB, S3, Kinesis, STS); a VPC would add NAT gateways or interface endpoints and cost without protecting anything.
   #checkov:skip=CKV_AWS_173:The environment holds no secret (the external id guards against a confused deputy and is not a credential); Lambda encrypts it at rest with an AWS managed key.
   #checkov:skip=CKV_AWS_272:The package is built from this repository by scripts/build-lambdas.sh and deployed by Terraform from that build; code signing would need a signing profile and pipeline this project does not have.
@@ -285,6 +287,27 @@ data "aws_iam_policy_document" "oncall_assume" {
         values   = ["true"]
       }
     }
+
+    # The session name is the identity the controller records and the two-person rule
+    # compares (arn:aws:sts::<account>:assumed-role/<role>/<session name>). Left free, one
+    # person could request a flip in one session and approve it from another. This makes it
+    # the caller's own IAM user name. `$${...}` is an IAM policy variable, not Terraform's.
+    dynamic "condition" {
+      for_each = var.oncall_session_name_is_username ? [1] : []
+      content {
+        test     = "StringEquals"
+        variable = "sts:RoleSessionName"
+        values   = ["$${aws:username}"]
+      }
+    }
+  }
+
+  lifecycle {
+    # aws:username exists only for IAM users: a role's sessions would all be refused.
+    precondition {
+      condition     = !var.oncall_session_name_is_username || alltrue([for p in var.oncall_principal_arns : !can(regex(":role/", p))])
+      error_message = "oncall_session_name_is_username = true requires sts:RoleSessionName to equal the caller's IAM user name, and a role's session has no user name, so every role in oncall_principal_arns would be refused. Trust IAM users (or the account root, for its users), or set it false and give engineers an IAM Identity Center permission set with the oncall_policy_json output instead (AWS names each of its sessions after the signed-in user): see the module README."
+    }
   }
 }
 
@@ -292,7 +315,7 @@ resource "aws_iam_role" "oncall" {
   count = local.oncall ? 1 : 0
 
   name                  = var.oncall_role_name
-  description           = "fanout on-call: invoke the controller, or run fanoutctl with the controller's permissions."
+  description           = "fanout on-call: invoke the controller, or run every runbook command with fanoutctl."
   assume_role_policy    = data.aws_iam_policy_document.oncall_assume[0].json
   force_detach_policies = true
   tags                  = var.tags
@@ -306,27 +329,118 @@ resource "aws_iam_role_policy" "oncall_migrate" {
   policy = data.aws_iam_policy_document.migrate.json
 }
 
+# What only the on-call role does: invoke the controller, and the runbook commands the function
+# never runs (verify, redrive). scripts/terraform_check.py checks this document and `migrate`
+# against every runbook command's AWS calls.
 data "aws_iam_policy_document" "operate" {
+  # `aws lambda invoke`. Function URLs need this action too (since October 2025).
   statement {
     sid       = "InvokeController"
     actions   = ["lambda:InvokeFunction"]
     resources = [aws_lambda_function.this.arn]
   }
 
-  # `dlq ack` is for dead letters someone has looked at; this is how they look. The function
+  # The function URL (SigV4-signed requests): the function learns who called from the request,
+  # so a two-person approval can be taken there and not from a direct invoke.
+  statement {
+    sid       = "InvokeControllerUrl"
+    actions   = ["lambda:InvokeFunctionUrl"]
+    resources = [aws_lambda_function.this.arn]
+
+    condition {
+      test     = "StringEquals"
+      variable = "lambda:FunctionUrlAuthType"
+      values   = ["AWS_IAM"]
+    }
+  }
+
+  # `dlq ack` is for dead letters someone has looked at; this is how they look. `verify`
+  # reads them to tell dead-lettered records from missing ones; `redrive` reads each, deletes
+  # it once its record is written (or, with --keep, writes a `.redriven` marker beside it), and
+  # with --on-failure stores the records of discarded batches as dead letters. The function
   # itself never reads one, so only the on-call role has this.
   statement {
-    sid       = "ReadDeadLetters"
-    actions   = ["s3:GetObject"]
+    sid = "RedriveDeadLetters"
+    actions = [
+      "s3:DeleteObject",
+      "s3:GetObject",
+      "s3:PutObject",
+    ]
     resources = ["${var.bucket_arn}/${var.dead_letter_prefix}/*"]
+  }
+
+  # `redrive --on-failure`: reads each batch the event source mapping discarded (its
+  # on-failure record) and deletes it once its records are stored as dead letters.
+  statement {
+    sid = "RedriveDiscardedBatches"
+    actions = [
+      "s3:DeleteObject",
+      "s3:GetObject",
+    ]
+    resources = ["${var.bucket_arn}/${local.failure_records_prefix}/*"]
   }
 
   dynamic "statement" {
     for_each = var.state_kms_key_arn != null ? [1] : []
     content {
-      sid       = "DeadLettersKey"
-      actions   = ["kms:Decrypt"]
+      sid = "DeadLettersKey"
+      actions = [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+      ]
       resources = [var.state_kms_key_arn]
+    }
+  }
+
+  # Role mode: `fanoutctl verify --target-role-arn <reader role>` reads the old streams through
+  # writer-access's read role (the writer role may not read them).
+  dynamic "statement" {
+    for_each = var.reader_role_arn != null ? [1] : []
+    content {
+      sid       = "AssumeReaderRole"
+      actions   = ["sts:AssumeRole"]
+      resources = [var.reader_role_arn]
+    }
+  }
+
+  # Resource-policy mode: no role to assume, so the on-call role itself reads the old streams
+  # (verify) and writes them (redrive); the streams' resource policies must allow it too
+  # (writer-access's trusted_role_arns and reader_trusted_role_arns).
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null ? [1] : []
+    content {
+      sid = "RedriveIntoTargetStreams"
+      actions = [
+        "kinesis:DescribeStreamSummary",
+        "kinesis:ListShards",
+        "kinesis:PutRecords",
+      ]
+      resources = local.target_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null ? [1] : []
+    content {
+      sid = "VerifyTargetStreams"
+      actions = [
+        "kinesis:GetRecords",
+        "kinesis:GetShardIterator",
+        "kinesis:ListShards",
+      ]
+      resources = local.target_arns
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null && length(var.target_kms_key_arns) > 0 ? [1] : []
+    content {
+      sid = "TargetRecordsKeys"
+      actions = [
+        "kms:Decrypt",
+        "kms:GenerateDataKey",
+      ]
+      resources = var.target_kms_key_arns
     }
   }
 }
@@ -337,4 +451,32 @@ resource "aws_iam_role_policy" "oncall_operate" {
   name   = "operate"
   role   = aws_iam_role.oncall[0].id
   policy = data.aws_iam_policy_document.operate.json
+}
+
+# The on-call role's permissions as one document, for an IAM Identity Center permission set
+# (oncall_session_name_is_username = false: see the README).
+data "aws_iam_policy_document" "oncall" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.migrate.json,
+    data.aws_iam_policy_document.operate.json,
+  ]
+}
+
+# --- The function URL ------------------------------------------------------------------------------
+# IAM-authenticated: every request is SigV4-signed and Lambda passes the caller's identity to
+# the function (requestContext.authorizer.iam), which is what lets it take a two-person
+# approval. A direct invoke carries only the function's own identity.
+
+resource "aws_lambda_function_url" "this" {
+  function_name      = aws_lambda_function.this.function_name
+  authorization_type = "AWS_IAM"
+}
+
+# An asynchronous invocation (`aws lambda invoke --invocation-type Event`) is run once or not at
+# all: Lambda would otherwise retry a flip that failed or timed out twice more, and run one
+# that waited in its queue up to 6 hours later.
+resource "aws_lambda_function_event_invoke_config" "this" {
+  function_name                = aws_lambda_function.this.function_name
+  maximum_retry_attempts       = 0
+  maximum_event_age_in_seconds = 60
 }

@@ -218,6 +218,29 @@ variable "writer_external_id" {
   }
 }
 
+variable "reader_role_arn" {
+  type        = string
+  description = "Role mode: the read role in the old account (module writer-access's reader_role_arn, trusted by this module's oncall_role_arn through reader_trusted_role_arns). The on-call role gets sts:AssumeRole on it, for `fanoutctl verify --target-role-arn <this>`, which reads the old streams (the writer role may not). null = no such grant: in resource-policy mode the on-call role reads the old streams directly instead."
+  default     = null
+
+  validation {
+    condition     = var.reader_role_arn == null || can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", var.reader_role_arn))
+    error_message = "reader_role_arn must be an IAM role ARN (arn:aws:iam::<old account id>:role/<name>) or null."
+  }
+}
+
+variable "target_kms_key_arns" {
+  type        = list(string)
+  description = "Resource-policy mode only (writer_role_arn = null): customer-managed KMS keys of encrypted target streams; the on-call role gets kms:GenerateDataKey (redrive writes) and kms:Decrypt (verify reads) on them. In role mode the writer and read roles carry these grants (writer-access's kms_key_arns)."
+  nullable    = false
+  default     = []
+
+  validation {
+    condition     = alltrue([for k in var.target_kms_key_arns : can(regex("^arn:aws[a-zA-Z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/[A-Za-z0-9-]+$", k))])
+    error_message = "Every target_kms_key_arns entry must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>)."
+  }
+}
+
 # --- The replicator's settings -------------------------------------------------------------------
 # The controller parses the replicator's configuration when it runs `start`, and refuses to if
 # a value is invalid: pass the same values as to module replicator.
@@ -405,7 +428,7 @@ variable "run_length" {
 
 variable "oncall_principal_arns" {
   type        = list(string)
-  description = "IAM principals (roles, users, or account roots) that may assume the on-call role, to invoke the controller or run fanoutctl with the same permissions. Empty = no on-call role is created."
+  description = "IAM principals (users, account roots, or roles) that may assume the on-call role, to invoke the controller or run every runbook command with fanoutctl (status, plan, flips, pause and resume, history, dlq ack, verify, redrive, capacity). Roles need oncall_session_name_is_username = false. Empty = no on-call role is created."
   nullable    = false
   default     = []
 
@@ -430,6 +453,13 @@ variable "oncall_role_name" {
 variable "oncall_require_mfa" {
   type        = bool
   description = "Require MFA (aws:MultiFactorAuthPresent) to assume the on-call role. Right for IAM users who sign in with MFA. Set false when the principals are roles, e.g. IAM Identity Center permission sets: a session obtained by assuming a role carries no MFA flag, so the condition would refuse everyone; enforce MFA at the identity provider instead."
+  nullable    = false
+  default     = true
+}
+
+variable "oncall_session_name_is_username" {
+  type        = bool
+  description = "Require the on-call role's session name (sts:RoleSessionName) to be the caller's own IAM user name (aws:username), so the identity the controller records, arn:aws:sts::<account>:assumed-role/<role>/<session name>, names a person and the two-person rule cannot be met by one person from two sessions. Only IAM users have a user name: with role principals (federation, IAM Identity Center) set it false, and give engineers an Identity Center permission set with the oncall_policy_json output instead of this role (AWS names each of its sessions after the signed-in user; see the README)."
   nullable    = false
   default     = true
 }

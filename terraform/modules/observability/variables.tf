@@ -80,7 +80,7 @@ variable "source_retention_hours" {
 
 variable "retention_margin_hours" {
   type        = number
-  description = "How long before the source streams' retention runs out the near-retention alarm fires (IteratorAge above source_retention_hours - retention_margin_hours): time to resume, fix, or raise the retention."
+  description = "How long before the source streams' retention runs out the near-retention alarm fires (IteratorAge above source_retention_hours - retention_margin_hours): time to resume, fix, or raise the retention. Must be less than source_retention_hours."
   default     = 6
 
   validation {

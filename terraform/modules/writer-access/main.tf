@@ -20,6 +20,16 @@ locals {
   ]
   granted_actions = distinct(concat(local.writer_actions, var.reverse_replication ? local.reverse_read_actions : []))
 
+  # What `fanoutctl verify` calls on the old streams (src/verify/read.rs through
+  # src/aws/source.rs): it reads every shard of the target over the window. Granted only to
+  # reader_trusted_role_arns (the on-call role), never to the writers.
+  reader_actions = [
+    "kinesis:ListShards",
+    "kinesis:GetShardIterator",
+    "kinesis:GetRecords",
+  ]
+  reader = length(var.reader_trusted_role_arns) > 0
+
   role_mode            = var.access_mode == "role"
   resource_policy_mode = var.access_mode == "resource_policy"
 }
@@ -41,8 +51,8 @@ data "aws_iam_policy_document" "trust" {
       identifiers = var.trusted_role_arns
     }
 
-    # Being a trusted role is not enough: the caller must also present the external ID
-    # (DESIGN.md section 5). That ties the trust to fanout's own configuration
+    # Being a trusted role is not enough: the caller must also present the external ID. That
+    # ties the trust to fanout's own configuration
     # (FANOUT_WRITER_EXTERNAL_ID) rather than to anything else that runs under those roles.
     condition {
       test     = "StringEquals"
@@ -110,6 +120,65 @@ resource "aws_iam_role_policy" "encrypt" {
   policy = data.aws_iam_policy_document.encrypt[0].json
 }
 
+# The read role (access_mode = "role", reader_trusted_role_arns set): what on-call engineers
+# assume to compare the old streams with the new ones. No external id: it is assumed by named
+# roles of the new account (the on-call role, itself gated by MFA and a session name that is
+# the engineer's user name), not by a service acting for someone else, and it can only read.
+data "aws_iam_policy_document" "reader_trust" {
+  count = local.role_mode && local.reader ? 1 : 0
+
+  statement {
+    sid     = "AssumeFromNewAccountToRead"
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "AWS"
+      identifiers = var.reader_trusted_role_arns
+    }
+  }
+}
+
+resource "aws_iam_role" "reader" {
+  count = local.role_mode && local.reader ? 1 : 0
+
+  name                 = var.reader_role_name
+  description          = "fanout: lets the new account's on-call role read the migrated Kinesis streams in this account (fanoutctl verify)."
+  assume_role_policy   = data.aws_iam_policy_document.reader_trust[0].json
+  max_session_duration = 3600
+
+  tags = var.tags
+}
+
+data "aws_iam_policy_document" "read" {
+  count = local.role_mode && local.reader ? 1 : 0
+
+  statement {
+    sid       = "ReadTargetStreams"
+    effect    = "Allow"
+    actions   = local.reader_actions
+    resources = var.stream_arns
+  }
+
+  dynamic "statement" {
+    for_each = length(var.kms_key_arns) > 0 ? [1] : []
+    content {
+      sid       = "DecryptTargetRecords"
+      effect    = "Allow"
+      actions   = ["kms:Decrypt"]
+      resources = var.kms_key_arns
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "read" {
+  count = local.role_mode && local.reader ? 1 : 0
+
+  name   = "read-target-streams"
+  role   = aws_iam_role.reader[0].id
+  policy = data.aws_iam_policy_document.read[0].json
+}
+
 # ---------------------------------------------------------------------------------------------
 # access_mode = "resource_policy": each stream admits the new account's roles directly.
 # ---------------------------------------------------------------------------------------------
@@ -128,6 +197,23 @@ data "aws_iam_policy_document" "stream" {
     }
 
     resources = [each.value]
+  }
+
+  # `fanoutctl verify` reads the stream with the on-call role's own credentials.
+  dynamic "statement" {
+    for_each = local.reader ? [1] : []
+    content {
+      sid     = "ReadFromNewAccount"
+      effect  = "Allow"
+      actions = local.reader_actions
+
+      principals {
+        type        = "AWS"
+        identifiers = var.reader_trusted_role_arns
+      }
+
+      resources = [each.value]
+    }
   }
 }
 

@@ -6,6 +6,14 @@ output "role_arn" {
   depends_on = [aws_iam_role_policy.write, aws_iam_role_policy.encrypt]
 }
 
+output "reader_role_arn" {
+  description = "ARN of the read role (`fanoutctl verify --target-role-arn <this>`), for the controller module's reader_role_arn. null with access_mode = `resource_policy` or without reader_trusted_role_arns."
+  value       = one(aws_iam_role.reader[*].arn)
+
+  # The role is only usable once its permissions are attached.
+  depends_on = [aws_iam_role_policy.read]
+}
+
 output "access_mode" {
   description = "The access mode in effect: `role` or `resource_policy`."
   value       = var.access_mode

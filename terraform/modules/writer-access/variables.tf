@@ -40,6 +40,28 @@ variable "trusted_role_arns" {
   }
 }
 
+variable "reader_trusted_role_arns" {
+  type        = list(string)
+  description = "Role ARNs in the new account that may read the streams (kinesis:ListShards, GetShardIterator, GetRecords; kms:Decrypt on kms_key_arns): the on-call role, for `fanoutctl verify`, which compares each new stream with its old one. access_mode = `role`: a read role, reader_role_name, that they assume (`fanoutctl verify --target-role-arn <reader_role_arn>`); `resource_policy`: a second statement in each stream's policy. The writers never get these reads. Empty = nobody may read (verify then needs other credentials)."
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.reader_trusted_role_arns : can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", a))])
+    error_message = "reader_trusted_role_arns must hold IAM role ARNs (arn:aws:iam::<account>:role/<name>); account roots, users, assumed-role session ARNs and wildcards are not accepted."
+  }
+}
+
+variable "reader_role_name" {
+  type        = string
+  description = "Name of the read role in the old account (access_mode = `role`, with reader_trusted_role_arns). Its ARN is predictable, `arn:aws:iam::<old account>:role/<reader_role_name>`, so the new account's on-call role can be granted sts:AssumeRole on it first."
+  default     = "fanout-reader"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9+=,.@_-]{1,64}$", var.reader_role_name))
+    error_message = "reader_role_name must be 1 to 64 characters of letters, digits and +=,.@_- (IAM's naming rule)."
+  }
+}
+
 variable "external_id" {
   type        = string
   description = "External ID the trusted roles must present when assuming the writer role (FANOUT_WRITER_EXTERNAL_ID). Required with access_mode = `role`; unused with `resource_policy`."
