@@ -373,6 +373,7 @@ async fn the_capacity_guard_fails_closed_when_it_cannot_check() {
         control: AwsControl::new(&world.new_account, &world.new_account, &world.table),
         actor: "arn:aws:sts::123456789012:assumed-role/oncall/carol".to_owned(),
         poll: Duration::from_millis(100),
+        caller_known: true,
     };
     let migration = unique("capacity-closed");
     let stream = LogicalStream {

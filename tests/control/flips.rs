@@ -43,6 +43,7 @@ async fn fifty_concurrent_conflicting_flips_one_wins_and_history_holds_every_att
             control: ctx.control.clone(),
             actor: format!("arn:aws:sts::123456789012:assumed-role/oncall/engineer-{i}"),
             poll: Duration::from_millis(100),
+            caller_known: true,
         };
         let command = if i % 2 == 0 {
             CommandName::Rollback

@@ -38,6 +38,7 @@ fn context(world: &World, actor: &str) -> Context<AwsControl> {
         control: AwsControl::new(&world.new_account, &world.new_account, &world.table),
         actor: actor.to_owned(),
         poll: Duration::from_millis(100),
+        caller_known: true,
     }
 }
 

@@ -27,6 +27,29 @@ fn response(answer: Answer) -> Value {
 
 struct Function(Child);
 
+impl Function {
+    /// The controller binary serving `runtime`, for `migration` over `world`.
+    fn start(world: &World, runtime: &Runtime, migration: &str) -> Function {
+        Function(
+            Command::new(BIN)
+                .envs(world.process_env())
+                .env_remove("AWS_PROFILE")
+                .env("FANOUT_MIGRATION", migration)
+                .env("FANOUT_LOG", "warn")
+                .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
+                .env("AWS_LAMBDA_FUNCTION_NAME", "controller")
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
+                .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/controller")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("start the controller binary"),
+        )
+    }
+}
+
 impl Drop for Function {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -40,23 +63,7 @@ async fn the_controller_lambda_runs_the_same_commands_from_json_payloads() {
     };
     let runtime = Runtime::start("controller").await;
     let migration = unique("lambda");
-    let _function = Function(
-        Command::new(BIN)
-            .envs(world.process_env())
-            .env_remove("AWS_PROFILE")
-            .env("FANOUT_MIGRATION", &migration)
-            .env("FANOUT_LOG", "warn")
-            .env("AWS_LAMBDA_RUNTIME_API", &runtime.address)
-            .env("AWS_LAMBDA_FUNCTION_NAME", "controller")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_LOG_STREAM_NAME", "test")
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/controller")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the controller binary"),
-    );
+    let _function = Function::start(&world, &runtime, &migration);
 
     // `start` without streams takes them from FANOUT_ROUTES, like fanoutctl.
     let r = response(
@@ -144,4 +151,85 @@ async fn the_controller_lambda_runs_the_same_commands_from_json_payloads() {
     // And it keeps serving.
     let r = response(runtime.invoke(json!({"command": "status"})).await);
     assert_eq!(r["status"]["state"], "cutover", "{r}");
+}
+
+/// A function URL request (IAM auth) as Lambda passes it: `caller` signed it.
+fn through_url(caller: &str, command: Value) -> Value {
+    json!({
+        "version": "2.0",
+        "rawPath": "/",
+        "requestContext": {
+            "authorizer": {"iam": {"userArn": caller, "accountId": "123456789012"}},
+            "http": {"method": "POST", "path": "/"},
+            "timeEpoch": 0
+        },
+        "body": command.to_string(),
+        "isBase64Encoded": false
+    })
+}
+
+/// The report in a function URL answer.
+fn url_report(answer: Answer) -> (u64, Value) {
+    let r = response(answer);
+    let body = serde_json::from_str(r["body"].as_str().expect("an HTTP answer")).unwrap();
+    (r["statusCode"].as_u64().unwrap(), body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_person_flips_through_the_lambda_need_the_function_url_and_two_people() {
+    let Some(world) = World::create_serialized(Backend::KinesisLocal, 1, 1).await else {
+        return;
+    };
+    let runtime = Runtime::start("controller").await;
+    let migration = unique("lambda-two");
+    let _function = Function::start(&world, &runtime, &migration);
+    let r = response(
+        runtime
+            .invoke(json!({"command": "start", "reason": "two people",
+                           "settings": {"settle_ms": 200, "mode_cache_ms": 100,
+                                        "drain_timeout_ms": 10000, "two_person": true}}))
+            .await,
+    );
+    assert_eq!(r["outcome"], "applied", "{r}");
+    let cutover = json!({"command": "cutover", "force": true, "reason": "CHG-9"});
+
+    // A direct invoke cannot tell who asks: refused, with the command to run instead.
+    let r = response(runtime.invoke(cutover.clone()).await);
+    assert_eq!(r["outcome"], "not_allowed", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("fanoutctl cutover --migration {migration}")),
+        "{r}"
+    );
+
+    // Through the URL: alice asks; alice again, as her IAM user, is still alice.
+    let alice = "arn:aws:sts::123456789012:assumed-role/oncall/alice";
+    let (code, r) = url_report(runtime.invoke(through_url(alice, cutover.clone())).await);
+    assert_eq!(
+        (code, r["outcome"].as_str()),
+        (409, Some("awaiting_approval")),
+        "{r}"
+    );
+    let (_, r) = url_report(
+        runtime
+            .invoke(through_url(
+                "arn:aws:iam::123456789012:user/alice",
+                cutover.clone(),
+            ))
+            .await,
+    );
+    assert_eq!(r["outcome"], "awaiting_approval", "{r}");
+    // Bob approves: the cutover is done, recorded with both people.
+    let bob = "arn:aws:sts::123456789012:assumed-role/oncall/bob";
+    let (code, r) = url_report(runtime.invoke(through_url(bob, cutover)).await);
+    assert_eq!((code, r["outcome"].as_str()), (200, Some("applied")), "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("requested by {alice}, approved by {bob}")),
+        "{r}"
+    );
 }

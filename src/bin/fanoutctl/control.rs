@@ -167,6 +167,7 @@ async fn context(table: &str) -> Result<Context<AwsControl>, String> {
         control: AwsControl::new(&sdk, &old, table),
         actor,
         poll: Duration::from_millis(500),
+        caller_known: true,
     })
 }
 

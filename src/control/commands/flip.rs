@@ -92,6 +92,32 @@ pub(super) async fn flip<C: ControlStore>(
         }
         Decision::Go(t) => t,
     };
+    // The two-person rule: a request, then a different person's approval. Both need to know
+    // who is calling: a caller that cannot say (the controller Lambda invoked directly, where
+    // every call has the function's identity) is sent to a path that can.
+    if st.migration.settings.two_person && !ctx.caller_known {
+        let msg = format!(
+            "{action} not done: migration {} needs two people (a request and an approval), and \
+             this path cannot tell who is calling (a direct invoke of the controller Lambda has \
+             the function's identity). Run `fanoutctl {action} --migration {} --reason \
+             \"...\"` with your own credentials, or call the controller's function URL (IAM \
+             auth) with the same JSON",
+            st.migration.name, st.migration.name
+        );
+        if req.dry_run {
+            return Ok(Report::new(req, Outcome::NotAllowed, msg));
+        }
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(t.to),
+            Outcome::NotAllowed,
+            &[],
+            msg.clone(),
+        );
+        return finish(ctx, req, e, msg).await;
+    }
     let Evaluated { guards, capacity } = evaluate_guards(ctx, req, &st, action, &t).await?;
     let refused: Vec<&GuardResult> = guards.iter().filter(|g| !g.passed).collect();
     let refused_names = refused
@@ -148,12 +174,16 @@ pub(super) async fn flip<C: ControlStore>(
         r.capacity = capacity;
         return Ok(r);
     }
-    // The two-person rule: a request, then a different identity's approval.
     if st.migration.settings.two_person {
         match &st.request {
-            Some(r) if r.action == action && r.requested_by != ctx.actor => {}
+            Some(r) if r.action == action && person(&r.requested_by) != person(&ctx.actor) => {}
             Some(r) if r.action == action => {
-                let msg = format!("you requested this {action} already; a different identity must approve it by running the same command");
+                let msg = format!(
+                    "you ({}) requested this {action} already (as {}); a different person must \
+                     approve it by running the same command",
+                    person(&ctx.actor),
+                    r.requested_by
+                );
                 let e = entry(
                     ctx,
                     req,
@@ -180,7 +210,7 @@ pub(super) async fn flip<C: ControlStore>(
                 if ctx.control.write_state(Some(st.version), &next).await? == Write::Lost {
                     return lost(ctx, req, &st, t.to, &guards).await;
                 }
-                let msg = format!("{action} requested; a different identity must approve it by running `fanoutctl {action} --migration {}`", st.migration.name);
+                let msg = format!("{action} requested; a different person must approve it by running `fanoutctl {action} --migration {}`", st.migration.name);
                 let e = after(
                     entry(
                         ctx,
@@ -509,4 +539,19 @@ fn skipped_words(skipped: &[ShardLag], point: i64) -> String {
         rfc3339_ms(first),
         rfc3339_ms(point)
     )
+}
+
+/// The person an identity stands for: an assumed role's session name (which the on-call
+/// role's trust policy makes the IAM user's name, and IAM Identity Center sets to the user),
+/// an IAM user's name, or the whole identity. One person through two sessions, or as a user
+/// and through a role, is one person.
+pub(super) fn person(identity: &str) -> &str {
+    let resource = identity.splitn(6, ':').nth(5).unwrap_or(identity);
+    if let Some(rest) = resource.strip_prefix("assumed-role/") {
+        return rest.split_once('/').map_or(rest, |(_, session)| session);
+    }
+    if resource.starts_with("user/") {
+        return resource.rsplit('/').next().unwrap_or(resource);
+    }
+    identity
 }

@@ -199,6 +199,10 @@ pub struct Context<C> {
     /// Timings are scaled for tests through the migration's settings; this is how often a
     /// drain looks at the shards again.
     pub poll: Duration,
+    /// `actor` is the person calling (their credentials, or a function URL's IAM caller);
+    /// false when it is a service's own identity (the controller Lambda invoked directly),
+    /// which can neither request nor approve a two-person flip.
+    pub caller_known: bool,
 }
 
 /// Kept between a direction's start time and releasing producers (clock differences).

@@ -56,6 +56,7 @@ fn ctx(store: MemoryControl, actor: &str) -> Context<MemoryControl> {
         control: store,
         actor: actor.into(),
         poll: Duration::from_millis(500),
+        caller_known: true,
     }
 }
 
@@ -351,7 +352,7 @@ async fn two_person_rule_the_requester_cannot_approve_a_second_identity_can() {
     let r = execute(&alice, &rollback()).await;
     assert_eq!(r.outcome, Outcome::AwaitingApproval);
     assert!(
-        r.message.contains("you requested this rollback already"),
+        r.message.contains("requested this rollback already"),
         "{}",
         r.message
     );
@@ -371,6 +372,75 @@ async fn two_person_rule_the_requester_cannot_approve_a_second_identity_can() {
     );
     let st = bob.control.stored();
     assert_eq!((st.state, st.request), (State::RolledBack, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_person_rule_one_person_through_two_sessions_is_one_person() {
+    let st = cut_over(Settings {
+        two_person: true,
+        ..settings()
+    });
+    let role = ctx(
+        MemoryControl::new(st),
+        "arn:aws:sts::111111111111:assumed-role/oncall/alice",
+    );
+    let r = execute(&role, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::AwaitingApproval, "{}", r.message);
+    // Alice again: as her IAM user, and through another role's session.
+    for again in [
+        "arn:aws:iam::111111111111:user/alice",
+        "arn:aws:sts::111111111111:assumed-role/admin/alice",
+    ] {
+        let alice = Context {
+            actor: again.into(),
+            control: MemoryControl::new(role.control.stored()),
+            ..ctx(MemoryControl::default(), "")
+        };
+        let r = execute(&alice, &rollback()).await;
+        assert_eq!(
+            r.outcome,
+            Outcome::AwaitingApproval,
+            "{again}: {}",
+            r.message
+        );
+        assert!(r.message.contains("you (alice) requested"), "{}", r.message);
+        assert_eq!(alice.control.stored().state, State::Cutover);
+    }
+    let bob = Context {
+        actor: "arn:aws:sts::111111111111:assumed-role/oncall/bob".into(),
+        ..role
+    };
+    let r = execute(&bob, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+}
+
+#[tokio::test(start_paused = true)]
+async fn two_person_flips_are_refused_where_the_caller_is_not_known() {
+    let st = cut_over(Settings {
+        two_person: true,
+        ..settings()
+    });
+    let lambda = Context {
+        caller_known: false,
+        ..ctx(
+            MemoryControl::new(st),
+            "arn:aws:sts::1:assumed-role/controller/fn",
+        )
+    };
+    let r = execute(&lambda, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::NotAllowed, "{}", r.message);
+    assert!(
+        r.message
+            .contains("Run `fanoutctl rollback --migration orders-move --reason")
+            && r.message.contains("function URL"),
+        "{}",
+        r.message
+    );
+    let st = lambda.control.stored();
+    assert_eq!(
+        (st.state, st.request, st.version),
+        (State::Cutover, None, 7)
+    );
 }
 
 #[tokio::test(start_paused = true)]
