@@ -273,6 +273,11 @@ pub enum Decision {
     NotAllowed(String),
 }
 
+/// What every command says about a committed migration.
+pub const COMMITTED: &str = "the migration is committed, which is final: replication is \
+    stopped for good, the old streams are no longer fed and producers stay on the new streams. \
+    Its streams are free for a new migration (`fanoutctl start --migration <new name>`).";
+
 /// The transition table. `reverse` is the migration's reverse-replication setting.
 pub fn decide(state: State, action: Action, reverse: bool) -> Decision {
     use Action as A;
@@ -291,11 +296,7 @@ pub fn decide(state: State, action: Action, reverse: bool) -> Decision {
     };
     match (state, action) {
         (s, a) if s == a.target() => Decision::AlreadyThere(s),
-        (S::Committed, _) => Decision::NotAllowed(
-            "the migration is committed, which is final: the old streams are no longer fed. \
-             Start a new migration to move again."
-                .to_owned(),
-        ),
+        (S::Committed, _) => Decision::NotAllowed(COMMITTED.to_owned()),
         // Producers move old → new. Forward replication catches up first so that what test
         // traffic the new streams had is in the old streams before producers' records follow.
         (S::Replicating, A::Cutover) => go(Some(Direction::Forward), None),

@@ -48,9 +48,9 @@ pub struct VerifyArgs {
     /// FANOUT_ROUTES, else <source name>--<target account>--<target name>.
     #[arg(long)]
     route: Option<String>,
-    /// Role in the target account to assume for reading the target stream. Default: the
-    /// caller's own credentials.
-    #[arg(long)]
+    /// Role in the target account to assume for reading the target stream (Terraform's
+    /// `reader_role_arn` output). Default: the caller's own credentials.
+    #[arg(long, env = "FANOUT_READER_ROLE_ARN")]
     target_role_arn: Option<String>,
     /// External id for --target-role-arn.
     #[arg(long, requires = "target_role_arn")]

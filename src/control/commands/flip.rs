@@ -92,6 +92,22 @@ pub(super) async fn flip<C: ControlStore>(
         }
         Decision::Go(t) => t,
     };
+    // A flip that moves producers is what people look for afterwards: it says why.
+    if t.switches_routing
+        && !req.dry_run
+        && req.reason.as_deref().is_none_or(|r| r.trim().is_empty())
+    {
+        return Ok(Report::new(
+            req,
+            Outcome::Failed,
+            format!(
+                "{action} moves producers, so it needs --reason: say why (a ticket, an incident), \
+                 e.g. `fanoutctl {action} --migration {} --reason \"INC-123: errors on the new \
+                 side\"`; it is recorded. Nothing was changed",
+                st.migration.name
+            ),
+        ));
+    }
     // The two-person rule: a request, then a different person's approval. Both need to know
     // who is calling: a caller that cannot say (the controller Lambda invoked directly, where
     // every call has the function's identity) is sent to a path that can.

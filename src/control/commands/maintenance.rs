@@ -11,10 +11,9 @@ pub(super) async fn pause<C: ControlStore>(
     let st = release_if_abandoned(ctx, req, load(ctx, req).await?).await?;
     if st.state == State::Committed {
         let msg = format!(
-            "migration {} is committed: replication is stopped for good and its routes may \
-             belong to a newer migration; nothing to {}",
-            st.migration.name,
-            if paused { "pause" } else { "resume" }
+            "nothing to {}: {}",
+            if paused { "pause" } else { "resume" },
+            crate::control::machine::COMMITTED
         );
         let e = entry(
             ctx,

@@ -62,6 +62,12 @@ impl Report {
                     ""
                 }
             ));
+            if s.state == crate::control::machine::State::Committed {
+                out.push_str(&format!(
+                    "COMMITTED: {}\n",
+                    crate::control::machine::COMMITTED
+                ));
+            }
             if let Some(f) = &s.flip {
                 out.push_str(&format!(
                     "FLIP IN PROGRESS: {} by {} since {} (producers held)\n",

@@ -444,6 +444,47 @@ async fn two_person_flips_are_refused_where_the_caller_is_not_known() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_flip_that_moves_producers_needs_a_reason_and_a_committed_migration_says_so() {
+    let ctx = ctx(MemoryControl::new(cut_over(settings())), "alice");
+    let mut bare = rollback();
+    bare.reason = None;
+    let r = execute(&ctx, &bare).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(r.message.contains("needs --reason"), "{}", r.message);
+    assert_eq!(ctx.control.stored().version, 7, "nothing written");
+    assert!(ctx.control.routing().is_empty());
+    // A dry run needs none.
+    bare.dry_run = true;
+    assert_eq!(execute(&ctx, &bare).await.outcome, Outcome::Applied);
+
+    // After a commit, every command that would change something says the same thing.
+    let mut committed = cut_over(settings());
+    committed.state = State::Committed;
+    let ctx = super::flips::ctx(MemoryControl::new(committed), "alice");
+    for command in [
+        CommandName::Cutover,
+        CommandName::Rollback,
+        CommandName::Pause,
+        CommandName::Resume,
+    ] {
+        let r = execute(
+            &ctx,
+            &Request {
+                command,
+                ..rollback()
+            },
+        )
+        .await;
+        assert_eq!(r.outcome, Outcome::NotAllowed, "{command:?}: {}", r.message);
+        assert!(
+            r.message.contains(crate::control::machine::COMMITTED),
+            "{command:?}: {}",
+            r.message
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn losing_the_race_to_take_the_flip_changes_nothing_and_names_the_winner() {
     let store = MemoryControl::new(cut_over(settings()));
     *store.race_before_write.lock().unwrap() = Some(1);
