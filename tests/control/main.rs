@@ -8,6 +8,7 @@
 mod bounded;
 mod drill;
 mod flips;
+mod forced;
 mod guards;
 mod interrupt;
 mod modes;
