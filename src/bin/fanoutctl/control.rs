@@ -322,8 +322,12 @@ pub async fn status(args: StatusArgs) -> Result<ExitCode, String> {
     let mut first = true;
     loop {
         let report = execute(&ctx, &req).await;
-        if first && report.outcome == fanout::control::record::Outcome::Failed {
-            // Nothing to watch (no such migration, no access): say so and stop.
+        if first
+            && report.outcome == fanout::control::record::Outcome::Failed
+            && report.status.is_none()
+        {
+            // Nothing to watch (no such migration, no access): say so and stop. A status
+            // that could read only some parts is shown and watched.
             print!("{}", report.render_text());
             return Ok(ExitCode::from(report.exit_code()));
         }
