@@ -1,8 +1,6 @@
 //! A flip interrupted by Ctrl-C (SIGINT) releases the producers it held before the process
 //! ends, and says so in the history.
 
-use std::io::Read;
-
 use super::*;
 use fanout::control::machine::State;
 use fanout::routing::StreamMode;
@@ -20,22 +18,15 @@ async fn ctrl_c_during_a_flip_releases_producers_and_records_it() {
     };
     start(&world, &ctx, &migration, vec![stream_of(&world)], settings).await;
 
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args([
-            "cutover",
-            "--migration",
-            &migration,
-            "--force",
-            "--reason",
-            "interrupt drill",
-        ])
-        .envs(world.process_env())
-        .env_remove("AWS_PROFILE")
-        .env("FANOUT_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("run fanoutctl");
+    let args = [
+        "cutover",
+        "--migration",
+        &migration,
+        "--force",
+        "--reason",
+        "interrupt drill",
+    ];
+    let child = support::spawn_fanoutctl(&world, &[], &args);
     // Wait until the flip holds producers, then press Ctrl-C.
     let started = Instant::now();
     loop {
@@ -69,32 +60,8 @@ async fn ctrl_c_during_a_flip_releases_producers_and_records_it() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGINT);
     }
-    let interrupted = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            interrupted.elapsed() < Duration::from_secs(60),
-            "fanoutctl did not end after SIGINT"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let (mut out, mut err) = (String::new(), String::new());
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    eprintln!("{out}{err}");
-    assert_eq!(status.code(), Some(130), "{out}{err}");
+    let (code, out, err) = support::finish_within(child, "cutover", Duration::from_secs(60));
+    assert_eq!(code, 130, "{out}{err}");
     assert!(out.contains("interrupted by SIGINT"), "{out}");
 
     let st = ctx.control.load(&migration).await.unwrap().unwrap();

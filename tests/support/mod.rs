@@ -38,16 +38,13 @@ pub fn black_hole() -> String {
     url
 }
 
-/// [`fanoutctl`], killed (and the test failed) if it has not ended within `limit`. Returns
-/// the exit code, stdout and stderr.
-pub fn fanoutctl_within(
+/// `fanoutctl` started against `world` with `extra` variables, its output piped.
+pub fn spawn_fanoutctl(
     world: &stack::World,
     extra: &[(&str, &str)],
     args: &[&str],
-    limit: std::time::Duration,
-) -> (i32, String, String) {
-    use std::io::Read;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
         .args(args)
         .envs(world.process_env())
         .envs(extra.iter().copied())
@@ -56,7 +53,17 @@ pub fn fanoutctl_within(
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("run fanoutctl");
+        .expect("run fanoutctl")
+}
+
+/// Waits for `child` (started by [`spawn_fanoutctl`]); kills it and fails the test if it has
+/// not ended within `limit`. Returns the exit code, stdout and stderr.
+pub fn finish_within(
+    mut child: std::process::Child,
+    what: &str,
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    use std::io::Read;
     let started = std::time::Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for fanoutctl") {
@@ -64,7 +71,7 @@ pub fn fanoutctl_within(
         }
         if started.elapsed() > limit {
             let _ = child.kill();
-            panic!("fanoutctl {} did not end within {limit:?}", args.join(" "));
+            panic!("fanoutctl {what} did not end within {limit:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
@@ -81,10 +88,17 @@ pub fn fanoutctl_within(
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    eprintln!(
-        "$ fanoutctl {} ({:?})\n{out}{err}",
-        args.join(" "),
-        started.elapsed()
-    );
+    eprintln!("$ fanoutctl {what} ({:?})\n{out}{err}", started.elapsed());
     (status.code().unwrap_or(-1), out, err)
+}
+
+/// [`fanoutctl`], killed (and the test failed) if it has not ended within `limit`. Returns
+/// the exit code, stdout and stderr.
+pub fn fanoutctl_within(
+    world: &stack::World,
+    extra: &[(&str, &str)],
+    args: &[&str],
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    finish_within(spawn_fanoutctl(world, extra, args), &args.join(" "), limit)
 }

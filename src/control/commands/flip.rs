@@ -76,19 +76,7 @@ pub(super) async fn flip<C: ControlStore>(
             return finish(ctx, req, e, msg).await;
         }
         Decision::NotAllowed(why) => {
-            if req.dry_run {
-                return Ok(Report::new(req, Outcome::NotAllowed, why));
-            }
-            let e = entry(
-                ctx,
-                req,
-                &st,
-                Some(action.target()),
-                Outcome::NotAllowed,
-                &[],
-                why.clone(),
-            );
-            return finish(ctx, req, e, why).await;
+            return not_done(ctx, req, &st, action.target(), Outcome::NotAllowed, why).await;
         }
         Decision::Go(t) => t,
     };
@@ -120,19 +108,7 @@ pub(super) async fn flip<C: ControlStore>(
              auth) with the same JSON",
             st.migration.name, st.migration.name
         );
-        if req.dry_run {
-            return Ok(Report::new(req, Outcome::NotAllowed, msg));
-        }
-        let e = entry(
-            ctx,
-            req,
-            &st,
-            Some(t.to),
-            Outcome::NotAllowed,
-            &[],
-            msg.clone(),
-        );
-        return finish(ctx, req, e, msg).await;
+        return not_done(ctx, req, &st, t.to, Outcome::NotAllowed, msg).await;
     }
     let Evaluated { guards, capacity } = evaluate_guards(ctx, req, &st, action, &t).await?;
     let refused: Vec<&GuardResult> = guards.iter().filter(|g| !g.passed).collect();
@@ -444,6 +420,22 @@ pub(super) async fn flip<C: ControlStore>(
         r = steps => r,
         e = keep_alive(ctx, &begun, &finishing) => Err(e),
     }
+}
+
+/// A flip that does not go ahead (`outcome`, towards `to`): recorded, unless a dry run.
+async fn not_done<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+    st: &StoredState,
+    to: State,
+    outcome: Outcome,
+    msg: String,
+) -> Result<Report, StoreError> {
+    if req.dry_run {
+        return Ok(Report::new(req, outcome, msg));
+    }
+    let e = entry(ctx, req, st, Some(to), outcome, &[], msg.clone());
+    finish(ctx, req, e, msg).await
 }
 
 /// Someone else changed the state first: record it and say who.
