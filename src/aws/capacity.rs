@@ -170,7 +170,7 @@ async fn measure(
                 "the target {} could not be read through {role} ({}: {}): only the source was \
                  sampled. Before the first cutover producers write to the target, so its traffic \
                  is what the source will get: grant the role kinesis:GetShardIterator and \
-                 kinesis:GetRecords on it (terraform/modules/writer-access with reverse = true \
+                 kinesis:GetRecords on it (terraform/modules/writer-access with reverse_replication = true \
                  grants them) to measure it",
                 route.target, e.code, e.message
             ));

@@ -115,6 +115,7 @@ module "controller" {
   metrics_namespace  = var.metrics_namespace
 
   writer_role_arn     = local.writer_role_arn
+  reverse_replication = var.reverse_replication
   writer_external_id  = local.writer_external_id
   reader_role_arn     = local.reader_role_arn
   source_kms_key_arns = var.source_kms_key_arns

@@ -169,6 +169,21 @@ data "aws_iam_policy_document" "migrate" {
       resources = local.target_arns
     }
   }
+
+  # Resource-policy mode with reverse replication: the lag guard and `status` read the old
+  # streams (the reverse routes' sources) directly; writer-access's stream policies allow it.
+  dynamic "statement" {
+    for_each = var.writer_role_arn == null && var.reverse_replication ? [1] : []
+    content {
+      sid = "ReadTargetStreamsForReverseLag"
+      actions = [
+        "kinesis:GetRecords",
+        "kinesis:GetShardIterator",
+        "kinesis:ListShards",
+      ]
+      resources = local.target_arns
+    }
+  }
 }
 
 # --- The controller's role -------------------------------------------------------------------------

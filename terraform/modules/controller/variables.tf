@@ -470,3 +470,9 @@ variable "tags" {
   nullable    = false
   default     = {}
 }
+
+variable "reverse_replication" {
+  type        = bool
+  description = "Set when migrations are started with `fanoutctl start --reverse`. In resource-policy mode (no writer_role_arn) this role then also gets kinesis:GetShardIterator, GetRecords and ListShards on the old streams, which the lag guard and `status` read (writer-access's reverse_replication grants the same in the streams' policies); in role mode the writer role carries them."
+  default     = false
+}
