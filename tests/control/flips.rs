@@ -212,7 +212,7 @@ async fn two_people_a_drain_that_times_out_and_an_abandoned_flip() {
     let r = execute(&alice, &cutover).await;
     assert_eq!(r.outcome, Outcome::AwaitingApproval);
     assert!(
-        r.message.contains("a different identity must approve"),
+        r.message.contains("a different person must approve"),
         "{}",
         r.message
     );
