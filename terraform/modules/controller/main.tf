@@ -495,3 +495,39 @@ resource "aws_lambda_function_event_invoke_config" "this" {
   maximum_retry_attempts       = 0
   maximum_event_age_in_seconds = 60
 }
+
+# --- The sweep ------------------------------------------------------------------------------------
+# A flip whose process died (no sign of life for 15 s) is released by the next command on its
+# migration, `status` included. With nobody running one, producers would stay held: this runs
+# `status` on the migration every few minutes so that they are released within that time.
+
+locals {
+  sweep = var.migration != null && var.abandoned_flip_sweep_minutes > 0
+}
+
+resource "aws_cloudwatch_event_rule" "sweep" {
+  count = local.sweep ? 1 : 0
+
+  name                = "${var.function_name}-sweep"
+  description         = "fanout: release a flip of ${var.migration} whose process died (runs the controller's status)."
+  schedule_expression = var.abandoned_flip_sweep_minutes == 1 ? "rate(1 minute)" : "rate(${var.abandoned_flip_sweep_minutes} minutes)"
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_event_target" "sweep" {
+  count = local.sweep ? 1 : 0
+
+  rule  = aws_cloudwatch_event_rule.sweep[0].name
+  arn   = aws_lambda_function.this.arn
+  input = jsonencode({ command = "status", migration = var.migration })
+}
+
+resource "aws_lambda_permission" "sweep" {
+  count = local.sweep ? 1 : 0
+
+  statement_id  = "SweepAbandonedFlips"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.this.function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.sweep[0].arn
+}

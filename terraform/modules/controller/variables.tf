@@ -476,3 +476,14 @@ variable "reverse_replication" {
   description = "Set when migrations are started with `fanoutctl start --reverse`. In resource-policy mode (no writer_role_arn) this role then also gets kinesis:GetShardIterator, GetRecords and ListShards on the old streams, which the lag guard and `status` read (writer-access's reverse_replication grants the same in the streams' policies); in role mode the writer role carries them."
   default     = false
 }
+
+variable "abandoned_flip_sweep_minutes" {
+  type        = number
+  description = "Every how many minutes an EventBridge schedule runs `status` on `migration` through the function, which releases a flip whose process died (no sign of life for 15 s): producers it held are released within about this time even if nobody runs a command. 0 = no schedule (a flip is then released by the next command). Needs `migration`."
+  default     = 1
+
+  validation {
+    condition     = var.abandoned_flip_sweep_minutes >= 0 && var.abandoned_flip_sweep_minutes <= 60 && floor(var.abandoned_flip_sweep_minutes) == var.abandoned_flip_sweep_minutes
+    error_message = "abandoned_flip_sweep_minutes must be a whole number from 0 (off) to 60."
+  }
+}
