@@ -25,17 +25,18 @@ async fn status_with_a_service_that_never_answers_ends_and_names_it() {
     .await;
     let hole = support::black_hole();
     let args = ["status", "--migration", &migration];
+    // status with the endpoint `variable` names pointed at the listener that never answers.
+    let status_with = |variable: &str| {
+        support::fanoutctl_within(
+            &world,
+            &[("FANOUT_AWS_TIMEOUT", CALL_TIMEOUT), (variable, &hole)],
+            &args,
+            LIMIT,
+        )
+    };
 
     // Kinesis hangs: the state and the routing (DynamoDB, S3) are still shown.
-    let (code, out, _) = support::fanoutctl_within(
-        &world,
-        &[
-            ("FANOUT_AWS_TIMEOUT", CALL_TIMEOUT),
-            ("AWS_ENDPOINT_URL_KINESIS", &hole),
-        ],
-        &args,
-        LIMIT,
-    );
+    let (code, out, _) = status_with("AWS_ENDPOINT_URL_KINESIS");
     assert_eq!(code, 2, "an incomplete status exits 2:\n{out}");
     assert!(out.contains("state REPLICATING"), "{out}");
     assert!(
@@ -51,15 +52,7 @@ async fn status_with_a_service_that_never_answers_ends_and_names_it() {
 
     // DynamoDB (every service but Kinesis, here) hangs: nothing can be shown, and the message
     // says which service at which endpoint, not to check credentials.
-    let (code, out, err) = support::fanoutctl_within(
-        &world,
-        &[
-            ("FANOUT_AWS_TIMEOUT", CALL_TIMEOUT),
-            ("AWS_ENDPOINT_URL_DYNAMODB", &hole),
-        ],
-        &args,
-        LIMIT,
-    );
+    let (code, out, err) = status_with("AWS_ENDPOINT_URL_DYNAMODB");
     let all = format!("{out}{err}");
     assert_eq!(code, 2, "{all}");
     assert!(
@@ -70,15 +63,7 @@ async fn status_with_a_service_that_never_answers_ends_and_names_it() {
 
     // STS hangs too (every endpoint but Kinesis's): who is calling cannot be known, and the
     // message says STS did not answer, where.
-    let (code, out, err) = support::fanoutctl_within(
-        &world,
-        &[
-            ("FANOUT_AWS_TIMEOUT", CALL_TIMEOUT),
-            ("AWS_ENDPOINT_URL", &hole),
-        ],
-        &args,
-        LIMIT,
-    );
+    let (code, out, err) = status_with("AWS_ENDPOINT_URL");
     let all = format!("{out}{err}");
     assert_ne!(code, 0, "{all}");
     assert!(

@@ -7,12 +7,7 @@ pub mod stack;
 /// Runs the `fanoutctl` binary against `world` with `extra` variables; returns its exit code
 /// and stdout (stdout and stderr are echoed for the test log).
 pub fn fanoutctl(world: &stack::World, extra: &[(&str, &str)], args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args(args)
-        .envs(world.process_env())
-        .envs(extra.iter().copied())
-        .env_remove("AWS_PROFILE")
-        .env("FANOUT_LOG", "warn")
+    let out = fanoutctl_command(world, extra, args)
         .output()
         .expect("run fanoutctl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -38,18 +33,29 @@ pub fn black_hole() -> String {
     url
 }
 
+/// The `fanoutctl` command against `world`, with `extra` variables.
+fn fanoutctl_command(
+    world: &stack::World,
+    extra: &[(&str, &str)],
+    args: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"));
+    command
+        .args(args)
+        .envs(world.process_env())
+        .envs(extra.iter().copied())
+        .env_remove("AWS_PROFILE")
+        .env("FANOUT_LOG", "warn");
+    command
+}
+
 /// `fanoutctl` started against `world` with `extra` variables, its output piped.
 pub fn spawn_fanoutctl(
     world: &stack::World,
     extra: &[(&str, &str)],
     args: &[&str],
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_fanoutctl"))
-        .args(args)
-        .envs(world.process_env())
-        .envs(extra.iter().copied())
-        .env_remove("AWS_PROFILE")
-        .env("FANOUT_LOG", "warn")
+    fanoutctl_command(world, extra, args)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -438,6 +438,17 @@ async fn not_done<C: ControlStore>(
     finish(ctx, req, e, msg).await
 }
 
+/// Who wrote the state item as it is now, for a person: `<identity> (version 8, state cutover)`.
+pub(super) fn who_wrote(now: Option<&StoredState>) -> String {
+    now.map(|n| {
+        format!(
+            "{} (version {}, state {})",
+            n.updated_by, n.version, n.state
+        )
+    })
+    .unwrap_or_else(|| "someone".to_owned())
+}
+
 /// Someone else changed the state first: record it and say who.
 pub(super) async fn lost<C: ControlStore>(
     ctx: &Context<C>,
@@ -446,16 +457,7 @@ pub(super) async fn lost<C: ControlStore>(
     to: State,
     guards: &[GuardResult],
 ) -> Result<Report, StoreError> {
-    let now = ctx.control.load(&st.migration.name).await?;
-    let who = now
-        .as_ref()
-        .map(|n| {
-            format!(
-                "{} (version {}, state {})",
-                n.updated_by, n.version, n.state
-            )
-        })
-        .unwrap_or_else(|| "someone".to_owned());
+    let who = who_wrote(ctx.control.load(&st.migration.name).await?.as_ref());
     let msg = format!(
         "lost a race: {who} changed the migration first; nothing was done. Look at \
          `fanoutctl status` before trying again."
@@ -494,12 +496,15 @@ pub(super) async fn drain<C: ControlStore>(
             if lag.first_pending_arrival_ms.is_none_or(|a| a >= point) {
                 continue;
             }
-            let known = |s: &ShardLag| s.route == lag.route && s.shard_id == lag.shard_id;
-            if skip_stuck && (skipped.iter().any(known) || lag.stuck(HEARTBEAT_STALE_MS)) {
-                if !skipped.iter().any(known) {
-                    skipped.push(lag);
+            if skip_stuck {
+                let known = |s: &ShardLag| s.route == lag.route && s.shard_id == lag.shard_id;
+                if skipped.iter().any(known) {
+                    continue;
                 }
-                continue;
+                if lag.stuck(HEARTBEAT_STALE_MS) {
+                    skipped.push(lag);
+                    continue;
+                }
             }
             behind.push(format!("{} {} {} ms", lag.route, lag.shard_id, lag.lag_ms));
         }

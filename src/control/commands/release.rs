@@ -35,19 +35,8 @@ pub(super) async fn keep_alive<C: ControlStore>(
                 return std::future::pending().await
             }
             Ok(Write::Lost) => {
-                let who = ctx
-                    .control
-                    .load(&begun.migration.name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .map(|n| {
-                        format!(
-                            "{} (version {}, state {})",
-                            n.updated_by, n.version, n.state
-                        )
-                    })
-                    .unwrap_or_else(|| "someone".to_owned());
+                let now = ctx.control.load(&begun.migration.name).await;
+                let who = who_wrote(now.ok().flatten().as_ref());
                 return StoreError {
                     code: "FlipTakenOver".to_owned(),
                     message: format!(
