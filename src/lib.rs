@@ -60,7 +60,7 @@ pub mod routing;
 pub mod runner;
 pub mod verify;
 
-pub use domain::{errors, lineage, model, seq, time};
+pub use domain::{errors, lineage, model, positions, seq, time};
 
 /// Locks a mutex, recovering the data if a panicking thread poisoned it: what fanout keeps
 /// behind its mutexes (counters, caches, token buckets, progress lines) stays usable.

@@ -28,6 +28,7 @@ use crate::model::{
 use crate::pacing::{Bucket, ShardLimits, ShardMap};
 use crate::plan;
 use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, ShardHeartbeat, TargetWriter};
+use crate::positions::{merge_marks, Marks, PositionPair};
 use crate::seq::SequenceNumber;
 
 mod route;
@@ -133,6 +134,11 @@ pub struct Replicator<W, C, D> {
     /// Per (route, shard): when this container last wrote the shard's heartbeat, and the mode
     /// it said. A `forward` heartbeat younger than [`HEARTBEAT_EVERY`] is not written again.
     heartbeats: Mutex<HashMap<(String, String), (Instant, Mode)>>,
+    /// Per (route, source shard): when this container last recorded a position pair, and the
+    /// marks of everything it wrote (kept even if a checkpoint write failed).
+    positions: Mutex<HashMap<(String, String), (Option<Instant>, Marks)>>,
+    /// A position pair is recorded at most this often per (route, shard).
+    position_every: Duration,
 }
 
 /// Longest wait for a heartbeat write: a slow state table must not eat the invocation.
@@ -142,6 +148,10 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// replicator is alive and in which mode, and `status` calls a shard stuck after 60 s
 /// without one). A mode change is always written at once.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
+/// How often a (route, shard) records a position pair beside its checkpoint: the pairs
+/// `fanoutctl positions translate` reads, one small write per 10 s per shard.
+pub const POSITION_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a target's shard map is trusted before ListShards is called again (sooner when a
 /// write lands on a shard the map does not have: the target was resharded).
@@ -220,7 +230,16 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             targets: Mutex::new(HashMap::new()),
             heartbeat_by: "lambda".to_owned(),
             heartbeats: Mutex::new(HashMap::new()),
+            positions: Mutex::new(HashMap::new()),
+            position_every: POSITION_EVERY,
         }
+    }
+
+    /// Records position pairs at most this often per (route, shard) (default
+    /// [`POSITION_EVERY`]).
+    pub fn with_position_every(mut self, every: Duration) -> Self {
+        self.position_every = every;
+        self
     }
 
     /// Notes that a heartbeat of `route`'s `shard_id` saying `mode` was written (by the

@@ -395,7 +395,7 @@ async fn checkpoint_round_trips(
         source_arn: SOURCE_ARN.to_owned(),
         target_arn: world.arn(),
         last_seq: seq(9_000_000_000),
-        last_target: Some((SHARD_ID.to_owned(), seq(1).to_string())),
+        marks: [(SHARD_ID.to_owned(), seq(1))].into(),
         written: 1,
         dead_lettered: 0,
         now_ms: chrono::Utc::now().timestamp_millis(),

@@ -12,10 +12,13 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
 use super::store_error;
-use super::table::{checkpoint_pk, read_mode, s, write_heartbeat};
+use super::table::{
+    checkpoint_pk, n, positions_pk, read_mode, s, write_heartbeat, POSITION_RETENTION_SECS,
+};
 use crate::control::machine::RouteMode;
 use crate::model::{AdvanceOutcome, Checkpoint, CheckpointAdvance, HandledBeyond, StoreError};
 use crate::ports::{CheckpointStore, ShardHeartbeat};
+use crate::positions::{Marks, PositionPair};
 use crate::seq::SequenceNumber;
 
 pub struct DynamoCheckpoints {
@@ -98,6 +101,7 @@ impl CheckpointStore for DynamoCheckpoints {
             last_seq,
             updated_at_ms,
             beyond,
+            marks: read_marks(item.get("target_marks")),
         }))
     }
 
@@ -127,10 +131,9 @@ impl CheckpointStore for DynamoCheckpoints {
             "SET last_seq = :seq, route = :route, source_arn = :src, target_arn = :dst, \
                           updated_at_ms = :ms, updated_at = :at"
                 .to_owned();
-        if let Some((shard, seq)) = &a.last_target {
-            update.push_str(", last_target_shard = :tshard, last_target_seq = :tseq");
-            values.insert(":tshard".to_owned(), s(shard));
-            values.insert(":tseq".to_owned(), s(seq));
+        if !a.marks.is_empty() {
+            update.push_str(", target_marks = :marks");
+            values.insert(":marks".to_owned(), marks_value(&a.marks));
         }
         if let Some(b) = &a.beyond {
             update.push_str(
@@ -175,9 +178,63 @@ impl CheckpointStore for DynamoCheckpoints {
         read_mode(&self.client, &self.table, route).await
     }
 
+    async fn record_position(&self, pair: &PositionPair) -> Result<(), StoreError> {
+        let route = format!("{}{}", pair.route, self.namespace);
+        let mut item = HashMap::from([
+            ("pk".to_owned(), s(positions_pk(&route, &pair.shard_id))),
+            ("sk".to_owned(), s(pair.to.to_padded())),
+            ("from".to_owned(), s(pair.from.as_str())),
+            ("to".to_owned(), s(pair.to.as_str())),
+            ("before".to_owned(), marks_value(&pair.before)),
+            ("after".to_owned(), marks_value(&pair.after)),
+            ("started_ms".to_owned(), n(pair.started_ms)),
+            ("at_ms".to_owned(), n(pair.at_ms)),
+            (
+                "expires_at".to_owned(),
+                n(pair.at_ms / 1000 + POSITION_RETENTION_SECS),
+            ),
+        ]);
+        if let Some(ms) = pair.to_arrival_ms {
+            item.insert("to_arrival_ms".to_owned(), n(ms));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
     async fn heartbeat(&self, heartbeat: &ShardHeartbeat) -> Result<(), StoreError> {
         let mut hb = heartbeat.clone();
         hb.route = format!("{}{}", hb.route, self.namespace);
         write_heartbeat(&self.client, &self.table, &hb).await
     }
+}
+
+/// Marks as a DynamoDB map: target shard → sequence number (plain digits).
+pub(crate) fn marks_value(marks: &Marks) -> AttributeValue {
+    AttributeValue::M(
+        marks
+            .iter()
+            .map(|(shard, seq)| (shard.clone(), s(seq.as_str())))
+            .collect(),
+    )
+}
+
+/// Marks from a DynamoDB map; entries that are not sequence numbers are left out.
+pub(crate) fn read_marks(value: Option<&AttributeValue>) -> Marks {
+    value
+        .and_then(|v| v.as_m().ok())
+        .map(|m| {
+            m.iter()
+                .filter_map(|(shard, v)| {
+                    let seq = SequenceNumber::parse(v.as_s().ok()?).ok()?;
+                    Some((shard.clone(), seq))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -13,6 +13,7 @@
 //! | lease of a shard (local runner) | `lease#<name>` | `<shard id>` | local runner |
 //! | lease history (one per tenure) | `lease-history#<name>` | `<shard id>#<counter, 20 digits>` | local runner |
 //! | verification of a route | `verification#<route>` | `<finished ms, 16 digits>` | fanoutctl verify |
+//! | position pair of a route's shard (`expires_at`: DynamoDB TTL) | `positions#<route>#<shard id>` | `<source sequence number, padded>` | replicator, local runner |
 
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -79,6 +80,15 @@ pub fn lease_history_pk(name: &str) -> String {
 pub fn verification_pk(route: &str) -> String {
     format!("verification#{route}")
 }
+
+/// The position pairs of one source shard of a route.
+pub fn positions_pk(route: &str, shard_id: &str) -> String {
+    format!("positions#{route}#{shard_id}")
+}
+
+/// How long a position pair is kept (DynamoDB TTL on `expires_at`, epoch seconds; readers
+/// also skip expired pairs themselves, as TTL deletes late).
+pub const POSITION_RETENTION_SECS: i64 = 3 * 24 * 3600;
 
 // --- Items both the replicator and the controller use ------------------------------------------
 

@@ -236,6 +236,9 @@ pub struct Checkpoint {
     pub updated_at_ms: i64,
     /// Records handled after the first unhandled one, when the last batch stopped.
     pub beyond: Option<HandledBeyond>,
+    /// Per target shard, the highest target sequence number this shard's records were
+    /// written at ([`crate::positions`]).
+    pub marks: crate::positions::Marks,
 }
 
 /// Which records past a stopped batch's first unhandled record were handled anyway (written
@@ -308,8 +311,9 @@ pub struct CheckpointAdvance {
     pub source_arn: String,
     pub target_arn: String,
     pub last_seq: SequenceNumber,
-    /// Last (target shard, target sequence number) written in the handled prefix.
-    pub last_target: Option<(String, String)>,
+    /// Per target shard, the highest target sequence number this source shard's records were
+    /// written at, this batch included ([`crate::positions`]).
+    pub marks: crate::positions::Marks,
     pub written: u64,
     pub dead_lettered: u64,
     pub now_ms: i64,

@@ -15,6 +15,7 @@ use crate::model::{
     StoreError, TargetInfo,
 };
 use crate::pacing::TargetShard;
+use crate::positions::PositionPair;
 use crate::seq::SequenceNumber;
 
 /// One entry of a PutRecords request.
@@ -92,6 +93,15 @@ pub trait CheckpointStore: Send + Sync {
     /// [`RouteMode::FORWARD`].
     fn mode(&self, _route: &str) -> impl Future<Output = Result<RouteMode, StoreError>> + Send {
         async { Ok(RouteMode::FORWARD) }
+    }
+
+    /// Records one batch's position pair (source positions ↔ target positions), which
+    /// `fanoutctl positions translate` and `consumers move` read.
+    fn record_position(
+        &self,
+        _pair: &PositionPair,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        async { Ok(()) }
     }
 
     /// Records a shard heartbeat.

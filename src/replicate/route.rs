@@ -27,10 +27,13 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         //    it handled past its first unhandled record.
         let mut earlier: Option<HandledBeyond> = None;
         let mut loaded_last: Option<SequenceNumber> = None;
+        // Where this shard's records were written before this batch (positions.rs).
+        let mut before = self.written_marks(route, batch);
         let start = match within(send_by, self.checkpoints.load(&route.name, &batch.shard_id)).await
         {
             Ok(Some(cp)) => {
                 earlier = cp.beyond;
+                merge_marks(&mut before, &cp.marks);
                 let start = records
                     .iter()
                     .position(|r| r.seq > cp.last_seq)
@@ -72,6 +75,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             .unwrap_or(info.max_record_bytes)
             .min(self.limits.max_request_bytes);
 
+        let started_ms = chrono::Utc::now().timestamp_millis();
         let mut state: Vec<State> = vec![State::Pending; records.len()];
         if let Some(b) = &earlier {
             match b.align(records) {
@@ -294,10 +298,14 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         }
         if end > start || beyond.is_some() {
             let prefix = &state[start..end];
-            let last_target = prefix.iter().rev().find_map(|s| match s {
-                State::Written { shard_id, seq } => Some((shard_id.clone(), seq.clone())),
-                _ => None,
-            });
+            let mut marks = before.clone();
+            for s in &state[start..] {
+                if let State::Written { shard_id, seq } = s {
+                    if let Ok(seq) = SequenceNumber::parse(seq) {
+                        merge_marks(&mut marks, &Marks::from([(shard_id.clone(), seq)]));
+                    }
+                }
+            }
             let advance = CheckpointAdvance {
                 route: route.name.clone(),
                 shard_id: batch.shard_id.clone(),
@@ -311,7 +319,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                         SequenceNumber::parse("0").expect("0 is a sequence number")
                     }),
                 },
-                last_target,
+                marks,
                 written: prefix
                     .iter()
                     .filter(|s| matches!(s, State::Written { .. }))
@@ -323,11 +331,27 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
                 now_ms: chrono::Utc::now().timestamp_millis(),
                 beyond: beyond.clone(),
             };
-            // The heartbeat goes with the checkpoint, at once: one round trip of waiting.
+            // The heartbeat and the position pair go with the checkpoint, at once: one round
+            // trip of waiting.
+            let due = self.position_due(route, batch, &advance.marks, end > start);
+            let pair = due.then(|| PositionPair {
+                    route: route.name.clone(),
+                    shard_id: batch.shard_id.clone(),
+                    from: loaded_last.clone().unwrap_or_else(|| {
+                        SequenceNumber::parse("0").expect("0 is a sequence number")
+                    }),
+                    to: advance.last_seq.clone(),
+                    before,
+                    after: advance.marks.clone(),
+                    started_ms,
+                    at_ms: advance.now_ms,
+                to_arrival_ms: records[end - 1].arrival_ms,
+            });
             let heartbeat = self.heartbeat(route, batch, end, deadline);
-            let (advanced, ()) = tokio::join!(
+            let (advanced, (), ()) = tokio::join!(
                 within(deadline, self.checkpoints.advance(&advance)),
-                heartbeat
+                heartbeat,
+                self.record_position(pair, deadline)
             );
             match advanced {
                 Ok(AdvanceOutcome::Moved) => {}

@@ -64,6 +64,52 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         }
     }
 
+    /// The marks of everything this container wrote for `route`'s share of the batch's shard.
+    pub(super) fn written_marks(&self, route: &Route, batch: &SourceBatch) -> Marks {
+        lock(&self.positions)
+            .get(&(route.name.clone(), batch.shard_id.clone()))
+            .map(|(_, marks)| marks.clone())
+            .unwrap_or_default()
+    }
+
+    /// Keeps `marks` (everything written so far) and says whether a position pair is due:
+    /// `advanced` (the checkpoint moves) and none recorded for [`Self::with_position_every`].
+    pub(super) fn position_due(
+        &self,
+        route: &Route,
+        batch: &SourceBatch,
+        marks: &Marks,
+        advanced: bool,
+    ) -> bool {
+        let mut positions = lock(&self.positions);
+        let (last, kept) = positions
+            .entry((route.name.clone(), batch.shard_id.clone()))
+            .or_default();
+        merge_marks(kept, marks);
+        let due = advanced && last.is_none_or(|at| at.elapsed() >= self.position_every);
+        if due {
+            *last = Some(Instant::now());
+        }
+        due
+    }
+
+    /// Records a position pair; like a heartbeat, a failure is a warning, never a failed batch.
+    pub(super) async fn record_position(&self, pair: Option<PositionPair>, until: Instant) {
+        let Some(pair) = pair else { return };
+        let budget = until
+            .saturating_duration_since(Instant::now())
+            .min(HEARTBEAT_TIMEOUT);
+        match tokio::time::timeout(budget, self.checkpoints.record_position(&pair)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(route = %pair.route, shard = %pair.shard_id, error = %e, "Position pair not recorded.")
+            }
+            Err(_) => {
+                tracing::debug!(route = %pair.route, shard = %pair.shard_id, "Position pair not recorded: no answer within {} ms.", budget.as_millis())
+            }
+        }
+    }
+
     pub(super) async fn dead_letter(
         &self,
         route: &Route,

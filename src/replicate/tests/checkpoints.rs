@@ -149,3 +149,39 @@ async fn retries_of_a_stopped_batch_skip_what_it_wrote_past_its_first_unhandled_
         "{counted} counted, {duplicates} found"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn position_pairs_ride_with_the_checkpoint_at_most_every_ten_seconds() {
+    let target = FakeTarget::new(|_, _, _| Fault::None).with_shards(3, 0);
+    let cps = FakeCheckpoints::default();
+    let r = Replicator::new(
+        target.clone(),
+        cps.clone(),
+        FakeDeadLetters::default(),
+        vec![route("t")],
+        limits(),
+    );
+    let pairs = || cps.pairs.lock().unwrap().clone();
+    r.replicate(&batch_from(1000, 10, 4), far()).await;
+    r.replicate(&batch_from(1010, 10, 4), far()).await;
+    assert_eq!(pairs().len(), 1, "one pair for two batches within 10 s");
+    let first = &pairs()[0];
+    assert_eq!((first.from.as_str(), first.to.as_str()), ("0", "1009"));
+    assert!(first.before.is_empty());
+    // The checkpoint carries the marks of both batches: the highest target position written.
+    let cp = cps.items.lock().unwrap().values().next().cloned().unwrap();
+    // The fake numbers every write 1, 2, … across shards, in landing order.
+    let mut highest = crate::positions::Marks::new();
+    for (i, (_, shard)) in target.state.lock().unwrap().landed.iter().enumerate() {
+        let seq = SequenceNumber::parse(&(i + 1).to_string()).unwrap();
+        highest.insert(format!("shardId-{shard}"), seq);
+    }
+    assert_eq!(cp.marks, highest);
+    assert_eq!(highest.len(), 3, "the batches' keys spread over the three target shards");
+    tokio::time::advance(crate::replicate::POSITION_EVERY).await;
+    r.replicate(&batch_from(1020, 10, 4), far()).await;
+    let second = pairs()[1].clone();
+    assert_eq!((second.from.as_str(), second.to.as_str()), ("1019", "1029"));
+    assert_eq!(second.before, cp.marks, "before: everything written by earlier batches");
+    assert!(second.started_ms <= second.at_ms);
+}

@@ -249,6 +249,7 @@ struct FakeCheckpoints {
     items: Arc<Mutex<HashMap<(String, String), Checkpoint>>>,
     fail_load: bool,
     heartbeats: Arc<Mutex<Vec<crate::ports::ShardHeartbeat>>>,
+    pairs: Arc<Mutex<Vec<crate::positions::PositionPair>>>,
 }
 
 impl CheckpointStore for FakeCheckpoints {
@@ -279,11 +280,17 @@ impl CheckpointStore for FakeCheckpoints {
                         last_seq: a.last_seq.clone(),
                         updated_at_ms: a.now_ms,
                         beyond: a.beyond.clone(),
+                        marks: a.marks.clone(),
                     },
                 );
                 Ok(AdvanceOutcome::Moved)
             }
         }
+    }
+
+    async fn record_position(&self, pair: &crate::positions::PositionPair) -> Result<(), StoreError> {
+        self.pairs.lock().unwrap().push(pair.clone());
+        Ok(())
     }
 
     async fn heartbeat(&self, hb: &crate::ports::ShardHeartbeat) -> Result<(), StoreError> {
