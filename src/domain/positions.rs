@@ -96,6 +96,18 @@ impl ShardPositions {
     }
 }
 
+/// A shard of a stream as ListShards describes it, for placing a consumer on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamShard {
+    pub shard_id: String,
+    /// The parent and the adjacent parent, when the shard came from a split or a merge.
+    pub parents: Vec<String>,
+    pub starting_hash_key: String,
+    pub ending_hash_key: String,
+    /// A closed shard's last sequence number.
+    pub ending: Option<SequenceNumber>,
+}
+
 /// How far a consumer got on one shard.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Seen {
@@ -125,6 +137,8 @@ pub enum Resume {
 /// up to the last record replicated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Window {
+    /// The stream of `shard_id` (set by the caller; the translation knows shards only).
+    pub stream: String,
     pub shard_id: String,
     pub after: Option<SequenceNumber>,
     pub through: Option<SequenceNumber>,
@@ -193,6 +207,7 @@ pub fn target_to_source(
                 because: "nothing of this shard was replicated yet".to_owned(),
             });
             out.duplicates.push(Window {
+                stream: String::new(),
                 shard_id: id,
                 after: None,
                 through: None,
@@ -237,6 +252,7 @@ pub fn target_to_source(
                 })
         });
         out.duplicates.push(Window {
+            stream: String::new(),
             shard_id: id.clone(),
             through: unseen_from.map(|k| k.from.clone()),
             after,
@@ -275,6 +291,7 @@ pub fn source_to_target(
             Some(Seen::Nothing) | None => {
                 horizon.push(format!("{id}: nothing processed"));
                 out.duplicates.push(Window {
+                    stream: String::new(),
                     shard_id: id.clone(),
                     after: None,
                     through: None,
@@ -289,6 +306,7 @@ pub fn source_to_target(
                 pairs.first().map(|p| p.from.to_string()).unwrap_or_default()
             ));
             out.duplicates.push(Window {
+                stream: String::new(),
                 shard_id: id.clone(),
                 after: None,
                 through: Some(q.clone()),
@@ -357,6 +375,7 @@ pub fn source_to_target(
             }
         });
         out.duplicates.push(Window {
+            stream: String::new(),
             shard_id: shard.shard_id.clone(),
             after: below.map(|p| p.to.clone().min(q.clone())),
             through: Some(q.clone()),
@@ -376,6 +395,7 @@ pub fn target_time_to_source(shards: &[ShardPositions], at_ms: i64, margin_ms: i
         let found = pairs.iter().rev().find(|p| p.at_ms <= at_ms - margin_ms);
         let unseen = pairs.iter().find(|p| p.started_ms >= at_ms + margin_ms);
         out.duplicates.push(Window {
+            stream: String::new(),
             shard_id: id.clone(),
             after: found.map(|p| p.to.clone()),
             through: unseen.map(|p| p.from.clone()),

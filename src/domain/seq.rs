@@ -53,6 +53,24 @@ impl SequenceNumber {
         &self.0
     }
 
+    /// The number one below (zero stays zero): "every record before this one".
+    pub fn predecessor(&self) -> Self {
+        let mut digits = self.0.clone().into_bytes();
+        for d in digits.iter_mut().rev() {
+            if *d == b'0' {
+                *d = b'9';
+            } else {
+                *d -= 1;
+                break;
+            }
+        }
+        if self.0 == "0" {
+            return self.clone();
+        }
+        SequenceNumber::parse(std::str::from_utf8(&digits).expect("digits"))
+            .expect("still a sequence number")
+    }
+
     /// Fixed-width, zero-padded form whose string order equals numeric order.
     pub fn to_padded(&self) -> String {
         format!("{:0>width$}", self.0, width = PADDED_WIDTH)
@@ -139,6 +157,15 @@ mod tests {
             .collect();
         assert_eq!(back, values);
         assert!(padded.iter().all(|p| p.len() == PADDED_WIDTH));
+    }
+
+    #[test]
+    fn the_predecessor_is_one_below() {
+        let p = |t: &str| SequenceNumber::parse(t).unwrap().predecessor().to_string();
+        assert_eq!(p("1000"), "999");
+        assert_eq!(p("49590338271490256608559692538361571095921575989136588898"), "49590338271490256608559692538361571095921575989136588897");
+        assert_eq!(p("1"), "0");
+        assert_eq!(p("0"), "0");
     }
 
     #[test]

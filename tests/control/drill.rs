@@ -15,11 +15,76 @@ const BIN: &str = env!("CARGO_BIN_EXE_fanoutctl");
 
 /// One record the drill's producer wrote: its key, its number within the key, where, when.
 #[derive(Clone, Debug)]
-struct Produced {
-    key: String,
-    n: u64,
-    stream: String,
-    at_ms: i64,
+pub(crate) struct Produced {
+    pub key: String,
+    pub n: u64,
+    pub stream: String,
+    pub at_ms: i64,
+}
+
+/// The drill's producer: 12 keys, one record every 15 ms, each to the stream the routing
+/// document names; every record it wrote, and the switch that stops it.
+pub(crate) fn spawn_producer(
+    world: &World,
+    migration: &str,
+) -> (
+    Arc<Mutex<Vec<Produced>>>,
+    Arc<AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let produced: Arc<Mutex<Vec<Produced>>> = Arc::default();
+    let producing = Arc::new(AtomicBool::new(true));
+    let producer = {
+        let (produced, producing) = (produced.clone(), producing.clone());
+        let routing = S3Routing::new(
+            &world.new_account,
+            &world.bucket,
+            &S3Routing::key_for("routing/", migration),
+        );
+        let client = aws_sdk_kinesis::Client::new(&world.new_account);
+        let logical = world.source.name().to_owned();
+        tokio::spawn(async move {
+            let routing = RoutingClient::new(
+                routing,
+                RoutingOptions {
+                    cache_ttl: Duration::from_millis(200),
+                    hold_poll: Duration::from_millis(50),
+                    max_hold_wait: Duration::from_secs(60),
+                },
+            );
+            let mut next: BTreeMap<String, u64> = BTreeMap::new();
+            let mut i = 0u64;
+            while producing.load(Ordering::SeqCst) {
+                let key = format!("user-{}", i % 12);
+                let n = *next.entry(key.clone()).or_default();
+                let to = routing
+                    .resolve(&logical)
+                    .await
+                    .expect("routing resolves")
+                    .stream;
+                client
+                    .put_record()
+                    .stream_arn(&to)
+                    .partition_key(&key)
+                    .data(aws_sdk_kinesis::primitives::Blob::new(format!(
+                        "{key}|{n}|drill"
+                    )))
+                    .send()
+                    .await
+                    .expect("put_record");
+                produced.lock().unwrap().push(Produced {
+                    key: key.clone(),
+                    n,
+                    stream: to,
+                    at_ms: now_ms(),
+                });
+                next.insert(key, n + 1);
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        })
+    };
+    (produced, producing, producer)
 }
 
 /// Per key, the numbers of the drill's records a stream holds, in stream order, every copy.
@@ -84,7 +149,7 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// Runs `fanoutctl verify` over [from, until] and returns its JSON report.
-fn verify(world: &World, migration: &str, from_ms: i64, until_ms: i64) -> serde_json::Value {
+pub(crate) fn verify(world: &World, migration: &str, from_ms: i64, until_ms: i64) -> serde_json::Value {
     let (code, out) = fanoutctl(
         world,
         migration,
@@ -154,58 +219,7 @@ async fn drill(reverse: bool) {
     );
 
     // The producer: 12 keys, one record at a time, each to where the routing document says.
-    let produced: Arc<Mutex<Vec<Produced>>> = Arc::default();
-    let producing = Arc::new(AtomicBool::new(true));
-    let producer = {
-        let (produced, producing) = (produced.clone(), producing.clone());
-        let routing = S3Routing::new(
-            &world.new_account,
-            &world.bucket,
-            &S3Routing::key_for("routing/", &migration),
-        );
-        let client = aws_sdk_kinesis::Client::new(&world.new_account);
-        let logical = world.source.name().to_owned();
-        tokio::spawn(async move {
-            let routing = RoutingClient::new(
-                routing,
-                RoutingOptions {
-                    cache_ttl: Duration::from_millis(200),
-                    hold_poll: Duration::from_millis(50),
-                    max_hold_wait: Duration::from_secs(60),
-                },
-            );
-            let mut next: BTreeMap<String, u64> = BTreeMap::new();
-            let mut i = 0u64;
-            while producing.load(Ordering::SeqCst) {
-                let key = format!("user-{}", i % 12);
-                let n = *next.entry(key.clone()).or_default();
-                let to = routing
-                    .resolve(&logical)
-                    .await
-                    .expect("routing resolves")
-                    .stream;
-                client
-                    .put_record()
-                    .stream_arn(&to)
-                    .partition_key(&key)
-                    .data(aws_sdk_kinesis::primitives::Blob::new(format!(
-                        "{key}|{n}|drill"
-                    )))
-                    .send()
-                    .await
-                    .expect("put_record");
-                produced.lock().unwrap().push(Produced {
-                    key: key.clone(),
-                    n,
-                    stream: to,
-                    at_ms: now_ms(),
-                });
-                next.insert(key, n + 1);
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-        })
-    };
+    let (produced, producing, producer) = spawn_producer(&world, &migration);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let v = verify(&world, &migration, drill_start, now_ms() - 1000);
     assert_eq!(v["totals"]["missing"], 0, "{v}");

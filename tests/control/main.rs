@@ -6,6 +6,7 @@
 
 // The shared helpers are here; the tests are in the topic modules below.
 mod bounded;
+mod consumers;
 mod drill;
 mod flips;
 mod forced;

@@ -12,7 +12,9 @@ use fanout::control::commands::CommandName;
 
 mod backfill;
 mod capacity;
+mod consumers;
 mod control;
+mod positions;
 mod redrive;
 mod replicate;
 mod verify;
@@ -123,6 +125,12 @@ enum Command {
     /// Dead letters and the migration: acknowledge them after looking.
     #[command(subcommand)]
     Dlq(control::DlqCommand),
+    /// Translate a consumer's positions between a stream and its counterpart.
+    #[command(subcommand)]
+    Positions(positions::PositionsCommand),
+    /// Move consumers between the old and new streams (KCL lease tables).
+    #[command(subcommand)]
+    Consumers(consumers::ConsumersCommand),
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
@@ -156,6 +164,8 @@ async fn main() -> ExitCode {
         Command::Resume(args) => report("resume", control::pause(args, CommandName::Resume).await),
         Command::History(args) => report("history", control::history(args).await),
         Command::Dlq(cmd) => report("dlq", control::dlq(cmd).await),
+        Command::Positions(cmd) => report("positions", positions::positions(cmd).await),
+        Command::Consumers(cmd) => report("consumers", consumers::consumers(cmd).await),
     }
 }
 

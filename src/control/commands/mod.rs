@@ -268,13 +268,22 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
 }
 
 async fn load<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Result<StoredState, StoreError> {
-    if let Some(st) = ctx.control.load(&req.migration).await? {
+    load_migration(&ctx.control, &req.migration).await
+}
+
+/// The migration's state item; a migration never started is an error that lists the ones
+/// that were (closest spellings first).
+pub async fn load_migration<C: ControlStore>(
+    control: &C,
+    migration: &str,
+) -> Result<StoredState, StoreError> {
+    if let Some(st) = control.load(migration).await? {
         return Ok(st);
     }
-    let known = ctx.control.migrations().await.unwrap_or_default();
+    let known = control.migrations().await.unwrap_or_default();
     Err(StoreError {
         code: "NoSuchMigration".to_owned(),
-        message: no_such_migration(&req.migration, ctx.control.table(), &known),
+        message: no_such_migration(migration, control.table(), &known),
     })
 }
 

@@ -1,0 +1,193 @@
+//! `fanoutctl consumers move`: a KCL application's lease table rewritten from one stream of a
+//! migration to its counterpart, each shard's checkpoint translated (docs/consumers.md).
+
+use std::process::ExitCode;
+
+use fanout::aws::kcl::KclTable;
+use fanout::aws::positions::stream_created_s;
+use fanout::aws::verifications::assumed_role_config;
+use fanout::kcl::{leases_of, plan_move, seen_by_shard, still_held, stream_identifier, KclLease};
+use fanout::verify::parse_duration;
+
+use crate::positions::{
+    clients, duplicate_lines, resolve_move, shards_of, translate, ConsumerAt, Where,
+};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ConsumersCommand {
+    /// Move a KCL 2.x/3.x application from one of the migration's streams to its
+    /// counterpart: its lease table's leases of --from are replaced by leases of --to whose
+    /// checkpoints are the translated positions (`positions translate`), so the application
+    /// resumes there with nothing missed. The application must be stopped: the leases are
+    /// read twice, --owner-wait apart, and nothing is changed if a lease counter moved.
+    /// Exit 0: moved (or the dry run's plan); 2: error; 3: refused (a worker holds leases).
+    ///
+    /// Example:
+    ///   fanoutctl consumers move --kcl-table billing-app --from orders-old --to orders --dry-run
+    #[command(verbatim_doc_comment)]
+    Move(MoveArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct MoveArgs {
+    #[command(flatten)]
+    pub at: Where,
+    /// The application's lease table (KCL names it after the application).
+    #[arg(long)]
+    pub kcl_table: String,
+    /// Role to assume for the lease table (when it is in another account).
+    #[arg(long)]
+    pub kcl_role_arn: Option<String>,
+    /// How long to watch the lease counters for a live worker before changing anything
+    /// (longer than the application's failover time, KCL's default 10 s).
+    #[arg(long, default_value = "20s")]
+    pub owner_wait: String,
+    /// Print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
+    let ConsumersCommand::Move(args) = command;
+    let wait = parse_duration(&args.owner_wait).map_err(|e| format!("--owner-wait: {e}"))?;
+    let clients = clients(&args.at).await;
+    let mv = resolve_move(&clients, &args.at).await?;
+    let kcl_sdk = match &args.kcl_role_arn {
+        Some(role) => assumed_role_config(&clients.new, role, None).await,
+        None => clients.new.clone(),
+    };
+    let table = KclTable::new(&kcl_sdk, &args.kcl_table);
+    let read = || async {
+        table
+            .leases()
+            .await
+            .map_err(|e| format!("cannot read lease table {}: {e}", table.name()))
+    };
+    let first = read().await?;
+    let mine: Vec<KclLease> = leases_of(&first, mv.from.account(), mv.from.name())
+        .into_iter()
+        .cloned()
+        .collect();
+    if mine.is_empty() {
+        return Err(format!(
+            "lease table {} has no leases of {} ({} leases in all): check --kcl-table (a KCL \
+             application's table is named after the application) and --from",
+            table.name(),
+            mv.from,
+            first.len()
+        ));
+    }
+    eprintln!(
+        "{} leases of {} in {}. Watching their counters for {} (a running worker raises them)…",
+        mine.len(),
+        mv.from.name(),
+        table.name(),
+        fanout::time::human_secs(wait.as_secs_f64())
+    );
+    tokio::time::sleep(wait).await;
+    let second = read().await?;
+    let now: Vec<KclLease> = leases_of(&second, mv.from.account(), mv.from.name())
+        .into_iter()
+        .cloned()
+        .collect();
+    let held = still_held(&mine, &now);
+    if !held.is_empty() {
+        println!(
+            "REFUSED: the application is still running: {} of its leases were renewed in the last {}:",
+            held.len(),
+            fanout::time::human_secs(wait.as_secs_f64())
+        );
+        for l in &held {
+            let before = mine.iter().find(|m| m.key == l.key).map_or(0, |m| m.counter);
+            println!(
+                "  {}  owner {}  leaseCounter {} → {}",
+                l.key,
+                l.owner.as_deref().unwrap_or("-"),
+                before,
+                l.counter
+            );
+        }
+        println!(
+            "Stop every worker of the application (all instances, on both sides), then run this \
+             again. Nothing was changed."
+        );
+        return Ok(ExitCode::from(3));
+    }
+
+    let seen = seen_by_shard(&now.iter().collect::<Vec<_>>());
+    let translation = translate(&clients, &args.at, &mv, &ConsumerAt::Shards(seen)).await?;
+    let to_shards = shards_of(&clients, &mv.to, mv.to_old).await?;
+    let multi = now.iter().any(|l| l.stream.is_some());
+    let identifier = if multi {
+        let sdk = if mv.to_old { &clients.old } else { &clients.new };
+        let created = stream_created_s(sdk, &mv.to)
+            .await
+            .map_err(|e| format!("cannot describe {}: {}: {}", mv.to, e.code, e.message))?;
+        if created <= 0 {
+            return Err(format!(
+                "{} has no creation time, which a multi-stream lease key needs",
+                mv.to
+            ));
+        }
+        Some(stream_identifier(mv.to.account(), mv.to.name(), created))
+    } else {
+        None
+    };
+    let mine_refs: Vec<&KclLease> = now.iter().collect();
+    let plan = plan_move(&mine_refs, &to_shards, translation, identifier.as_deref());
+
+    println!(
+        "{} {} → {} in lease table {}:",
+        if args.dry_run { "Would move" } else { "Moving" },
+        mv.from.name(),
+        mv.to.name(),
+        table.name()
+    );
+    for l in &now {
+        println!("  was   {}  checkpoint {}", l.key, l.checkpoint);
+    }
+    for a in &plan.add {
+        println!("  new   {}  checkpoint {}  ({})", a.key, a.checkpoint, a.because);
+    }
+    for r in &plan.remove {
+        println!("  drop  {}", r.key);
+    }
+    println!("Records the application may process twice (sequence numbers of the original records):");
+    for line in duplicate_lines(&plan.translation) {
+        println!("{line}");
+    }
+    if args.dry_run {
+        println!("Dry run: nothing changed.");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let tagged = now.iter().any(|l| l.tagged);
+    for a in &plan.add {
+        let counter = now.iter().find(|l| l.key == a.key).map(|l| l.counter);
+        table.put(a, counter, tagged).await.map_err(|e| {
+            format!(
+                "lease {} was not written ({e}); a worker may have started: stop it and run this \
+                 again (what was written is listed above; running again rewrites it)",
+                a.key
+            )
+        })?;
+    }
+    for r in &plan.remove {
+        table.delete(r).await.map_err(|e| {
+            format!(
+                "lease {} of {} was not deleted ({e}): a worker may have started; stop it and \
+                 run this again",
+                r.key,
+                mv.from.name()
+            )
+        })?;
+    }
+    println!(
+        "Moved: {} leases of {} written, {} of {} removed. Start the application on {}.",
+        plan.add.len(),
+        mv.to.name(),
+        plan.remove.len(),
+        mv.from.name(),
+        mv.to
+    );
+    Ok(ExitCode::SUCCESS)
+}

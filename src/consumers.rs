@@ -1,0 +1,146 @@
+//! Moving consumers between a migration's two sides: which route's position map answers
+//! "where does a consumer of stream X resume on stream Y", and how the answers of a forward
+//! and a reverse route combine.
+
+use crate::control::record::{LogicalStream, Migration};
+use crate::model::StreamArn;
+use crate::positions::{Resume, Translated, Translation};
+
+/// Which way a route's positions are translated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// The consumer read the route's target and moves to its source.
+    TargetToSource,
+    /// The consumer read the route's source and moves to its target.
+    SourceToTarget,
+}
+
+/// One route whose copies connect the two streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leg {
+    pub route: String,
+    pub direction: Direction,
+}
+
+/// A consumer's move from one stream of a migration to its counterpart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Move {
+    pub stream: LogicalStream,
+    pub from: StreamArn,
+    pub to: StreamArn,
+    /// `to` is the old account's stream.
+    pub to_old: bool,
+    pub legs: Vec<Leg>,
+}
+
+fn same(stream: &str, given: &str) -> bool {
+    stream == given || StreamArn::parse(stream).is_ok_and(|a| a.name() == given)
+}
+
+/// Finds the logical stream whose new and old streams are `from` and `to` (ARNs or names,
+/// either way round) and the routes that connect them.
+pub fn resolve(migration: &Migration, from: &str, to: &str) -> Result<Move, String> {
+    let found = migration.streams.iter().find_map(|l| {
+        if same(&l.new, from) && same(&l.old, to) {
+            Some((l, false))
+        } else if same(&l.old, from) && same(&l.new, to) {
+            Some((l, true))
+        } else {
+            None
+        }
+    });
+    let Some((stream, from_old)) = found else {
+        let pairs: Vec<String> = migration
+            .streams
+            .iter()
+            .map(|l| format!("{} ↔ {}", l.new, l.old))
+            .collect();
+        return Err(format!(
+            "migration {} has no stream pair {from} ↔ {to}. Its pairs (new ↔ old): {}. \
+             Give --from and --to as one of them, by name or ARN",
+            migration.name,
+            pairs.join("; ")
+        ));
+    };
+    let arn = |t: &str| StreamArn::parse(t).map_err(|e| format!("stream {t}: {e}"));
+    // The forward route copies new → old; the reverse route, when there is one, old → new.
+    let mut legs = vec![Leg {
+        route: stream.forward_route.clone(),
+        direction: if from_old {
+            Direction::TargetToSource
+        } else {
+            Direction::SourceToTarget
+        },
+    }];
+    if let Some(reverse) = &stream.reverse_route {
+        legs.push(Leg {
+            route: reverse.clone(),
+            direction: if from_old {
+                Direction::SourceToTarget
+            } else {
+                Direction::TargetToSource
+            },
+        });
+    }
+    let (from, to) = if from_old {
+        (arn(&stream.old)?, arn(&stream.new)?)
+    } else {
+        (arn(&stream.new)?, arn(&stream.old)?)
+    };
+    Ok(Move {
+        stream: stream.clone(),
+        from,
+        to,
+        to_old: !from_old,
+        legs,
+    })
+}
+
+/// Two routes' answers for the same shards: each shard resumes at the earlier of the two
+/// (a sequence number and a time cannot be compared: then from the trim horizon).
+pub fn combine(a: Translation, b: Translation) -> Translation {
+    let mut out = a;
+    for t in b.resume {
+        match out.resume.iter_mut().find(|r| r.shard_id == t.shard_id) {
+            None => out.resume.push(t),
+            Some(r) => {
+                let (resume, because) = earlier(&r.resume, &t.resume, &r.because, &t.because);
+                *r = Translated {
+                    shard_id: t.shard_id,
+                    resume,
+                    because,
+                };
+            }
+        }
+    }
+    out.duplicates.extend(b.duplicates);
+    out
+}
+
+fn earlier(a: &Resume, b: &Resume, why_a: &str, why_b: &str) -> (Resume, String) {
+    use Resume::*;
+    match (a, b) {
+        (Nothing, x) => (x.clone(), why_b.to_owned()),
+        (x, Nothing) => (x.clone(), why_a.to_owned()),
+        (TrimHorizon, _) => (TrimHorizon, why_a.to_owned()),
+        (_, TrimHorizon) => (TrimHorizon, why_b.to_owned()),
+        (After(x), After(y)) => {
+            if x <= y {
+                (a.clone(), why_a.to_owned())
+            } else {
+                (b.clone(), why_b.to_owned())
+            }
+        }
+        (AtTimestamp(x), AtTimestamp(y)) => {
+            if x <= y {
+                (a.clone(), why_a.to_owned())
+            } else {
+                (b.clone(), why_b.to_owned())
+            }
+        }
+        _ => (
+            TrimHorizon,
+            format!("two routes give a position and a time ({why_a}; {why_b}): from the trim horizon"),
+        ),
+    }
+}
