@@ -197,6 +197,7 @@ IDENTITIES: dict[str, dict] = {
         "functions": [
             "src/aws/checkpoints.rs::DynamoCheckpoints::load",
             "src/aws/checkpoints.rs::DynamoCheckpoints::advance",
+            "src/aws/checkpoints.rs::DynamoCheckpoints::record_position",
             "src/aws/table.rs::mode_item",
             "src/aws/table.rs::write_heartbeat",
             "src/aws/dead_letters.rs::S3DeadLetters::store",
@@ -268,6 +269,11 @@ NOT_DEPLOYED = {
     "src/aws/source.rs::KinesisSource::wait_active": "the benches",
     "src/aws/source.rs::KinesisSource::ensure_consumer": "fanoutctl replicate --efo",
     "src/aws/source.rs::KinesisSource::subscribe": "fanoutctl replicate --efo",
+    # A KCL application's own lease table, in its own account: `consumers move` needs that
+    # table's grants (--kcl-role-arn), which no module of ours deploys (docs/runbook.md says so).
+    "src/aws/kcl.rs::KclTable::leases": "the application's lease table (consumers move)",
+    "src/aws/kcl.rs::KclTable::put": "the application's lease table (consumers move)",
+    "src/aws/kcl.rs::KclTable::delete": "the application's lease table (consumers move)",
 }
 
 # --- The on-call role: every runbook command ---------------------------------------------------
@@ -429,6 +435,22 @@ RUNBOOK_COMMANDS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
     "capacity": CAPACITY,
 }
 RUNBOOK_COMMANDS["resume"] = RUNBOOK_COMMANDS["pause"]
+# src/bin/fanoutctl/positions.rs: the migration, the position map in the state table, the
+# shards of both streams (the old one through the read role, or the writer role without one).
+POSITIONS = LOAD + [
+    step("verifications.rs::assumed_role_config", ASSUME_READER),
+    step("verifications.rs::assumed_role_config", ASSUME_WRITER),
+    step("positions.rs::PositionMap::query"),
+    step("positions.rs::stream_shards"),
+    step("positions.rs::stream_shards", READER),
+]
+RUNBOOK_COMMANDS["positions"] = POSITIONS
+# src/bin/fanoutctl/consumers.rs: a translation, and the destination's creation time (part of a
+# multi-stream lease key). The lease table itself is the application's (NOT_DEPLOYED).
+RUNBOOK_COMMANDS["consumers"] = POSITIONS + [
+    step("positions.rs::stream_created_s"),
+    step("positions.rs::stream_created_s", READER),
+]
 # Commands docs/runbook.md names that the on-call role is not meant to run.
 RUNBOOK_OUTSIDE = {
     "replicate": "stands in for the replicator (checkpoints, leases): the replicator's or an administrator's credentials",

@@ -23,9 +23,15 @@ resource "aws_dynamodb_table" "state" {
     type = "S"
   }
 
-  # No ttl block on purpose: leases expire by their own `expires_at_ms` attribute, which the
-  # code compares itself (DynamoDB TTL deletes up to days late and only on epoch seconds), and
-  # the history items are the audit trail of every flip, kept for as long as the table lives.
+  # TTL removes only the replicator's position pairs (`positions#…` items, `expires_at` in
+  # epoch seconds, 3 days after they were recorded; readers skip expired pairs themselves, as
+  # TTL deletes late). Nothing else carries `expires_at`: leases expire by their own
+  # `expires_at_ms`, which the code compares itself, and the history items are the audit
+  # trail of every flip, kept for as long as the table lives.
+  ttl {
+    attribute_name = "expires_at"
+    enabled        = true
+  }
 
   point_in_time_recovery {
     enabled = true

@@ -21,12 +21,15 @@ locals {
   granted_actions = distinct(concat(local.writer_actions, var.reverse_replication ? local.reverse_read_actions : []))
 
   # What `fanoutctl verify` calls on the old streams (src/verify/read.rs through
-  # src/aws/source.rs): it reads every shard of the target over the window. Granted only to
-  # reader_trusted_role_arns (the on-call role), never to the writers.
+  # src/aws/source.rs): it reads every shard of the target over the window; `positions
+  # translate` and `consumers move` list their shards and (for a multi-stream KCL lease key)
+  # read their creation time. Granted only to reader_trusted_role_arns (the on-call role),
+  # never to the writers.
   reader_actions = [
     "kinesis:ListShards",
     "kinesis:GetShardIterator",
     "kinesis:GetRecords",
+    "kinesis:DescribeStreamSummary",
   ]
   reader = length(var.reader_trusted_role_arns) > 0
 
