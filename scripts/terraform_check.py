@@ -120,7 +120,7 @@ def env_read_by_lambdas() -> dict[str, set[str]]:
 CALL_RE = re.compile(r"\.([a-z][a-z0-9_]*)\(\)")
 FN_RE = re.compile(r"^(\s*)(?:pub(?:\([\w:]+\))?\s+)?(?:async\s+)?fn\s+(\w+)")
 IMPL_RE = re.compile(r"^impl(?:<[^>]*>)?\s+(?:[\w:<>, ]+\s+for\s+)?(\w+)")
-SERVICES = {"kinesis": "kinesis", "dynamodb": "dynamodb", "s3": "s3", "sts": "sts"}
+SERVICES = {"kinesis": "kinesis", "dynamodb": "dynamodb", "s3": "s3", "sts": "sts", "lambda": "lambda"}
 # Where an IAM action is not the operation's name.
 ACTION_NAMES = {"s3:ListObjectsV2": "s3:ListBucket"}
 # Operations no policy can grant or deny.
@@ -229,6 +229,11 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/source.rs::KinesisSource::get_records",
             # the capacity guard reads the newest window of each source shard
             "src/aws/target.rs::list_open_shards",
+            # Lambda consumers of the new streams: found and registered at start
+            # (FANOUT_CONSUMERS), read by the consumers guard and status, switched by flips
+            "src/aws/lambda.rs::Mappings::list",
+            "src/aws/lambda.rs::Mappings::get",
+            "src/aws/lambda.rs::Mappings::enable",
         ],
     },
     "writer": {
@@ -340,11 +345,13 @@ GUARDS = (
         step("control.rs::AwsControl::stream_facts"),
         step("control.rs::AwsControl::stream_facts", WRITER),
         step("verifications.rs::latest"),
+        step("lambda.rs::Mappings::get"),  # the consumers guard
     ]
 )
 # ...and what it writes: the state item, the hold and release (routing document, modes), the
-# history. An abandoned flip is released the same way.
+# history, the Lambda consumers' mappings. An abandoned flip is released the same way.
 FLIP = GUARDS + [
+    step("lambda.rs::Mappings::enable"),
     step("control.rs::AwsControl::write_state"),
     step("control.rs::AwsControl::set_mode"),
     step("routing.rs::S3Routing::publish", on=("routing documents",)),
@@ -382,6 +389,7 @@ RUNBOOK_COMMANDS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
     + [
         step("routing.rs::S3Routing::fetch", on=("routing documents",)),
         step("table.rs::mode_item"),
+        step("lambda.rs::Mappings::get"),
     ],
     "plan": GUARDS + CAPACITY,
     "cutover": FLIP + CAPACITY,
@@ -447,9 +455,16 @@ POSITIONS = LOAD + [
 RUNBOOK_COMMANDS["positions"] = POSITIONS
 # src/bin/fanoutctl/consumers.rs: a translation, and the destination's creation time (part of a
 # multi-stream lease key). The lease table itself is the application's (NOT_DEPLOYED).
+# ...and `consumers add`: the state item, the mapping found and set, the history.
 RUNBOOK_COMMANDS["consumers"] = POSITIONS + [
     step("positions.rs::stream_created_s"),
     step("positions.rs::stream_created_s", READER),
+    step("verifications.rs::caller_identity"),
+    step("control.rs::AwsControl::write_state"),
+    step("control.rs::AwsControl::append_history"),
+    step("lambda.rs::Mappings::list"),
+    step("lambda.rs::Mappings::get"),
+    step("lambda.rs::Mappings::enable"),
 ]
 # Commands docs/runbook.md names that the on-call role is not meant to run.
 RUNBOOK_OUTSIDE = {
@@ -765,6 +780,10 @@ def resource_hint(action: str, where: str) -> tuple[str, str]:
         return "local.target_arns", "the target (old) streams"
     if action == "s3:ListBucket":
         return "var.bucket_arn", "the state bucket"
+    if action == "lambda:ListEventSourceMappings":
+        return "*", "any mapping (ListEventSourceMappings has no resource)"
+    if action.endswith("EventSourceMapping"):
+        return "local.consumer_mappings", "the consumers' event source mappings"
     if action.startswith("lambda:"):
         return "aws_lambda_function.this.arn", "the controller function"
     if action == "sts:AssumeRole":

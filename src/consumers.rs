@@ -140,7 +140,9 @@ fn earlier(a: &Resume, b: &Resume, why_a: &str, why_b: &str) -> (Resume, String)
         }
         _ => (
             TrimHorizon,
-            format!("two routes give a position and a time ({why_a}; {why_b}): from the trim horizon"),
+            format!(
+                "two routes give a position and a time ({why_a}; {why_b}): from the trim horizon"
+            ),
         ),
     }
 }

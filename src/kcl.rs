@@ -64,11 +64,7 @@ pub fn stream_identifier(account: &str, name: &str, created_epoch_s: i64) -> Str
 
 /// The leases of one stream: multi-stream leases whose identifier names the stream
 /// (`<account>:<name>:`), or every single-stream lease.
-pub fn leases_of<'a>(
-    leases: &'a [KclLease],
-    account: &str,
-    name: &str,
-) -> Vec<&'a KclLease> {
+pub fn leases_of<'a>(leases: &'a [KclLease], account: &str, name: &str) -> Vec<&'a KclLease> {
     let prefix = format!("{account}:{name}:");
     let multi = leases.iter().any(|l| l.stream.is_some());
     leases
@@ -137,7 +133,10 @@ pub fn plan_move(
     let add = shards
         .iter()
         .map(|sh| {
-            let found = translation.resume.iter().find(|r| r.shard_id == sh.shard_id);
+            let found = translation
+                .resume
+                .iter()
+                .find(|r| r.shard_id == sh.shard_id);
             let (checkpoint, because) = match found.map(|t| (&t.resume, t.because.as_str())) {
                 Some((Resume::After(seq), why)) => (seq.to_string(), why.to_owned()),
                 Some((Resume::Nothing, why)) => ("SHARD_END".to_owned(), why.to_owned()),
@@ -206,24 +205,46 @@ mod tests {
 
     #[test]
     fn checkpoints_say_how_far_the_application_got() {
-        assert_eq!(lease("shardId-0", "TRIM_HORIZON", 0, 1).seen(), Seen::Nothing);
+        assert_eq!(
+            lease("shardId-0", "TRIM_HORIZON", 0, 1).seen(),
+            Seen::Nothing
+        );
         assert_eq!(lease("shardId-0", "LATEST", 0, 1).seen(), Seen::Nothing);
         assert_eq!(lease("shardId-0", "SHARD_END", 0, 1).seen(), Seen::All);
-        assert_eq!(lease("shardId-0", "1234", 0, 1).seen(), Seen::Through(seq("1234")));
+        assert_eq!(
+            lease("shardId-0", "1234", 0, 1).seen(),
+            Seen::Through(seq("1234"))
+        );
         // Part of an aggregated record: that record is not seen in full.
-        assert_eq!(lease("shardId-0", "1234", 3, 1).seen(), Seen::Through(seq("1233")));
+        assert_eq!(
+            lease("shardId-0", "1234", 3, 1).seen(),
+            Seen::Through(seq("1233"))
+        );
     }
 
     #[test]
     fn multi_stream_keys_name_their_stream() {
         let leases = vec![
-            lease("111111111111:orders:1700000000:shardId-000000000000", "5", 0, 1),
-            lease("111111111111:orders-archive:1700000001:shardId-000000000000", "6", 0, 1),
+            lease(
+                "111111111111:orders:1700000000:shardId-000000000000",
+                "5",
+                0,
+                1,
+            ),
+            lease(
+                "111111111111:orders-archive:1700000001:shardId-000000000000",
+                "6",
+                0,
+                1,
+            ),
         ];
         let mine = leases_of(&leases, "111111111111", "orders");
         assert_eq!(mine.len(), 1);
         assert_eq!(mine[0].shard_id, "shardId-000000000000");
-        assert_eq!(mine[0].stream.as_deref(), Some("111111111111:orders:1700000000"));
+        assert_eq!(
+            mine[0].stream.as_deref(),
+            Some("111111111111:orders:1700000000")
+        );
         // Single-stream tables: every lease is the stream's.
         let single = vec![lease("shardId-000000000000", "5", 0, 1)];
         assert_eq!(leases_of(&single, "111111111111", "orders").len(), 1);
@@ -235,7 +256,10 @@ mod tests {
         let mut second = first.clone();
         second[0].counter = 8;
         let held = still_held(&first, &second);
-        assert_eq!(held.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            held.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[test]
@@ -266,7 +290,10 @@ mod tests {
         };
         let plan = plan_move(
             &old,
-            &[shard("shardId-000000000000", &[]), shard("shardId-000000000001", &["shardId-000000000000"])],
+            &[
+                shard("shardId-000000000000", &[]),
+                shard("shardId-000000000001", &["shardId-000000000000"]),
+            ],
             translation,
             Some("111:new:2"),
         );

@@ -38,6 +38,10 @@ mod store;
 mod target;
 use schedule::{Entry, Payload, Schedule, Shape};
 
+/// Per (route, source shard) in one container: when it last recorded a position pair, and
+/// the marks of everything it wrote.
+type Written = (Option<Instant>, Marks);
+
 /// After a refresh that failed without a definite answer, the last known value is used this
 /// long before the next try.
 const TARGET_INFO_RETRY: Duration = Duration::from_secs(30);
@@ -136,7 +140,7 @@ pub struct Replicator<W, C, D> {
     heartbeats: Mutex<HashMap<(String, String), (Instant, Mode)>>,
     /// Per (route, source shard): when this container last recorded a position pair, and the
     /// marks of everything it wrote (kept even if a checkpoint write failed).
-    positions: Mutex<HashMap<(String, String), (Option<Instant>, Marks)>>,
+    positions: Mutex<HashMap<(String, String), Written>>,
     /// A position pair is recorded at most this often per (route, shard).
     position_every: Duration,
 }

@@ -23,7 +23,7 @@ use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
 use crate::control::record::{HistoryEntry, Migration, StoredState};
 use crate::model::{StoreError, StreamArn};
-use crate::ports::control::ControlStore;
+use crate::ports::control::{ControlStore, MappingFacts};
 use crate::ports::reader::ShardReader;
 use crate::routing::RoutingDocument;
 use crate::seq::SequenceNumber;
@@ -70,6 +70,8 @@ pub struct AwsControl {
     old_kinesis: KinesisSource,
     sdk: SdkConfig,
     old_sdk: SdkConfig,
+    /// The new account's event source mappings (Lambda consumers of the new streams).
+    mappings: super::lambda::Mappings,
 }
 
 impl AwsControl {
@@ -83,6 +85,7 @@ impl AwsControl {
             old_kinesis: KinesisSource::new(old_account),
             sdk: sdk.clone(),
             old_sdk: old_account.clone(),
+            mappings: super::lambda::Mappings::new(sdk),
         }
     }
 
@@ -174,6 +177,22 @@ impl AwsControl {
 }
 
 impl ControlStore for AwsControl {
+    async fn mappings(
+        &self,
+        function: &str,
+        stream: &str,
+    ) -> Result<Vec<MappingFacts>, StoreError> {
+        self.mappings.list(function, stream).await
+    }
+
+    async fn mapping(&self, uuid: &str) -> Result<Option<MappingFacts>, StoreError> {
+        self.mappings.get(uuid).await
+    }
+
+    async fn enable_mapping(&self, uuid: &str, enabled: bool) -> Result<MappingFacts, StoreError> {
+        self.mappings.enable(uuid, enabled).await
+    }
+
     fn table(&self) -> &str {
         &self.table
     }

@@ -55,7 +55,9 @@ impl KclTable {
                     key: key.to_owned(),
                     stream,
                     shard_id,
-                    checkpoint: text(item, "checkpoint").unwrap_or("TRIM_HORIZON").to_owned(),
+                    checkpoint: text(item, "checkpoint")
+                        .unwrap_or("TRIM_HORIZON")
+                        .to_owned(),
                     sub_sequence: num(item, "checkpointSubSequenceNumber").unwrap_or(0),
                     counter: num(item, "leaseCounter").unwrap_or(0),
                     owner: text(item, "leaseOwner")
@@ -102,7 +104,11 @@ impl KclTable {
             item.insert("streamName".to_owned(), s(stream));
             item.insert("shardId".to_owned(), s(&lease.shard_id));
         }
-        let mut req = self.client.put_item().table_name(&self.table).set_item(Some(item));
+        let mut req = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item));
         req = match counter {
             Some(c) => req
                 .condition_expression("attribute_not_exists(leaseKey) OR leaseCounter = :c")

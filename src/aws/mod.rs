@@ -17,6 +17,7 @@ pub mod checkpoints;
 pub mod control;
 pub mod dead_letters;
 pub mod kcl;
+pub mod lambda;
 pub mod leases;
 pub mod positions;
 pub mod routing;
@@ -310,6 +311,7 @@ fn service_of<E>() -> &'static str {
         ("aws_sdk_kinesis", "Kinesis"),
         ("aws_sdk_s3", "S3"),
         ("aws_sdk_sts", "STS"),
+        ("aws_sdk_lambda", "Lambda"),
     ]
     .into_iter()
     .find(|(krate, _)| t.starts_with(krate))
@@ -340,11 +342,12 @@ pub fn with_service(service: &str, code: &str, message: String) -> String {
 }
 
 /// Service names as [`with_service`] writes them, with the endpoint id each one has.
-pub const SERVICES: [(&str, &str); 4] = [
+pub const SERVICES: [(&str, &str); 5] = [
     ("DynamoDB", "dynamodb"),
     ("Kinesis", "kinesis"),
     ("S3", "s3"),
     ("STS", "sts"),
+    ("Lambda", "lambda"),
 ];
 
 /// Connect timeout for every client: a dead endpoint must fail fast, not eat the deadline.

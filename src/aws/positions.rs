@@ -129,8 +129,12 @@ pub async fn stream_shards(
                     .chain(sh.adjacent_parent_shard_id())
                     .map(str::to_owned)
                     .collect(),
-                starting_hash_key: range.map(|r| r.starting_hash_key().to_owned()).unwrap_or_default(),
-                ending_hash_key: range.map(|r| r.ending_hash_key().to_owned()).unwrap_or_default(),
+                starting_hash_key: range
+                    .map(|r| r.starting_hash_key().to_owned())
+                    .unwrap_or_default(),
+                ending_hash_key: range
+                    .map(|r| r.ending_hash_key().to_owned())
+                    .unwrap_or_default(),
                 ending: sh
                     .sequence_number_range()
                     .and_then(|r| r.ending_sequence_number())

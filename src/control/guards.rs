@@ -338,6 +338,89 @@ pub fn capacity(routes: &[(String, Result<RouteCapacity, String>)]) -> GuardResu
     }
 }
 
+/// An event source mapping as Lambda describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MappingFacts {
+    pub uuid: String,
+    pub function_arn: String,
+    /// The stream it reads.
+    pub stream: String,
+    /// `Enabled`, `Disabled`, or on the way (`Creating`, `Enabling`, `Disabling`,
+    /// `Updating`, `Deleting`).
+    pub state: String,
+}
+
+impl MappingFacts {
+    /// `Some(enabled)` once settled; `None` while Lambda is still changing it.
+    pub fn enabled(&self) -> Option<bool> {
+        match self.state.as_str() {
+            "Enabled" => Some(true),
+            "Disabled" => Some(false),
+            _ => None,
+        }
+    }
+}
+/// The `consumers` guard: every registered Lambda consumer's mapping exists, reads its
+/// stream, and is settled in the state the migration's current state asks for. `mappings`:
+/// each consumer with its mapping as Lambda describes it (`Ok(None)`: not found), or why it
+/// could not be read.
+pub fn consumers(
+    mappings: &[(
+        &crate::control::record::Consumer,
+        Result<Option<MappingFacts>, String>,
+    )],
+    state: super::machine::State,
+) -> GuardResult {
+    let mut problems = Vec::new();
+    for (c, found) in mappings {
+        let want = c.enabled_in(state);
+        let word = |on: bool| if on { "Enabled" } else { "Disabled" };
+        match found {
+            Err(e) => problems.push(format!("consumer {}: mapping {} could not be read: {e}", c.name, c.mapping)),
+            Ok(None) => problems.push(format!(
+                "consumer {}: mapping {} does not exist: register the consumer's new mapping                  (fanoutctl consumers add) or remove it",
+                c.name, c.mapping
+            )),
+            Ok(Some(m)) if m.stream != c.stream => problems.push(format!(
+                "consumer {}: mapping {} reads {}, not {}",
+                c.name, c.mapping, m.stream, c.stream
+            )),
+            Ok(Some(m)) => match m.enabled() {
+                None => problems.push(format!(
+                    "consumer {}: mapping {} is {}: wait until Lambda has finished changing it",
+                    c.name, c.mapping, m.state
+                )),
+                Some(on) if on != want => problems.push(format!(
+                    "consumer {}: mapping {} is {}, but {} in state {state}: someone changed it \
+                     by hand; put it back with `aws lambda update-event-source-mapping --uuid {} \
+                     --{}enabled`, or flip with --force",
+                    c.name,
+                    c.mapping,
+                    m.state,
+                    word(want),
+                    c.mapping,
+                    if want { "" } else { "no-" }
+                )),
+                Some(_) => {}
+            },
+        }
+    }
+    let n = mappings.len();
+    if problems.is_empty() {
+        GuardResult::new(
+            "consumers",
+            true,
+            if n == 0 {
+                "no Lambda consumers registered".to_owned()
+            } else {
+                format!("{n} Lambda consumer mappings as state {state} wants them")
+            },
+        )
+    } else {
+        GuardResult::new("consumers", false, problems.join("; "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

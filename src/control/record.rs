@@ -102,6 +102,36 @@ pub struct Migration {
     pub routing_key: String,
     /// Prefix of dead letters in `bucket`.
     pub dead_letter_prefix: String,
+    /// Lambda consumers of the new streams, switched on and off by the flips.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<Consumer>,
+}
+
+/// A Lambda function that consumes one of the migration's new streams through an event
+/// source mapping in the new account. The flips switch the mapping: off while producers are
+/// on the old streams (unless `from_start`), on from the cutover, off again at a rollback.
+/// Disabled, a mapping keeps its position, so records that arrive meanwhile wait for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consumer {
+    /// A name for people (history, status).
+    pub name: String,
+    /// The mapping's UUID.
+    pub mapping: String,
+    /// The function it invokes, as the mapping names it.
+    pub function: String,
+    /// The stream it reads (one of the migration's new streams).
+    pub stream: String,
+    /// On from the start (the new environment tests with replicated traffic), not only
+    /// once producers are on the new streams.
+    #[serde(default)]
+    pub from_start: bool,
+}
+
+impl Consumer {
+    /// Whether its mapping is enabled while the migration is in `state`.
+    pub fn enabled_in(&self, state: State) -> bool {
+        self.from_start || matches!(state, State::Cutover | State::Committed)
+    }
 }
 
 /// A flip under way: producers are held while replication catches up.

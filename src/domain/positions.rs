@@ -303,7 +303,10 @@ pub fn source_to_target(
         let Some(k) = pairs.iter().rev().find(|p| &p.from <= q) else {
             horizon.push(format!(
                 "{id}: {q} is older than the oldest recorded position ({})",
-                pairs.first().map(|p| p.from.to_string()).unwrap_or_default()
+                pairs
+                    .first()
+                    .map(|p| p.from.to_string())
+                    .unwrap_or_default()
             ));
             out.duplicates.push(Window {
                 stream: String::new(),
@@ -333,12 +336,11 @@ pub fn source_to_target(
         let (resume, because) = if !horizon.is_empty() {
             (
                 Resume::TrimHorizon,
-                format!(
-                    "no recorded position covers {}",
-                    horizon.join("; ")
-                ),
+                format!("no recorded position covers {}", horizon.join("; ")),
             )
-        } else if let (true, Some(at)) = (unmarked.get(t.as_str()).copied().unwrap_or(false), earliest) {
+        } else if let (true, Some(at)) =
+            (unmarked.get(t.as_str()).copied().unwrap_or(false), earliest)
+        {
             (
                 Resume::AtTimestamp(at - margin_ms),
                 "a source shard had written nothing to this shard before the consumer's position: \
@@ -348,7 +350,8 @@ pub fn source_to_target(
         } else if let Some(low) = lowest.get(t.as_str()) {
             (
                 Resume::After(low.clone()),
-                "after the lowest target position written before the consumer's positions".to_owned(),
+                "after the lowest target position written before the consumer's positions"
+                    .to_owned(),
             )
         } else {
             (
@@ -367,7 +370,12 @@ pub fn source_to_target(
     for (shard, q) in moved {
         let pairs = shard.all();
         let below = last_passed(&pairs, |t, m, pair| {
-            match out.resume.iter().find(|r| r.shard_id == t).map(|r| &r.resume) {
+            match out
+                .resume
+                .iter()
+                .find(|r| r.shard_id == t)
+                .map(|r| &r.resume)
+            {
                 Some(Resume::After(r)) => m <= r,
                 Some(Resume::AtTimestamp(ts)) => pair.at_ms < *ts,
                 Some(Resume::TrimHorizon) => false,

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::capacity::{ConfiguredRoute, RouteCapacity, Sides};
+pub use crate::control::guards::MappingFacts;
 use crate::control::guards::{ShardLag, StreamFacts};
 use crate::control::machine::RouteMode;
 use crate::control::record::{HistoryEntry, Migration, StoredState};
@@ -190,6 +191,26 @@ pub trait ControlStore: Send + Sync {
         &self,
         migration: &Migration,
     ) -> impl Future<Output = Result<Option<RoutingDocument>, StoreError>> + Send;
+
+    /// The event source mappings of `function` on `stream` (Lambda's ListEventSourceMappings).
+    fn mappings(
+        &self,
+        function: &str,
+        stream: &str,
+    ) -> impl Future<Output = Result<Vec<MappingFacts>, StoreError>> + Send;
+
+    /// One event source mapping; `None` when it does not exist.
+    fn mapping(
+        &self,
+        uuid: &str,
+    ) -> impl Future<Output = Result<Option<MappingFacts>, StoreError>> + Send;
+
+    /// Enables or disables a mapping; returns it as Lambda then describes it.
+    fn enable_mapping(
+        &self,
+        uuid: &str,
+        enabled: bool,
+    ) -> impl Future<Output = Result<MappingFacts, StoreError>> + Send;
 
     /// Measures what a forward route can carry (the `capacity` guard).
     fn measure_capacity(

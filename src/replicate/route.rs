@@ -335,16 +335,16 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             // trip of waiting.
             let due = self.position_due(route, batch, &advance.marks, end > start);
             let pair = due.then(|| PositionPair {
-                    route: route.name.clone(),
-                    shard_id: batch.shard_id.clone(),
-                    from: loaded_last.clone().unwrap_or_else(|| {
-                        SequenceNumber::parse("0").expect("0 is a sequence number")
-                    }),
-                    to: advance.last_seq.clone(),
-                    before,
-                    after: advance.marks.clone(),
-                    started_ms,
-                    at_ms: advance.now_ms,
+                route: route.name.clone(),
+                shard_id: batch.shard_id.clone(),
+                from: loaded_last
+                    .clone()
+                    .unwrap_or_else(|| SequenceNumber::parse("0").expect("0 is a sequence number")),
+                to: advance.last_seq.clone(),
+                before,
+                after: advance.marks.clone(),
+                started_ms,
+                at_ms: advance.now_ms,
                 to_arrival_ms: records[end - 1].arrival_ms,
             });
             let heartbeat = self.heartbeat(route, batch, end, deadline);

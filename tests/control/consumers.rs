@@ -72,7 +72,12 @@ async fn leases(world: &World, table: &str) -> BTreeMap<String, (String, i64)> {
     out.items()
         .iter()
         .map(|i| {
-            let get = |n: &str| i.get(n).and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+            let get = |n: &str| {
+                i.get(n)
+                    .and_then(|v| v.as_s().ok())
+                    .cloned()
+                    .unwrap_or_default()
+            };
             let counter = i
                 .get("leaseCounter")
                 .and_then(|v| v.as_n().ok())
@@ -96,7 +101,11 @@ fn spawn_worker(
     processed: Arc<Mutex<Vec<Processed>>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    let (sdk, table, owner) = (world.new_account.clone(), table.to_owned(), owner.to_owned());
+    let (sdk, table, owner) = (
+        world.new_account.clone(),
+        table.to_owned(),
+        owner.to_owned(),
+    );
     tokio::spawn(async move {
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
         let reader = KinesisSource::new(&sdk);
@@ -113,7 +122,10 @@ fn spawn_worker(
                         .item("checkpoint", s("TRIM_HORIZON"))
                         .item("checkpointSubSequenceNumber", AttributeValue::N("0".into()))
                         .item("leaseCounter", AttributeValue::N("0".into()))
-                        .item("ownerSwitchesSinceCheckpoint", AttributeValue::N("0".into()))
+                        .item(
+                            "ownerSwitchesSinceCheckpoint",
+                            AttributeValue::N("0".into()),
+                        )
                         .send()
                         .await
                         .unwrap();
@@ -143,7 +155,8 @@ fn spawn_worker(
                     .key("leaseKey", s(&shard))
                     .expression_attribute_values(":one", AttributeValue::N("1".into()))
                     .expression_attribute_values(":owner", s(&owner));
-                let mut set = "SET leaseOwner = :owner, leaseCounter = leaseCounter + :one".to_owned();
+                let mut set =
+                    "SET leaseOwner = :owner, leaseCounter = leaseCounter + :one".to_owned();
                 if let Some(seq) = checkpoint {
                     set.push_str(", checkpoint = :seq");
                     update = update.expression_attribute_values(":seq", s(&seq));
@@ -209,7 +222,10 @@ async fn leases_of(ddb: &aws_sdk_dynamodb::Client, table: &str) -> HashMap<Strin
 }
 
 /// Reads `stream` whole: per shard, (sequence number, key, number) of each drill record.
-async fn drill_records(world: &World, stream: &StreamArn) -> Vec<(String, SequenceNumber, String, u64)> {
+async fn drill_records(
+    world: &World,
+    stream: &StreamArn,
+) -> Vec<(String, SequenceNumber, String, u64)> {
     KinesisSource::new(&world.new_account)
         .read_all(stream)
         .await
@@ -218,8 +234,14 @@ async fn drill_records(world: &World, stream: &StreamArn) -> Vec<(String, Sequen
         .filter_map(|(shard, r)| {
             let text = String::from_utf8_lossy(&r.data).into_owned();
             let parts: Vec<&str> = text.split('|').collect();
-            (parts.len() == 3 && parts[2] == "drill")
-                .then(|| (shard, r.seq.clone(), parts[0].to_owned(), parts[1].parse().unwrap()))
+            (parts.len() == 3 && parts[2] == "drill").then(|| {
+                (
+                    shard,
+                    r.seq.clone(),
+                    parts[0].to_owned(),
+                    parts[1].parse().unwrap(),
+                )
+            })
         })
         .collect()
 }
@@ -274,9 +296,7 @@ async fn translation_holds(world: &World, migration: &str, table: &str, processe
             .iter()
             .find(|w| w["shard_id"] == shard && w["stream"] == world.source.name())
             .unwrap_or_else(|| panic!("no window for {shard}: {answer}"));
-        let bound = |w: &serde_json::Value| {
-            w.as_str().map(|t| SequenceNumber::parse(t).unwrap())
-        };
+        let bound = |w: &serde_json::Value| w.as_str().map(|t| SequenceNumber::parse(t).unwrap());
         let (w_after, w_through) = (bound(&window["after"]), bound(&window["through"]));
         for (_, seq, key, n) in new.iter().filter(|(s, ..)| s == shard) {
             let skips = after.as_ref().is_some_and(|a| seq <= a);
@@ -313,7 +333,15 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     let lease_table = unique("kcl-billing");
     create_lease_table(&world, &lease_table).await;
     let ctl = |args: &[&str]| support::fanoutctl(&world, &[("FANOUT_MIGRATION", &migration)], args);
-    let (code, _) = ctl(&["start", "--settle", "1s", "--drain-timeout", "30s", "--reason", "consumers drill"]);
+    let (code, _) = ctl(&[
+        "start",
+        "--settle",
+        "1s",
+        "--drain-timeout",
+        "30s",
+        "--reason",
+        "consumers drill",
+    ]);
     assert_eq!(code, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let replicator = spawn_replicator(&world, stop.clone());
@@ -322,7 +350,10 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         .put_all(&world.source, &records(30, 5, 20))
         .await
         .unwrap();
-    assert_eq!(wait_for_target(&world, 30, Duration::from_secs(30)).await, 30);
+    assert_eq!(
+        wait_for_target(&world, 30, Duration::from_secs(30)).await,
+        30
+    );
 
     // The old environment's application reads the old stream from the start.
     let processed: Arc<Mutex<Vec<Processed>>> = Arc::default();
@@ -345,21 +376,36 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         async move {
             let from = now_ms();
             let deadline = Instant::now() + Duration::from_secs(60);
-            while produced.lock().unwrap().iter().filter(|p| p.at_ms > from).count() < n
+            while produced
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|p| p.at_ms > from)
+                .count()
+                < n
                 && Instant::now() < deadline
             {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     };
-    assert_eq!(ctl(&["cutover", "--reason", "consumers drill: first cutover"]).0, 0);
+    assert_eq!(
+        ctl(&["cutover", "--reason", "consumers drill: first cutover"]).0,
+        0
+    );
     after_flip(40).await;
     // Mid-drill: the application's checkpoints translated to the new stream.
     let snapshot = processed.lock().unwrap().clone();
     translation_holds(&world, &migration, &lease_table, &snapshot).await;
-    assert_eq!(ctl(&["rollback", "--reason", "consumers drill: it looks wrong"]).0, 0);
+    assert_eq!(
+        ctl(&["rollback", "--reason", "consumers drill: it looks wrong"]).0,
+        0
+    );
     after_flip(40).await;
-    assert_eq!(ctl(&["cutover", "--reason", "consumers drill: try again"]).0, 0);
+    assert_eq!(
+        ctl(&["cutover", "--reason", "consumers drill: try again"]).0,
+        0
+    );
     after_flip(40).await;
     assert_eq!(ctl(&["commit", "--reason", "consumers drill: done"]).0, 0);
     after_flip(20).await;
@@ -372,20 +418,41 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     }
     // Still running: the move refuses and changes nothing.
     let before = leases(&world, &lease_table).await;
-    let (old_name, new_name) = (world.target.name().to_owned(), world.source.name().to_owned());
+    let (old_name, new_name) = (
+        world.target.name().to_owned(),
+        world.source.name().to_owned(),
+    );
     let mv = |extra: &[&str]| {
         let mut args = vec![
-            "consumers", "move", "--kcl-table", &lease_table, "--from", &old_name, "--to", &new_name,
-            "--owner-wait", "3s",
+            "consumers",
+            "move",
+            "--kcl-table",
+            &lease_table,
+            "--from",
+            &old_name,
+            "--to",
+            &new_name,
+            "--owner-wait",
+            "3s",
         ];
         args.extend_from_slice(extra);
         ctl(&args)
     };
     let (code, out) = mv(&[]);
     assert_eq!(code, 3, "{out}");
-    assert!(out.contains("REFUSED: the application is still running") && out.contains("old-app-1"), "{out}");
-    let still: BTreeMap<String, String> = leases(&world, &lease_table).await.into_iter().map(|(k, (c, _))| (k, c)).collect();
-    assert_eq!(still.keys().collect::<Vec<_>>(), before.keys().collect::<Vec<_>>());
+    assert!(
+        out.contains("REFUSED: the application is still running") && out.contains("old-app-1"),
+        "{out}"
+    );
+    let still: BTreeMap<String, String> = leases(&world, &lease_table)
+        .await
+        .into_iter()
+        .map(|(k, (c, _))| (k, c))
+        .collect();
+    assert_eq!(
+        still.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
     old_app_stop.store(true, Ordering::SeqCst);
     old_app.await.unwrap();
 
@@ -447,7 +514,10 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         .values()
         .map(|ns| ns.windows(2).filter(|w| w[1] < w[0]).count())
         .sum();
-    let on_new = processed[before_move..].iter().filter(|p| p.stream == world.source.to_string()).count();
+    let on_new = processed[before_move..]
+        .iter()
+        .filter(|p| p.stream == world.source.to_string())
+        .count();
     eprintln!(
         "KCL-style consumer: {} records produced, {} processed ({} on the old stream, {} on the \
          new after the move), missed {missed}, duplicates {duplicates}, out of order {out_of_order}",
@@ -457,7 +527,10 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         on_new
     );
     assert_eq!((missed, out_of_order), (0, 0));
-    assert!(on_new >= 40, "the moved application read {on_new} records on the new stream");
+    assert!(
+        on_new >= 40,
+        "the moved application read {on_new} records on the new stream"
+    );
     // Moved after it had read the old stream to its end and replication had stopped: the
     // translation resumes right after the last replicated record, so nothing comes twice.
     assert_eq!(duplicates, 0, "processed twice: {duplicates}");

@@ -149,7 +149,12 @@ fn rfc3339(ms: i64) -> String {
 }
 
 /// Runs `fanoutctl verify` over [from, until] and returns its JSON report.
-pub(crate) fn verify(world: &World, migration: &str, from_ms: i64, until_ms: i64) -> serde_json::Value {
+pub(crate) fn verify(
+    world: &World,
+    migration: &str,
+    from_ms: i64,
+    until_ms: i64,
+) -> serde_json::Value {
     let (code, out) = fanoutctl(
         world,
         migration,

@@ -19,7 +19,9 @@ use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
 use fanout::aws::verifications::{caller_identity, old_account_config};
 use fanout::config::ReplicatorConfig;
-use fanout::control::commands::{execute, streams_from_routes, CommandName, Context, Request};
+use fanout::control::commands::{
+    execute, specs_from_json, streams_from_routes, CommandName, Context, Request,
+};
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use serde_json::{json, Value};
 
@@ -61,6 +63,10 @@ async fn main() -> Result<(), Error> {
                 settings
                     .mode_cache_ms
                     .get_or_insert(config.mode_cache.as_millis() as i64);
+            }
+            if let (true, Ok(json)) = (req.consumers.is_empty(), std::env::var("FANOUT_CONSUMERS"))
+            {
+                req.consumers = specs_from_json(&json)?;
             }
         }
         let report = match &caller {

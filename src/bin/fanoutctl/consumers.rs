@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use fanout::aws::kcl::KclTable;
 use fanout::aws::positions::stream_created_s;
 use fanout::aws::verifications::assumed_role_config;
+use fanout::control::commands::{CommandName, ConsumerSpec};
 use fanout::kcl::{leases_of, plan_move, seen_by_shard, still_held, stream_identifier, KclLease};
 use fanout::verify::parse_duration;
 
@@ -26,6 +27,42 @@ pub enum ConsumersCommand {
     ///   fanoutctl consumers move --kcl-table billing-app --from orders-old --to orders --dry-run
     #[command(verbatim_doc_comment)]
     Move(MoveArgs),
+    /// Register a Lambda consumer of one of the migration's new streams (its event source
+    /// mapping in the new account). The flips then switch the mapping: off while producers
+    /// are on the old streams (unless --from-start), on from the cutover, off again at a
+    /// rollback. The mapping is set as the current state asks at once (see --dry-run).
+    ///
+    /// Example:
+    ///   fanoutctl consumers add --name billing --function billing-new --stream orders
+    #[command(verbatim_doc_comment)]
+    Add(AddArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub common: crate::control::Common,
+    /// A name for the consumer (status, history).
+    #[arg(long)]
+    pub name: String,
+    /// The function its mapping invokes (name or ARN).
+    #[arg(long)]
+    pub function: String,
+    /// The new stream it reads (name or ARN).
+    #[arg(long)]
+    pub stream: String,
+    /// The mapping's UUID, when the function has several on the stream.
+    #[arg(long)]
+    pub mapping: Option<String>,
+    /// On from the start (the new environment tests with replicated traffic), not only
+    /// once producers are on the new streams.
+    #[arg(long)]
+    pub from_start: bool,
+    /// Show what would change; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,7 +85,25 @@ pub struct MoveArgs {
 }
 
 pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
-    let ConsumersCommand::Move(args) = command;
+    match command {
+        ConsumersCommand::Move(args) => move_leases(args).await,
+        ConsumersCommand::Add(args) => {
+            let mut req = crate::control::request(&args.common, CommandName::ConsumerAdd);
+            req.consumers = vec![ConsumerSpec {
+                name: args.name,
+                function: args.function,
+                stream: args.stream,
+                mapping: args.mapping,
+                from_start: args.from_start,
+            }];
+            req.dry_run = args.dry_run;
+            req.reason = args.reason;
+            crate::control::run(&args.common, req).await
+        }
+    }
+}
+
+async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
     let wait = parse_duration(&args.owner_wait).map_err(|e| format!("--owner-wait: {e}"))?;
     let clients = clients(&args.at).await;
     let mv = resolve_move(&clients, &args.at).await?;
@@ -98,7 +153,10 @@ pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
             fanout::time::human_secs(wait.as_secs_f64())
         );
         for l in &held {
-            let before = mine.iter().find(|m| m.key == l.key).map_or(0, |m| m.counter);
+            let before = mine
+                .iter()
+                .find(|m| m.key == l.key)
+                .map_or(0, |m| m.counter);
             println!(
                 "  {}  owner {}  leaseCounter {} → {}",
                 l.key,
@@ -119,7 +177,11 @@ pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
     let to_shards = shards_of(&clients, &mv.to, mv.to_old).await?;
     let multi = now.iter().any(|l| l.stream.is_some());
     let identifier = if multi {
-        let sdk = if mv.to_old { &clients.old } else { &clients.new };
+        let sdk = if mv.to_old {
+            &clients.old
+        } else {
+            &clients.new
+        };
         let created = stream_created_s(sdk, &mv.to)
             .await
             .map_err(|e| format!("cannot describe {}: {}: {}", mv.to, e.code, e.message))?;
@@ -147,12 +209,17 @@ pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
         println!("  was   {}  checkpoint {}", l.key, l.checkpoint);
     }
     for a in &plan.add {
-        println!("  new   {}  checkpoint {}  ({})", a.key, a.checkpoint, a.because);
+        println!(
+            "  new   {}  checkpoint {}  ({})",
+            a.key, a.checkpoint, a.because
+        );
     }
     for r in &plan.remove {
         println!("  drop  {}", r.key);
     }
-    println!("Records the application may process twice (sequence numbers of the original records):");
+    println!(
+        "Records the application may process twice (sequence numbers of the original records):"
+    );
     for line in duplicate_lines(&plan.translation) {
         println!("{line}");
     }

@@ -11,7 +11,8 @@ use fanout::aws::load_sdk_config;
 use fanout::aws::verifications::{caller_identity, old_account_config};
 use fanout::config::ReplicatorConfig;
 use fanout::control::commands::{
-    execute, release_interrupted, streams_from_routes, CommandName, Context, Request,
+    execute, release_interrupted, specs_from_json, streams_from_routes, CommandName, Context,
+    Request,
 };
 use fanout::control::machine::Action;
 use fanout::control::record::Settings;
@@ -171,7 +172,7 @@ async fn context(table: &str) -> Result<Context<AwsControl>, String> {
     })
 }
 
-fn request(common: &Common, command: CommandName) -> Request {
+pub(crate) fn request(common: &Common, command: CommandName) -> Request {
     Request {
         command,
         migration: common.migration.clone(),
@@ -180,7 +181,7 @@ fn request(common: &Common, command: CommandName) -> Request {
 }
 
 /// Runs `req` and prints the report; the exit code says how it ended.
-async fn run(common: &Common, req: Request) -> Result<ExitCode, String> {
+pub(crate) async fn run(common: &Common, req: Request) -> Result<ExitCode, String> {
     let ctx = context(&common.table).await?;
     let flips = matches!(
         req.command,
@@ -255,6 +256,9 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, String> {
     req.bucket = Some(config.dead_letter_bucket.clone());
     req.dead_letter_prefix = Some(config.dead_letter_prefix.clone());
     req.reason = args.reason;
+    if let Ok(json) = std::env::var("FANOUT_CONSUMERS") {
+        req.consumers = specs_from_json(&json)?;
+    }
     run(&args.common, req).await
 }
 

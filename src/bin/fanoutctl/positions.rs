@@ -13,8 +13,8 @@ use fanout::consumers::{combine, resolve, Direction, Move};
 use fanout::control::commands::load_migration;
 use fanout::model::StreamArn;
 use fanout::positions::{
-    source_time_to_target, source_to_target, target_time_to_source, target_to_source, Resume,
-    Seen, ShardPositions, StreamShard, Translation,
+    source_time_to_target, source_to_target, target_time_to_source, target_to_source, Resume, Seen,
+    ShardPositions, StreamShard, Translation,
 };
 use fanout::seq::SequenceNumber;
 use fanout::verify::parse_duration;
@@ -78,14 +78,18 @@ pub struct TranslateArgs {
 }
 
 fn parse_position(text: &str) -> Result<(String, Seen), String> {
-    let (shard, at) = text
-        .split_once('=')
-        .ok_or_else(|| format!("--position {text:?}: expected SHARD=SEQUENCE_NUMBER, e.g. shardId-000000000000=4959…"))?;
+    let (shard, at) = text.split_once('=').ok_or_else(|| {
+        format!(
+            "--position {text:?}: expected SHARD=SEQUENCE_NUMBER, e.g. shardId-000000000000=4959…"
+        )
+    })?;
     let seen = match at {
         "SHARD_END" => Seen::All,
         "TRIM_HORIZON" | "LATEST" => Seen::Nothing,
         seq => Seen::Through(SequenceNumber::parse(seq).map_err(|e| {
-            format!("--position {text:?}: {e}; expected a sequence number, SHARD_END or TRIM_HORIZON")
+            format!(
+                "--position {text:?}: {e}; expected a sequence number, SHARD_END or TRIM_HORIZON"
+            )
         })?),
     };
     Ok((shard.to_owned(), seen))
@@ -267,7 +271,9 @@ pub async fn positions(command: PositionsCommand) -> Result<ExitCode, String> {
     let consumer = match &args.time {
         Some(t) => ConsumerAt::Time(
             chrono::DateTime::parse_from_rfc3339(t)
-                .map_err(|_| format!("--at {t:?}: expected an RFC 3339 time like 2026-11-22T03:00:00Z"))?
+                .map_err(|_| {
+                    format!("--at {t:?}: expected an RFC 3339 time like 2026-11-22T03:00:00Z")
+                })?
                 .timestamp_millis(),
         ),
         None => ConsumerAt::Shards(args.positions.iter().cloned().collect()),
@@ -285,7 +291,12 @@ pub async fn positions(command: PositionsCommand) -> Result<ExitCode, String> {
             println!("{} → {} (routes: {})", mv.from, mv.to, routes.join(", "));
             println!("Resume on {}:", mv.to.name());
             for r in &t.resume {
-                println!("  {}  {}  ({})", r.shard_id, resume_words(&r.resume), r.because);
+                println!(
+                    "  {}  {}  ({})",
+                    r.shard_id,
+                    resume_words(&r.resume),
+                    r.because
+                );
             }
             println!("May be seen twice (sequence numbers of the original records):");
             for line in duplicate_lines(&t) {

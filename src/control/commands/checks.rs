@@ -33,6 +33,7 @@ pub(super) async fn evaluate_guards<C: ControlStore>(
         ));
     }
     out.push(guards::streams(&pairs));
+    out.push(consumers::guard(ctx, st).await);
     if action != Action::Rollback {
         out.push(guards::dead_letters(&unacknowledged(ctx, st).await?));
         let mut latest = Vec::new();

@@ -141,6 +141,7 @@ pub(super) async fn flip<C: ControlStore>(
             )
         };
         let mut r = Report::new(req, outcome, format!("{abandoned}{msg}"));
+        r.consumers = consumers::planned(&st, t.from, t.to);
         r.plan = Some(t);
         r.guards = guards;
         r.capacity = capacity;
@@ -383,6 +384,8 @@ pub(super) async fn flip<C: ControlStore>(
                 ),
             )
             .await?;
+        // Lambda consumers of the new streams follow producers.
+        detail.push_str(&consumers::switch(ctx, &done, t.from, t.to).await);
         if !refused.is_empty() {
             detail.push_str(&format!("forced past: {refused_names}; "));
         }

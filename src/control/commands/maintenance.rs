@@ -217,7 +217,7 @@ pub(super) async fn status<C: ControlStore>(
         .modes(st.migration.settings.reverse, st.paused)
         .reverse
         != Mode::Stopped;
-    let (doc, forward, reverse, modes, pending, history) = tokio::join!(
+    let (doc, forward, reverse, modes, pending, history, consumers) = tokio::join!(
         part(
             ctx,
             "routing document",
@@ -238,6 +238,7 @@ pub(super) async fn status<C: ControlStore>(
             "history",
             ctx.control.history(&req.migration, Some(20))
         ),
+        part(ctx, "Lambda consumers", consumers::views(ctx, &st)),
     );
     let mut unavailable = Vec::new();
     let mut keep = |e: String| unavailable.push(e);
@@ -255,6 +256,7 @@ pub(super) async fn status<C: ControlStore>(
     }));
     let modes = modes.map_err(&mut keep).ok();
     let pending = pending.map_err(&mut keep).ok();
+    let consumers = consumers.map_err(&mut keep).ok();
     let history = history.unwrap_or_else(|e| {
         keep(e);
         Vec::new()
@@ -334,6 +336,7 @@ pub(super) async fn status<C: ControlStore>(
         last_flips,
         heartbeat_stale_ms: HEARTBEAT_STALE_MS,
         unavailable,
+        consumers,
     });
     Ok(r)
 }

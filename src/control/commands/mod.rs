@@ -57,6 +57,8 @@ pub struct Request {
     /// away"). A cutover that is not a dry run takes the larger of it and the measured one:
     /// an assumption can make the guard stricter, never more lenient.
     pub assume_rtt_ms: Option<u32>,
+    /// `consumer_add`: the Lambda consumers to register.
+    pub consumers: Vec<ConsumerSpec>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,6 +75,7 @@ pub enum CommandName {
     Resume,
     History,
     DlqAck,
+    ConsumerAdd,
 }
 
 impl CommandName {
@@ -88,6 +91,7 @@ impl CommandName {
             CommandName::Resume => "resume",
             CommandName::History => "history",
             CommandName::DlqAck => "dlq_ack",
+            CommandName::ConsumerAdd => "consumer_add",
         }
     }
 }
@@ -110,6 +114,9 @@ pub struct Report {
     /// A cutover's capacity check, route by route (what the `capacity` guard decided on).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub capacity: Vec<RouteCapacity>,
+    /// A flip's plan for each Lambda consumer (stays, or Disabled → Enabled).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<String>,
 }
 
 impl Report {
@@ -127,6 +134,7 @@ impl Report {
             status: None,
             history: Vec::new(),
             capacity: Vec::new(),
+            consumers: Vec::new(),
         }
     }
 
@@ -159,6 +167,9 @@ pub struct StatusView {
     /// The parts that could not be read, each with why (a service that did not answer,
     /// named with its endpoint). Everything else was read.
     pub unavailable: Vec<String>,
+    /// The registered Lambda consumers and their mappings (`None`: not read, see
+    /// `unavailable`).
+    pub consumers: Option<Vec<ConsumerView>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -226,7 +237,19 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
     // Each command's future is boxed: some are large (a flip holds its steps, status reads
     // six parts at once), and callers may run many, on small stacks.
     let result = match req.command {
-        CommandName::Start => Box::pin(start(ctx, req)).await,
+        CommandName::Start => match Box::pin(start(ctx, req)).await {
+            // Consumers given with the start (FANOUT_CONSUMERS) are registered after it.
+            Ok(r) if !req.consumers.is_empty() && r.exit_code() == 0 => {
+                let mut add = req.clone();
+                add.command = CommandName::ConsumerAdd;
+                Box::pin(consumers::add(ctx, &add)).await.map(|mut a| {
+                    a.message = format!("{}\n{}", r.message, a.message);
+                    a.command = r.command;
+                    a
+                })
+            }
+            other => other,
+        },
         CommandName::Status => Box::pin(status(ctx, req)).await,
         CommandName::History => history(ctx, req).await,
         CommandName::Plan => match req.action {
@@ -247,6 +270,7 @@ pub async fn execute<C: ControlStore>(ctx: &Context<C>, req: &Request) -> Report
         CommandName::Pause => Box::pin(pause(ctx, req, true)).await,
         CommandName::Resume => Box::pin(pause(ctx, req, false)).await,
         CommandName::DlqAck => dlq_ack(ctx, req).await,
+        CommandName::ConsumerAdd => Box::pin(consumers::add(ctx, req)).await,
     };
     result.unwrap_or_else(|e| {
         let read_only = matches!(req.command, CommandName::Status | CommandName::History)
@@ -489,6 +513,7 @@ async fn finish<C: ControlStore>(
 }
 
 mod checks;
+mod consumers;
 mod flip;
 mod maintenance;
 mod release;
@@ -496,6 +521,7 @@ mod render;
 mod start;
 
 use checks::*;
+pub use consumers::{specs_from_json, ConsumerSpec, ConsumerView};
 use flip::*;
 use maintenance::*;
 pub use release::release_interrupted;

@@ -162,6 +162,25 @@ impl Report {
                 }
                 _ => out.push_str("\ndead letters and discarded batches: NOT READ (above)\n"),
             }
+            match &s.consumers {
+                Some(cs) if !cs.is_empty() => {
+                    out.push_str("\nLambda consumers (new streams)\n");
+                    for v in cs {
+                        let want = if v.wanted { "Enabled" } else { "Disabled" };
+                        let state = match &v.mapping {
+                            None => "MAPPING NOT FOUND".to_owned(),
+                            Some(m) if m.state == want => m.state.clone(),
+                            Some(m) => format!("{} (EXPECTED {want} in this state)", m.state),
+                        };
+                        out.push_str(&format!(
+                            "  {:<16} mapping {}  {}  {}\n",
+                            v.consumer.name, v.consumer.mapping, v.consumer.function, state
+                        ));
+                    }
+                }
+                Some(_) => {}
+                None => out.push_str("\nLambda consumers: NOT READ (above)\n"),
+            }
             out.push_str("\nlast flips\n");
             if s.last_flips.is_empty() {
                 out.push_str("  (none)\n");
@@ -225,6 +244,9 @@ impl Report {
                 g.name,
                 g.detail
             ));
+        }
+        for c in &self.consumers {
+            out.push_str(&format!("  {c}\n"));
         }
         for c in &self.capacity {
             out.push_str(&format!(

@@ -52,9 +52,14 @@ pub(super) async fn start<C: ControlStore>(
             .dead_letter_prefix
             .clone()
             .unwrap_or_else(|| "dead-letters".to_owned()),
+        consumers: Vec::new(),
     };
     if let Some(existing) = ctx.control.load(&req.migration).await? {
-        let same = existing.migration == migration;
+        // Consumers are registered after the start: not part of what `start` compares.
+        let same = Migration {
+            consumers: Vec::new(),
+            ..existing.migration.clone()
+        } == migration;
         let mut r = Report::new(
             req,
             if same {

@@ -43,5 +43,6 @@ fn exit_codes_tell_refused_lost_and_failed_apart() {
     assert_eq!(codes, [0, 0, 2, 2, 3, 3, 4, 5]);
 }
 
+mod consumers;
 mod flips;
 mod memory;

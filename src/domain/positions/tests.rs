@@ -134,8 +134,7 @@ fn a_target_consumer_moved_to_the_source_misses_nothing_and_its_duplicates_are_i
         // The consumer processed each target shard through some record (or nothing, or all).
         let mut seen = BTreeMap::new();
         let mut through = vec![0u64; w.targets];
-        for t in 0..w.targets {
-            let recs = &w.on_target[t];
+        for (t, recs) in w.on_target.iter().enumerate() {
             let pick = rng.random_range(0..=recs.len() + 1);
             match pick {
                 0 => {}
@@ -152,7 +151,12 @@ fn a_target_consumer_moved_to_the_source_misses_nothing_and_its_duplicates_are_i
         let answer = target_to_source(&w.positions, &seen, &BTreeMap::new());
         for s in 0..w.sources {
             let id = format!("s{s}");
-            let resume = &answer.resume.iter().find(|r| r.shard_id == id).unwrap().resume;
+            let resume = &answer
+                .resume
+                .iter()
+                .find(|r| r.shard_id == id)
+                .unwrap()
+                .resume;
             let skips = |seq: u64| match resume {
                 Resume::After(x) => &sn(seq) <= x,
                 Resume::Nothing => true,
@@ -185,8 +189,7 @@ fn a_source_consumer_moved_to_the_target_misses_nothing_and_its_duplicates_are_i
         let w = simulate(&mut rng);
         let mut seen = BTreeMap::new();
         let mut through = vec![0u64; w.sources];
-        for s in 0..w.sources {
-            let recs = &w.on_source[s];
+        for (s, recs) in w.on_source.iter().enumerate() {
             let pick = rng.random_range(0..=recs.len());
             if pick > 0 {
                 through[s] = recs[pick - 1];
@@ -240,14 +243,14 @@ fn a_consumer_past_everything_resumes_after_the_checkpoint_with_no_duplicates() 
         ("t0".to_owned(), Seen::Through(sn(40))),
         ("t1".to_owned(), Seen::Through(sn(45))),
     ]);
-    let answer = target_to_source(&[shard.clone()], &seen, &BTreeMap::new());
+    let answer = target_to_source(std::slice::from_ref(&shard), &seen, &BTreeMap::new());
     assert_eq!(answer.resume[0].resume, Resume::After(sn(9)));
     // One mark not passed: the consumer may not have seen everything up to 9.
     let behind = BTreeMap::from([
         ("t0".to_owned(), Seen::Through(sn(39))),
         ("t1".to_owned(), Seen::Through(sn(45))),
     ]);
-    let answer = target_to_source(&[shard.clone()], &behind, &BTreeMap::new());
+    let answer = target_to_source(std::slice::from_ref(&shard), &behind, &BTreeMap::new());
     assert_eq!(answer.resume[0].resume, Resume::TrimHorizon);
     // A closed shard read to its end needs nothing more.
     let ends = BTreeMap::from([("s0".to_owned(), sn(9))]);
@@ -270,7 +273,11 @@ fn by_time_a_target_consumer_resumes_after_the_last_pair_written_before_then() {
     };
     let shard = ShardPositions {
         shard_id: "s0".into(),
-        pairs: vec![pair(0, 10, 100, 200), pair(10, 20, 300, 400), pair(20, 30, 500, 600)],
+        pairs: vec![
+            pair(0, 10, 100, 200),
+            pair(10, 20, 300, 400),
+            pair(20, 30, 500, 600),
+        ],
         checkpoint: None,
     };
     let answer = target_time_to_source(&[shard], 450, 10);

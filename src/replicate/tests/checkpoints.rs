@@ -177,11 +177,18 @@ async fn position_pairs_ride_with_the_checkpoint_at_most_every_ten_seconds() {
         highest.insert(format!("shardId-{shard}"), seq);
     }
     assert_eq!(cp.marks, highest);
-    assert_eq!(highest.len(), 3, "the batches' keys spread over the three target shards");
+    assert_eq!(
+        highest.len(),
+        3,
+        "the batches' keys spread over the three target shards"
+    );
     tokio::time::advance(crate::replicate::POSITION_EVERY).await;
     r.replicate(&batch_from(1020, 10, 4), far()).await;
     let second = pairs()[1].clone();
     assert_eq!((second.from.as_str(), second.to.as_str()), ("1019", "1029"));
-    assert_eq!(second.before, cp.marks, "before: everything written by earlier batches");
+    assert_eq!(
+        second.before, cp.marks,
+        "before: everything written by earlier batches"
+    );
     assert!(second.started_ms <= second.at_ms);
 }

@@ -288,7 +288,10 @@ impl CheckpointStore for FakeCheckpoints {
         }
     }
 
-    async fn record_position(&self, pair: &crate::positions::PositionPair) -> Result<(), StoreError> {
+    async fn record_position(
+        &self,
+        pair: &crate::positions::PositionPair,
+    ) -> Result<(), StoreError> {
         self.pairs.lock().unwrap().push(pair.clone());
         Ok(())
     }

@@ -116,6 +116,7 @@ module "controller" {
 
   writer_role_arn     = local.writer_role_arn
   reverse_replication = var.reverse_replication
+  consumers           = var.consumers
   writer_external_id  = local.writer_external_id
   reader_role_arn     = local.reader_role_arn
   source_kms_key_arns = var.source_kms_key_arns

@@ -150,6 +150,18 @@ variable "reverse_replication" {
   default     = false
 }
 
+variable "consumers" {
+  type = list(object({
+    name         = string
+    function_arn = string
+    stream_arn   = string
+    mapping_uuid = optional(string)
+    from_start   = optional(bool, false)
+  }))
+  description = "Lambda consumers of the new streams whose event source mappings the flips switch (module controller's `consumers`)."
+  default     = []
+}
+
 variable "writer_role_name" {
   type        = string
   description = "Name of the writer role in the old account (role mode)."

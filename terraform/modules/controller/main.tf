@@ -1,3 +1,7 @@
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
 # The controller: a Lambda function that runs one migration command per invocation (the same
 # commands and JSON report as fanoutctl), and an on-call role that may invoke it or run
 # fanoutctl itself with the same data permissions.
@@ -40,7 +44,25 @@ locals {
     FANOUT_SHARD_HEADROOM_PCT      = tostring(var.shard_headroom_pct)
     FANOUT_RUN_LENGTH              = tostring(var.run_length)
     FANOUT_LOG                     = var.log_level
+    FANOUT_CONSUMERS               = length(var.consumers) > 0 ? local.consumers_json : null
   }
+
+  # The Lambda consumers `start` registers (fanoutctl consumers add takes the same fields).
+  consumers_json = jsonencode([
+    for c in var.consumers : {
+      for k, v in {
+        name       = c.name
+        function   = c.function_arn
+        stream     = c.stream_arn
+        mapping    = c.mapping_uuid
+        from_start = c.from_start
+      } : k => v if v != null
+    }
+  ])
+  consumer_function_arns = distinct([for c in var.consumers : c.function_arn])
+  # Every event source mapping of this account and region (mappings are named by UUID only;
+  # the update statement is narrowed to the consumers' functions by lambda:FunctionArn).
+  consumer_mappings = "arn:${data.aws_partition.current.partition}:lambda:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:event-source-mapping:*"
 
   # Whether the (sensitive) external id is set is not itself a secret. Deciding it here, rather
   # than filtering the map on each value, keeps only the external id hidden in plans instead of
@@ -167,6 +189,43 @@ data "aws_iam_policy_document" "migrate" {
       sid       = "DescribeTargetStreams"
       actions   = ["kinesis:DescribeStreamSummary"]
       resources = local.target_arns
+    }
+  }
+
+  # Lambda consumers of the new streams: the flips switch their event source mappings on and
+  # off, only those of the functions listed in `consumers`; the consumers guard and `status`
+  # read them.
+  dynamic "statement" {
+    for_each = length(var.consumers) > 0 ? [1] : []
+    content {
+      sid       = "SwitchConsumerMappings"
+      actions   = ["lambda:UpdateEventSourceMapping"]
+      resources = [local.consumer_mappings]
+
+      condition {
+        test     = "ArnLike"
+        variable = "lambda:FunctionArn"
+        values   = local.consumer_function_arns
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.consumers) > 0 ? [1] : []
+    content {
+      sid       = "ReadConsumerMappings"
+      actions   = ["lambda:GetEventSourceMapping"]
+      resources = [local.consumer_mappings]
+    }
+  }
+
+  # ListEventSourceMappings has no resource to scope it to.
+  dynamic "statement" {
+    for_each = length(var.consumers) > 0 ? [1] : []
+    content {
+      sid       = "FindConsumerMappings"
+      actions   = ["lambda:ListEventSourceMappings"]
+      resources = ["*"]
     }
   }
 

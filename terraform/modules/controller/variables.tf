@@ -124,6 +124,34 @@ variable "routes" {
   }
 }
 
+variable "consumers" {
+  type = list(object({
+    name         = string
+    function_arn = string
+    stream_arn   = string
+    mapping_uuid = optional(string)
+    from_start   = optional(bool, false)
+  }))
+  description = "Lambda consumers of the new streams (their event source mappings in this account): `start` registers them (FANOUT_CONSUMERS), and the flips switch their mappings: off while producers are on the old streams (unless from_start), on from the cutover, off again at a rollback. The controller and on-call roles may update only these functions' mappings. Create each mapping disabled in the consumer's own Terraform, with `lifecycle { ignore_changes = [enabled] }`. stream_arn: one of the routes' source_arn. mapping_uuid: needed only when the function has several mappings on the stream."
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for c in var.consumers : contains([for r in var.routes : r.source_arn], c.stream_arn)])
+    error_message = "Every consumer's stream_arn must be one of the routes' source_arn (a new stream)."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.consumers : can(regex("^arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[a-zA-Z0-9_-]{1,64}(:[a-zA-Z0-9_$-]+)?$", c.function_arn))])
+    error_message = "Every consumer's function_arn must be a Lambda function ARN: arn:aws:lambda:<region>:<account>:function:<name>."
+  }
+
+  validation {
+    condition     = length(distinct([for c in var.consumers : c.name])) == length(var.consumers)
+    error_message = "Consumer names must be unique."
+  }
+}
+
 variable "table_name" {
   type        = string
   description = "Name of the state table (module state's table_name): migration state, history, replication modes, heartbeats, checkpoints, verifications, dead-letter acknowledgements."

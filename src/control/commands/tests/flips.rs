@@ -11,10 +11,10 @@ use crate::control::record::{
 };
 use crate::time::now_ms;
 
-const NEW: &str = "arn:aws:kinesis:us-east-1:222222222222:stream/orders";
-const OLD: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+pub(super) const NEW: &str = "arn:aws:kinesis:us-east-1:222222222222:stream/orders";
+pub(super) const OLD: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
 
-fn settings() -> Settings {
+pub(super) fn settings() -> Settings {
     Settings {
         settle_ms: 7_000,
         drain_timeout_ms: 30_000,
@@ -23,7 +23,7 @@ fn settings() -> Settings {
 }
 
 /// A migration cut over to the new streams (producers there; forward replication on).
-fn cut_over(settings: Settings) -> StoredState {
+pub(super) fn cut_over(settings: Settings) -> StoredState {
     StoredState {
         migration: Migration {
             name: "orders-move".into(),
@@ -38,6 +38,7 @@ fn cut_over(settings: Settings) -> StoredState {
             bucket: "state-bucket".into(),
             routing_key: "routing/orders-move.json".into(),
             dead_letter_prefix: "dead-letters".into(),
+            consumers: Vec::new(),
         },
         state: State::Cutover,
         version: 7,
@@ -51,7 +52,7 @@ fn cut_over(settings: Settings) -> StoredState {
     }
 }
 
-fn ctx(store: MemoryControl, actor: &str) -> Context<MemoryControl> {
+pub(super) fn ctx(store: MemoryControl, actor: &str) -> Context<MemoryControl> {
     Context {
         control: store,
         actor: actor.into(),
@@ -60,7 +61,7 @@ fn ctx(store: MemoryControl, actor: &str) -> Context<MemoryControl> {
     }
 }
 
-fn rollback() -> Request {
+pub(super) fn rollback() -> Request {
     Request {
         command: CommandName::Rollback,
         migration: "orders-move".into(),

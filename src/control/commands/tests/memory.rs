@@ -40,6 +40,8 @@ pub struct MemoryControl {
     /// Before this state write (1 = the first), someone else writes the state item first.
     pub race_before_write: Mutex<Option<usize>>,
     pub writes: Mutex<usize>,
+    /// Lambda's event source mappings, by UUID.
+    pub mappings: Mutex<BTreeMap<String, crate::ports::control::MappingFacts>>,
 }
 
 impl MemoryControl {
@@ -87,6 +89,42 @@ impl MemoryControl {
 impl ControlStore for MemoryControl {
     fn table(&self) -> &str {
         "memory"
+    }
+
+    async fn mappings(
+        &self,
+        function: &str,
+        stream: &str,
+    ) -> Result<Vec<crate::ports::control::MappingFacts>, StoreError> {
+        Ok(self
+            .mappings
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|m| m.stream == stream && m.function_arn.ends_with(function))
+            .cloned()
+            .collect())
+    }
+
+    async fn mapping(
+        &self,
+        uuid: &str,
+    ) -> Result<Option<crate::ports::control::MappingFacts>, StoreError> {
+        Ok(self.mappings.lock().unwrap().get(uuid).cloned())
+    }
+
+    async fn enable_mapping(
+        &self,
+        uuid: &str,
+        enabled: bool,
+    ) -> Result<crate::ports::control::MappingFacts, StoreError> {
+        let mut all = self.mappings.lock().unwrap();
+        let m = all.get_mut(uuid).ok_or_else(|| StoreError {
+            code: "ResourceNotFoundException".into(),
+            message: format!("no mapping {uuid}"),
+        })?;
+        m.state = if enabled { "Enabled" } else { "Disabled" }.to_owned();
+        Ok(m.clone())
     }
 
     async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {

@@ -1,0 +1,111 @@
+//! Lambda event source mappings of the migration's consumers: find, describe, enable and
+//! disable them (the flips switch consumers of the new streams, [`crate::control`]).
+
+use aws_config::SdkConfig;
+use aws_sdk_lambda::error::SdkError;
+use aws_sdk_lambda::operation::get_event_source_mapping::GetEventSourceMappingError;
+use aws_sdk_lambda::types::EventSourceMappingConfiguration;
+use aws_sdk_lambda::Client;
+
+use super::store_error;
+use crate::model::StoreError;
+use crate::ports::control::MappingFacts;
+
+/// The new account's event source mappings.
+#[derive(Clone)]
+pub struct Mappings {
+    client: Client,
+}
+
+fn facts(m: &EventSourceMappingConfiguration) -> MappingFacts {
+    MappingFacts {
+        uuid: m.uuid().unwrap_or_default().to_owned(),
+        function_arn: m.function_arn().unwrap_or_default().to_owned(),
+        stream: m.event_source_arn().unwrap_or_default().to_owned(),
+        state: m.state().unwrap_or("Unknown").to_owned(),
+    }
+}
+
+impl Mappings {
+    pub fn new(sdk: &SdkConfig) -> Self {
+        Mappings {
+            client: Client::new(sdk),
+        }
+    }
+
+    /// Every mapping of `function` (name or ARN) on `stream`.
+    pub async fn list(
+        &self,
+        function: &str,
+        stream: &str,
+    ) -> Result<Vec<MappingFacts>, StoreError> {
+        let mut out = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_event_source_mappings()
+                .function_name(function)
+                .event_source_arn(stream)
+                .set_marker(marker.take())
+                .send()
+                .await
+                .map_err(|e| store_error(&e))?;
+            out.extend(
+                page.event_source_mappings()
+                    .iter()
+                    .map(facts)
+                    .filter(|m| m.stream == stream),
+            );
+            match page.next_marker() {
+                Some(next) if !next.is_empty() => marker = Some(next.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// One mapping; `None` when Lambda has none with this UUID.
+    pub async fn get(&self, uuid: &str) -> Result<Option<MappingFacts>, StoreError> {
+        match self
+            .client
+            .get_event_source_mapping()
+            .uuid(uuid)
+            .send()
+            .await
+        {
+            Ok(m) => Ok(Some(MappingFacts {
+                uuid: m.uuid().unwrap_or_default().to_owned(),
+                function_arn: m.function_arn().unwrap_or_default().to_owned(),
+                stream: m.event_source_arn().unwrap_or_default().to_owned(),
+                state: m.state().unwrap_or("Unknown").to_owned(),
+            })),
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    GetEventSourceMappingError::ResourceNotFoundException(_)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(store_error(&e)),
+        }
+    }
+
+    /// Enables or disables a mapping.
+    pub async fn enable(&self, uuid: &str, enabled: bool) -> Result<MappingFacts, StoreError> {
+        let m = self
+            .client
+            .update_event_source_mapping()
+            .uuid(uuid)
+            .enabled(enabled)
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(MappingFacts {
+            uuid: m.uuid().unwrap_or_default().to_owned(),
+            function_arn: m.function_arn().unwrap_or_default().to_owned(),
+            stream: m.event_source_arn().unwrap_or_default().to_owned(),
+            state: m.state().unwrap_or("Unknown").to_owned(),
+        })
+    }
+}
