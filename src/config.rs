@@ -79,6 +79,9 @@ pub struct ReplicatorConfig {
     /// How long the replicator keeps a route's replication mode (forward, hold, stopped, set
     /// by the controller) before reading it again. `FANOUT_MODE_CACHE_MS`, default 5000.
     pub mode_cache: Duration,
+    /// How often each (route, shard) records a position pair beside its checkpoint
+    /// ([`crate::positions`]). `FANOUT_POSITION_EVERY_MS`, default 10000; 0: every batch.
+    pub position_every: Duration,
 }
 
 /// A configuration value is missing or wrong.
@@ -277,6 +280,15 @@ impl ReplicatorConfig {
             ));
         }
 
+        let mut position_every = crate::replicate::POSITION_EVERY;
+        ms("FANOUT_POSITION_EVERY_MS", &mut position_every)?;
+        if position_every > Duration::from_secs(600) {
+            return Err(err(
+                "FANOUT_POSITION_EVERY_MS",
+                "above 600000: translations would rest on positions up to 10 minutes apart; use 10000",
+            ));
+        }
+
         Ok(ReplicatorConfig {
             routes,
             table: required("FANOUT_TABLE", "the DynamoDB table that holds checkpoints")?,
@@ -292,6 +304,7 @@ impl ReplicatorConfig {
             metrics_namespace: get("FANOUT_METRICS_NAMESPACE")
                 .unwrap_or_else(|| "fanout".to_owned()),
             mode_cache,
+            position_every,
         })
     }
 

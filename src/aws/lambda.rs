@@ -33,19 +33,20 @@ impl Mappings {
         }
     }
 
-    /// Every mapping of `function` (name or ARN) on `stream`.
+    /// Every mapping of `function` (name or ARN) on `stream`. Listed by the stream and matched
+    /// here, so that a name finds mappings created with the ARN and the other way round.
     pub async fn list(
         &self,
         function: &str,
         stream: &str,
     ) -> Result<Vec<MappingFacts>, StoreError> {
+        let name = function.rsplit(":function:").next().unwrap_or(function);
         let mut out = Vec::new();
         let mut marker: Option<String> = None;
         loop {
             let page = self
                 .client
                 .list_event_source_mappings()
-                .function_name(function)
                 .event_source_arn(stream)
                 .set_marker(marker.take())
                 .send()
@@ -55,7 +56,11 @@ impl Mappings {
                 page.event_source_mappings()
                     .iter()
                     .map(facts)
-                    .filter(|m| m.stream == stream),
+                    .filter(|m| m.stream == stream)
+                    .filter(|m| {
+                        m.function_arn == function
+                            || m.function_arn.ends_with(&format!(":function:{name}"))
+                    }),
             );
             match page.next_marker() {
                 Some(next) if !next.is_empty() => marker = Some(next.to_owned()),

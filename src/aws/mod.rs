@@ -125,7 +125,8 @@ pub async fn build_handler_in(
         dead_letters,
         config.routes.clone(),
         config.limits.clone(),
-    );
+    )
+    .with_position_every(config.position_every);
     Handler::new(replicator, config.metrics_namespace.clone(), metrics)
         .with_mode_cache(config.mode_cache)
 }

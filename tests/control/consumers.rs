@@ -88,6 +88,79 @@ async fn leases(world: &World, table: &str) -> BTreeMap<String, (String, i64)> {
         .collect()
 }
 
+/// Reads shards of a stream from given positions, page by page, keeping its place: what a
+/// KCL worker's record processor and Lambda's event source mapping both do.
+struct Follower {
+    reader: KinesisSource,
+    stream: StreamArn,
+    /// Per shard: its iterator (`None`: read to its end).
+    iterators: Vec<(String, Option<String>)>,
+}
+
+impl Follower {
+    async fn new(
+        sdk: &aws_config::SdkConfig,
+        stream: &StreamArn,
+        start: impl Fn(&str) -> Option<StartPosition>,
+    ) -> Follower {
+        let reader = KinesisSource::new(sdk);
+        let mut iterators = Vec::new();
+        for shard in reader.list_shards(stream).await.unwrap() {
+            let it = match start(&shard.shard_id) {
+                Some(at) => Some(
+                    reader
+                        .shard_iterator(stream, &shard.shard_id, &at)
+                        .await
+                        .unwrap(),
+                ),
+                None => None,
+            };
+            iterators.push((shard.shard_id, it));
+        }
+        Follower {
+            reader,
+            stream: stream.clone(),
+            iterators,
+        }
+    }
+
+    /// One page of every shard: the drill records read, with each shard's last sequence
+    /// number read (for a checkpoint).
+    async fn poll(&mut self) -> (Vec<Processed>, Vec<(String, SequenceNumber)>) {
+        let (mut read, mut last) = (Vec::new(), Vec::new());
+        for (shard, it) in self.iterators.iter_mut() {
+            let Some(current) = it.clone() else { continue };
+            let page = self
+                .reader
+                .get_records(&self.stream, &current, 100)
+                .await
+                .unwrap();
+            *it = page.next_iterator.clone();
+            for r in &page.records {
+                let text = String::from_utf8_lossy(&r.data).into_owned();
+                let parts: Vec<&str> = text.split('|').collect();
+                if parts.len() == 3 && parts[2] == "drill" {
+                    read.push(Processed {
+                        stream: self.stream.to_string(),
+                        shard: shard.clone(),
+                        seq: r.seq.clone(),
+                        key: parts[0].to_owned(),
+                        n: parts[1].parse().unwrap(),
+                    });
+                }
+            }
+            if let Some(r) = page.records.last() {
+                last.push((shard.clone(), r.seq.clone()));
+            }
+        }
+        (read, last)
+    }
+
+    fn shards(&self) -> Vec<String> {
+        self.iterators.iter().map(|(s, _)| s.clone()).collect()
+    }
+}
+
 /// A KCL-style worker: takes every lease of `stream` in `table` (creating TRIM_HORIZON ones
 /// for shards without), reads each shard from its checkpoint, records what it processed,
 /// checkpoints after every page and renews its leases (raising leaseCounter) every second,
@@ -101,52 +174,43 @@ fn spawn_worker(
     processed: Arc<Mutex<Vec<Processed>>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    let (sdk, table, owner) = (
-        world.new_account.clone(),
-        table.to_owned(),
-        owner.to_owned(),
-    );
+    let sdk = world.new_account.clone();
+    let (table, owner) = (table.to_owned(), owner.to_owned());
     tokio::spawn(async move {
         let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        let reader = KinesisSource::new(&sdk);
-        let shards = reader.list_shards(&stream).await.unwrap();
         let have = leases_of(&ddb, &table).await;
-        let mut iterators: Vec<(String, Option<String>)> = Vec::new();
-        for shard in shards {
-            let checkpoint = match have.get(&shard.shard_id) {
-                Some(c) => c.clone(),
-                None => {
-                    ddb.put_item()
-                        .table_name(&table)
-                        .item("leaseKey", s(&shard.shard_id))
-                        .item("checkpoint", s("TRIM_HORIZON"))
-                        .item("checkpointSubSequenceNumber", AttributeValue::N("0".into()))
-                        .item("leaseCounter", AttributeValue::N("0".into()))
-                        .item(
-                            "ownerSwitchesSinceCheckpoint",
-                            AttributeValue::N("0".into()),
-                        )
-                        .send()
-                        .await
-                        .unwrap();
-                    "TRIM_HORIZON".to_owned()
-                }
-            };
-            let start = match checkpoint.as_str() {
-                "SHARD_END" => {
-                    iterators.push((shard.shard_id, None));
-                    continue;
-                }
-                "TRIM_HORIZON" => StartPosition::TrimHorizon,
-                seq => StartPosition::AfterSequence(SequenceNumber::parse(seq).unwrap()),
-            };
-            let it = reader
-                .shard_iterator(&stream, &shard.shard_id, &start)
+        for shard in KinesisSource::new(&sdk)
+            .list_shards(&stream)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|s| !have.contains_key(&s.shard_id))
+        {
+            ddb.put_item()
+                .table_name(&table)
+                .item("leaseKey", s(&shard.shard_id))
+                .item("checkpoint", s("TRIM_HORIZON"))
+                .item("checkpointSubSequenceNumber", AttributeValue::N("0".into()))
+                .item("leaseCounter", AttributeValue::N("0".into()))
+                .item(
+                    "ownerSwitchesSinceCheckpoint",
+                    AttributeValue::N("0".into()),
+                )
+                .send()
                 .await
                 .unwrap();
-            iterators.push((shard.shard_id, Some(it)));
         }
-        let renew = |shard: String, checkpoint: Option<String>| {
+        let mut follower = Follower::new(&sdk, &stream, |shard| {
+            match have.get(shard).map(String::as_str) {
+                Some("SHARD_END") => None,
+                None | Some("TRIM_HORIZON") => Some(StartPosition::TrimHorizon),
+                Some(seq) => Some(StartPosition::AfterSequence(
+                    SequenceNumber::parse(seq).unwrap(),
+                )),
+            }
+        })
+        .await;
+        let renew = |shard: String, checkpoint: Option<SequenceNumber>| {
             let (ddb, table, owner) = (ddb.clone(), table.clone(), owner.clone());
             async move {
                 let mut update = ddb
@@ -159,47 +223,98 @@ fn spawn_worker(
                     "SET leaseOwner = :owner, leaseCounter = leaseCounter + :one".to_owned();
                 if let Some(seq) = checkpoint {
                     set.push_str(", checkpoint = :seq");
-                    update = update.expression_attribute_values(":seq", s(&seq));
+                    update = update.expression_attribute_values(":seq", s(seq.as_str()));
                 }
                 update.update_expression(set).send().await.unwrap();
             }
         };
         let mut renewed = Instant::now() - Duration::from_secs(5);
         while !stop.load(Ordering::SeqCst) {
-            for (shard, it) in iterators.iter_mut() {
-                let Some(current) = it.clone() else { continue };
-                let page = reader.get_records(&stream, &current, 100).await.unwrap();
-                *it = page.next_iterator.clone();
-                let Some(last) = page.records.last().map(|r| r.seq.clone()) else {
-                    continue;
-                };
-                {
-                    let mut done = processed.lock().unwrap();
-                    for r in &page.records {
-                        let text = String::from_utf8_lossy(&r.data).into_owned();
-                        let parts: Vec<&str> = text.split('|').collect();
-                        if parts.len() == 3 && parts[2] == "drill" {
-                            done.push(Processed {
-                                stream: stream.to_string(),
-                                shard: shard.clone(),
-                                seq: r.seq.clone(),
-                                key: parts[0].to_owned(),
-                                n: parts[1].parse().unwrap(),
-                            });
-                        }
-                    }
-                }
-                renew(shard.clone(), Some(last.to_string())).await;
+            let (read, last) = follower.poll().await;
+            processed.lock().unwrap().extend(read);
+            for (shard, seq) in last {
+                renew(shard, Some(seq)).await;
             }
             if renewed.elapsed() > Duration::from_secs(1) {
-                for (shard, _) in &iterators {
-                    renew(shard.clone(), None).await;
+                for shard in follower.shards() {
+                    renew(shard, None).await;
                 }
                 renewed = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
+}
+
+/// A Lambda consumer of the new stream as Lambda's event source mapping runs it: while the
+/// mapping (on moto) is Enabled, the stream is read from where it left off (the trim horizon
+/// the first time) and each record "invokes" the function (is recorded); while Disabled,
+/// nothing is read and the place is kept.
+fn spawn_mapping(
+    world: &World,
+    uuid: &str,
+    processed: Arc<Mutex<Vec<Processed>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (sdk, source, uuid) = (
+        world.new_account.clone(),
+        world.source.clone(),
+        uuid.to_owned(),
+    );
+    tokio::spawn(async move {
+        let lambda = aws_sdk_lambda::Client::new(&sdk);
+        let mut follower: Option<Follower> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let state = lambda
+                .get_event_source_mapping()
+                .uuid(&uuid)
+                .send()
+                .await
+                .unwrap()
+                .state()
+                .unwrap_or_default()
+                .to_owned();
+            if state == "Enabled" {
+                if follower.is_none() {
+                    follower = Some(
+                        Follower::new(&sdk, &source, |_| Some(StartPosition::TrimHorizon)).await,
+                    );
+                }
+                let (read, _) = follower.as_mut().unwrap().poll().await;
+                processed.lock().unwrap().extend(read);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+/// A Lambda function and its mapping on the new stream, created disabled (tests/lambda_consumer.py).
+fn lambda_consumer(world: &World, function: &str) -> Option<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(root.join(".local/venv/bin/python"))
+        .arg(root.join("tests/lambda_consumer.py"))
+        .args([world.state_endpoint.as_str(), world.source.name(), function])
+        .output()
+        .expect("run tests/lambda_consumer.py");
+    if out.status.code() == Some(3) {
+        support::stack::not_running(&String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["stream"],
+        world.source.to_string(),
+        "moto's copy of the stream has its ARN"
+    );
+    Some((
+        v["mapping"].as_str().unwrap().to_owned(),
+        v["function"].as_str().unwrap().to_owned(),
+    ))
 }
 
 async fn leases_of(ddb: &aws_sdk_dynamodb::Client, table: &str) -> HashMap<String, String> {
@@ -345,6 +460,46 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     assert_eq!(code, 0);
     let stop = Arc::new(AtomicBool::new(false));
     let replicator = spawn_replicator(&world, stop.clone());
+
+    // The new environment's Lambda consumer: its mapping on the new stream, registered with
+    // the migration; off until producers are on the new streams.
+    let Some((mapping, function)) = lambda_consumer(&world, &unique("billing")) else {
+        return;
+    };
+    let (code, out) = ctl(&[
+        "consumers",
+        "add",
+        "--name",
+        "billing-lambda",
+        "--function",
+        &function,
+        "--stream",
+        world.source.name(),
+        "--reason",
+        "consumers drill",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("billing-lambda (mapping") && out.contains("stays Disabled"),
+        "{out}"
+    );
+    let lambda = aws_sdk_lambda::Client::new(&world.new_account);
+    let mapping_state = || {
+        let (lambda, mapping) = (lambda.clone(), mapping.clone());
+        async move {
+            lambda
+                .get_event_source_mapping()
+                .uuid(&mapping)
+                .send()
+                .await
+                .unwrap()
+                .state()
+                .unwrap_or_default()
+                .to_owned()
+        }
+    };
+    let invoked: Arc<Mutex<Vec<Processed>>> = Arc::default();
+    let lambda_runner = spawn_mapping(&world, &mapping, invoked.clone(), stop.clone());
     // The test traffic the first cutover's verification needs.
     KinesisSource::new(&world.new_account)
         .put_all(&world.source, &records(30, 5, 20))
@@ -389,9 +544,22 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
             }
         }
     };
+    let (code, plan) = ctl(&["plan", "cutover"]);
+    assert_eq!(code, 0, "{plan}");
+    assert!(
+        plan.contains(&format!(
+            "consumer billing-lambda (mapping {mapping}): Disabled → Enabled"
+        )) && plan.contains("pass consumers"),
+        "{plan}"
+    );
     assert_eq!(
         ctl(&["cutover", "--reason", "consumers drill: first cutover"]).0,
         0
+    );
+    assert_eq!(
+        mapping_state().await,
+        "Enabled",
+        "the cutover switches the new side's consumer on"
     );
     after_flip(40).await;
     // Mid-drill: the application's checkpoints translated to the new stream.
@@ -401,13 +569,45 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         ctl(&["rollback", "--reason", "consumers drill: it looks wrong"]).0,
         0
     );
+    assert_eq!(
+        mapping_state().await,
+        "Disabled",
+        "a rollback switches it off again"
+    );
     after_flip(40).await;
     assert_eq!(
         ctl(&["cutover", "--reason", "consumers drill: try again"]).0,
         0
     );
+    assert_eq!(mapping_state().await, "Enabled");
     after_flip(40).await;
     assert_eq!(ctl(&["commit", "--reason", "consumers drill: done"]).0, 0);
+    assert_eq!(
+        mapping_state().await,
+        "Enabled",
+        "after the commit the new side keeps it"
+    );
+    let (code, status) = ctl(&["status"]);
+    assert_eq!(code, 0, "{status}");
+    assert!(
+        status.contains("Lambda consumers (new streams)")
+            && status.contains(&format!(
+                "billing-lambda   mapping {mapping}  {function}  Enabled"
+            ))
+            && !status.contains("EXPECTED"),
+        "{status}"
+    );
+    let (_, history) = ctl(&["history"]);
+    assert_eq!(
+        history.matches("consumer billing-lambda enabled").count(),
+        2,
+        "both cutovers record it: {history}"
+    );
+    assert_eq!(
+        history.matches("consumer billing-lambda disabled").count(),
+        1,
+        "{history}"
+    );
     after_flip(20).await;
 
     // The old application finishes the old stream (nothing more comes to it after commit).
@@ -494,26 +694,47 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The Lambda consumer too has read everything producers wrote to the new stream.
+    let to_new: HashSet<(String, u64)> = produced
+        .iter()
+        .filter(|p| p.stream == world.source.to_string())
+        .map(|p| (p.key.clone(), p.n))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let have: HashSet<(String, u64)> = invoked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.key.clone(), p.n))
+            .collect();
+        if to_new.is_subset(&have) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     new_app_stop.store(true, Ordering::SeqCst);
     new_app.await.unwrap();
     stop.store(true, Ordering::SeqCst);
     replicator.await.unwrap();
+    lambda_runner.await.unwrap();
+    let invoked = invoked.lock().unwrap().clone();
+    let (missed, duplicates, out_of_order) = judge_consumer(&invoked, &to_new);
+    eprintln!(
+        "Lambda consumer: {} records written to the new stream, {} processed, missed {missed}, \
+         duplicates {duplicates}, out of order {out_of_order}",
+        to_new.len(),
+        invoked.len()
+    );
+    assert_eq!((missed, duplicates, out_of_order), (0, 0, 0));
+    assert!(
+        to_new.len() > 100,
+        "{} records on the new stream",
+        to_new.len()
+    );
 
     let processed = processed.lock().unwrap().clone();
-    let have: HashSet<(String, u64)> = processed.iter().map(|p| (p.key.clone(), p.n)).collect();
-    let missed = wanted.difference(&have).count();
-    let duplicates = processed.len() - have.len();
-    let mut firsts: HashMap<&str, Vec<u64>> = HashMap::new();
-    let mut first_seen: HashSet<(&str, u64)> = HashSet::new();
-    for p in &processed {
-        if first_seen.insert((p.key.as_str(), p.n)) {
-            firsts.entry(p.key.as_str()).or_default().push(p.n);
-        }
-    }
-    let out_of_order: usize = firsts
-        .values()
-        .map(|ns| ns.windows(2).filter(|w| w[1] < w[0]).count())
-        .sum();
+    let (missed, duplicates, out_of_order) = judge_consumer(&processed, &wanted);
     let on_new = processed[before_move..]
         .iter()
         .filter(|p| p.stream == world.source.to_string())
@@ -534,4 +755,27 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     // Moved after it had read the old stream to its end and replication had stopped: the
     // translation resumes right after the last replicated record, so nothing comes twice.
     assert_eq!(duplicates, 0, "processed twice: {duplicates}");
+}
+
+/// (missed, duplicates, out of order) of what a consumer processed against what it should
+/// have: every wanted record, each once, each key's records first processed in order.
+fn judge_consumer(
+    processed: &[Processed],
+    wanted: &HashSet<(String, u64)>,
+) -> (usize, usize, usize) {
+    let have: HashSet<(String, u64)> = processed.iter().map(|p| (p.key.clone(), p.n)).collect();
+    let missed = wanted.difference(&have).count();
+    let duplicates = processed.len() - have.len();
+    let mut firsts: HashMap<&str, Vec<u64>> = HashMap::new();
+    let mut first_seen: HashSet<(&str, u64)> = HashSet::new();
+    for p in processed {
+        if first_seen.insert((p.key.as_str(), p.n)) {
+            firsts.entry(p.key.as_str()).or_default().push(p.n);
+        }
+    }
+    let out_of_order = firsts
+        .values()
+        .map(|ns| ns.windows(2).filter(|w| w[1] < w[0]).count())
+        .sum();
+    (missed, duplicates, out_of_order)
 }

@@ -116,6 +116,9 @@ fn spawn_runner(
 ) -> tokio::task::JoinHandle<runner::RunSummary> {
     let mut vars = world.vars();
     vars.insert("FANOUT_MODE_CACHE_MS", "200".into());
+    // Position pairs every half second (10 s in production): the drills' consumers move
+    // within seconds of each other.
+    vars.insert("FANOUT_POSITION_EVERY_MS", "500".into());
     let (source, target) = if reverse {
         (world.target.clone(), world.source.clone())
     } else {

@@ -30,6 +30,7 @@ locals {
     FANOUT_WRITER_EXTERNAL_ID      = var.writer_external_id
     FANOUT_METRICS_NAMESPACE       = var.metrics_namespace
     FANOUT_MODE_CACHE_MS           = tostring(var.mode_cache_ms)
+    FANOUT_POSITION_EVERY_MS       = tostring(var.position_every_ms)
     FANOUT_AWS_TIMEOUT             = "${var.aws_call_timeout_ms}ms"
     FANOUT_MAX_REQUEST_ENTRIES     = tostring(var.max_request_entries)
     FANOUT_MAX_REQUEST_BYTES       = tostring(var.max_request_bytes)

@@ -249,6 +249,18 @@ variable "metrics_namespace" {
   }
 }
 
+variable "position_every_ms" {
+  type        = number
+  description = "FANOUT_POSITION_EVERY_MS: how often each (route, source shard) records a position pair (source and target positions) beside its checkpoint, for `fanoutctl positions translate` and `consumers move`: one small DynamoDB write per shard per interval. Shorter: translations closer to the consumer's position (fewer records seen twice); 0: every batch."
+  nullable    = false
+  default     = 10000
+
+  validation {
+    condition     = var.position_every_ms >= 0 && var.position_every_ms <= 600000 && floor(var.position_every_ms) == var.position_every_ms
+    error_message = "position_every_ms must be a whole number from 0 to 600000."
+  }
+}
+
 variable "mode_cache_ms" {
   type        = number
   description = "FANOUT_MODE_CACHE_MS: how long a route's replication mode (forward, hold, stopped) is cached. A flip's --settle must be longer than this."
