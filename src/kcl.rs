@@ -30,6 +30,73 @@ pub struct KclLease {
     pub owner: Option<String>,
     /// Carries `entityType = LEASE` (KCL 3.x).
     pub tagged: bool,
+    /// Written by `consumers move`: where the application came from (`fanoutMovedFrom`).
+    pub moved: Option<MoveMarker>,
+}
+
+/// What `consumers move` writes into each lease it creates (attribute `fanoutMovedFrom`, JSON):
+/// the stream the application came from and its leases there as they were, so that a move
+/// stopped half-way is finished by running it again, and a finished one is not done twice.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MoveMarker {
+    /// The source stream's ARN.
+    pub from: String,
+    /// (lease key, checkpoint, sub-sequence number) of each of its leases before the move.
+    pub leases: Vec<(String, String, i64)>,
+}
+
+impl MoveMarker {
+    pub fn of(from: &str, leases: &[&KclLease]) -> MoveMarker {
+        MoveMarker {
+            from: from.to_owned(),
+            leases: leases
+                .iter()
+                .map(|l| (l.key.clone(), l.checkpoint.clone(), l.sub_sequence))
+                .collect(),
+        }
+    }
+}
+
+/// A move from `from` (ARN, stream `account`/`name`) as the table holds it: the source
+/// stream's leases as they were before any part of the move (still in the table, or kept in
+/// the markers of the leases already written), and the keys of the leases already written.
+pub fn move_so_far(
+    all: &[KclLease],
+    from: &str,
+    account: &str,
+    name: &str,
+) -> (Vec<KclLease>, Vec<String>) {
+    let written: Vec<&KclLease> = all
+        .iter()
+        .filter(|l| l.moved.as_ref().is_some_and(|m| m.from == from))
+        .collect();
+    let left: Vec<&KclLease> = leases_of(all, account, name)
+        .into_iter()
+        .filter(|l| !written.iter().any(|w| w.key == l.key))
+        .collect();
+    let originals = match written.first().and_then(|w| w.moved.as_ref()) {
+        Some(marker) => marker
+            .leases
+            .iter()
+            .map(|(key, checkpoint, sub)| {
+                let (stream, shard_id) = KclLease::split_key(key);
+                let now = left.iter().find(|l| &l.key == key);
+                KclLease {
+                    key: key.clone(),
+                    stream,
+                    shard_id,
+                    checkpoint: checkpoint.clone(),
+                    sub_sequence: *sub,
+                    counter: now.map_or(0, |l| l.counter),
+                    owner: now.and_then(|l| l.owner.clone()),
+                    tagged: now.is_some_and(|l| l.tagged),
+                    moved: None,
+                }
+            })
+            .collect(),
+        None => left.into_iter().cloned().collect(),
+    };
+    (originals, written.iter().map(|w| w.key.clone()).collect())
 }
 
 impl KclLease {
@@ -196,6 +263,7 @@ mod tests {
             counter,
             owner: Some("worker-1".to_owned()),
             tagged: false,
+            moved: None,
         }
     }
 
@@ -303,5 +371,40 @@ mod tests {
         assert_eq!(plan.add[1].checkpoint, "TRIM_HORIZON");
         assert!(plan.add[1].because.contains("cannot start at a time"));
         assert_eq!(plan.add[1].parents, ["shardId-000000000000"]);
+    }
+
+    #[test]
+    fn a_move_stopped_half_way_is_finished_from_the_leases_as_they_were() {
+        let before = [
+            lease("shardId-0", "100", 0, 4),
+            lease("shardId-1", "200", 0, 6),
+        ];
+        let refs: Vec<&KclLease> = before.iter().collect();
+        let marker = MoveMarker::of("arn:old", &refs);
+        // Single-stream: the first lease was rewritten (new stream's position, marked); the
+        // second is still the old stream's.
+        let mut written = lease("shardId-0", "999", 0, 0);
+        written.moved = Some(marker.clone());
+        let table = vec![written.clone(), before[1].clone()];
+        let (originals, done) = move_so_far(&table, "arn:old", "111", "old");
+        assert_eq!(done, ["shardId-0"]);
+        assert_eq!(
+            originals
+                .iter()
+                .map(|l| (l.key.as_str(), l.checkpoint.as_str(), l.counter))
+                .collect::<Vec<_>>(),
+            [("shardId-0", "100", 0), ("shardId-1", "200", 6)],
+            "the old positions, from the marker; the counter of the lease still there"
+        );
+        // Finished: every lease marked; the old positions are still known.
+        let mut second = lease("shardId-1", "888", 0, 0);
+        second.moved = Some(marker);
+        let (originals, done) = move_so_far(&[written, second], "arn:old", "111", "old");
+        assert_eq!(done.len(), 2);
+        assert_eq!(originals.len(), 2);
+        // Never moved: the table's leases as they are.
+        let (originals, done) = move_so_far(&before, "arn:old", "111", "old");
+        assert!(done.is_empty());
+        assert_eq!(originals, before.to_vec());
     }
 }

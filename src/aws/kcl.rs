@@ -9,7 +9,7 @@ use aws_sdk_dynamodb::Client;
 
 use super::store_error;
 use super::table::{n, num, s, text, Item};
-use crate::kcl::{KclLease, NewLease};
+use crate::kcl::{KclLease, MoveMarker, NewLease};
 use crate::model::StoreError;
 
 pub struct KclTable {
@@ -64,6 +64,7 @@ impl KclTable {
                         .filter(|o| !o.is_empty())
                         .map(str::to_owned),
                     tagged: text(item, "entityType").is_some(),
+                    moved: text(item, "fanoutMovedFrom").and_then(|m| serde_json::from_str(m).ok()),
                 });
             }
             match out.last_evaluated_key() {
@@ -81,6 +82,7 @@ impl KclTable {
         lease: &NewLease,
         counter: Option<i64>,
         tagged: bool,
+        marker: &MoveMarker,
     ) -> Result<(), StoreError> {
         let mut item: Item = HashMap::from([
             ("leaseKey".to_owned(), s(&lease.key)),
@@ -94,6 +96,10 @@ impl KclTable {
         if tagged {
             item.insert("entityType".to_owned(), s("LEASE"));
         }
+        item.insert(
+            "fanoutMovedFrom".to_owned(),
+            s(serde_json::to_string(marker).expect("a marker serializes")),
+        );
         if !lease.parents.is_empty() {
             item.insert(
                 "parentShardId".to_owned(),

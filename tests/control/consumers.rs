@@ -663,6 +663,11 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Moved: 2 leases"), "{out}");
     let moved = leases(&world, &lease_table).await;
+    // Run again (someone unsure it went through): nothing is done twice.
+    let (code, again) = mv(&[]);
+    assert_eq!(code, 0, "{again}");
+    assert!(again.contains("Already moved"), "{again}");
+    assert_eq!(leases(&world, &lease_table).await, moved);
     assert_eq!(moved.len(), 2, "{moved:?}");
 
     // The application, now on the new stream, carries on from the translated positions.

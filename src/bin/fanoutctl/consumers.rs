@@ -7,7 +7,10 @@ use fanout::aws::kcl::KclTable;
 use fanout::aws::positions::stream_created_s;
 use fanout::aws::verifications::assumed_role_config;
 use fanout::control::commands::{CommandName, ConsumerSpec};
-use fanout::kcl::{leases_of, plan_move, seen_by_shard, still_held, stream_identifier, KclLease};
+use fanout::kcl::{
+    move_so_far, plan_move, seen_by_shard, still_held, stream_identifier, KclLease, MoveMarker,
+    NewLease,
+};
 use fanout::verify::parse_duration;
 
 use crate::positions::{
@@ -118,12 +121,11 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot read lease table {}: {e}", table.name()))
     };
+    let from = mv.from.to_string();
+    let (account, name) = (mv.from.account(), mv.from.name());
     let first = read().await?;
-    let mine: Vec<KclLease> = leases_of(&first, mv.from.account(), mv.from.name())
-        .into_iter()
-        .cloned()
-        .collect();
-    if mine.is_empty() {
+    let (originals, _) = move_so_far(&first, &from, account, name);
+    if originals.is_empty() {
         return Err(format!(
             "lease table {} has no leases of {} ({} leases in all): check --kcl-table (a KCL \
              application's table is named after the application) and --from",
@@ -132,20 +134,28 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
             first.len()
         ));
     }
+    // Every lease the move touches: the source stream's, and any a stopped run already wrote.
+    let involved = |all: &[KclLease]| -> Vec<KclLease> {
+        all.iter()
+            .filter(|l| {
+                originals.iter().any(|o| o.key == l.key)
+                    || l.moved.as_ref().is_some_and(|m| m.from == from)
+            })
+            .cloned()
+            .collect()
+    };
+    let watched = involved(&first);
     eprintln!(
         "{} leases of {} in {}. Watching their counters for {} (a running worker raises them)…",
-        mine.len(),
-        mv.from.name(),
+        watched.len(),
+        name,
         table.name(),
         fanout::time::human_secs(wait.as_secs_f64())
     );
     tokio::time::sleep(wait).await;
     let second = read().await?;
-    let now: Vec<KclLease> = leases_of(&second, mv.from.account(), mv.from.name())
-        .into_iter()
-        .cloned()
-        .collect();
-    let held = still_held(&mine, &now);
+    let now = involved(&second);
+    let held = still_held(&watched, &now);
     if !held.is_empty() {
         println!(
             "REFUSED: the application is still running: {} of its leases were renewed in the last {}:",
@@ -153,7 +163,7 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
             fanout::time::human_secs(wait.as_secs_f64())
         );
         for l in &held {
-            let before = mine
+            let before = watched
                 .iter()
                 .find(|m| m.key == l.key)
                 .map_or(0, |m| m.counter);
@@ -171,12 +181,12 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
         );
         return Ok(ExitCode::from(3));
     }
-
-    let seen = seen_by_shard(&now.iter().collect::<Vec<_>>());
+    let (originals, written) = move_so_far(&second, &from, account, name);
+    let original_refs: Vec<&KclLease> = originals.iter().collect();
+    let seen = seen_by_shard(&original_refs);
     let translation = translate(&clients, &args.at, &mv, &ConsumerAt::Shards(seen)).await?;
     let to_shards = shards_of(&clients, &mv.to, mv.to_old).await?;
-    let multi = now.iter().any(|l| l.stream.is_some());
-    let identifier = if multi {
+    let identifier = if originals.iter().any(|l| l.stream.is_some()) {
         let sdk = if mv.to_old {
             &clients.old
         } else {
@@ -195,26 +205,75 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
     } else {
         None
     };
-    let mine_refs: Vec<&KclLease> = now.iter().collect();
-    let plan = plan_move(&mine_refs, &to_shards, translation, identifier.as_deref());
+    let plan = plan_move(
+        &original_refs,
+        &to_shards,
+        translation,
+        identifier.as_deref(),
+    );
+    // What is left to do: leases not yet written, source leases still there. A lease of the
+    // destination that is neither a source lease nor one a move wrote is the application's
+    // own (a child shard's, taken since): it is kept as it is.
+    let theirs = |key: &str| {
+        second.iter().any(|l| l.key == key)
+            && !written.iter().any(|w| w == key)
+            && !originals.iter().any(|o| o.key == key)
+    };
+    let to_write: Vec<&NewLease> = plan
+        .add
+        .iter()
+        .filter(|a| !written.contains(&a.key) && !theirs(&a.key))
+        .collect();
+    let to_drop: Vec<&KclLease> = plan
+        .remove
+        .iter()
+        .filter(|r| now.iter().any(|l| l.key == r.key && l.moved.is_none()))
+        .collect();
+    if to_write.is_empty() && to_drop.is_empty() {
+        println!(
+            "Already moved: the leases of {} in {} are {}'s, written by an earlier `consumers \
+             move` from {}. Nothing to do; start the application on {}.",
+            name,
+            table.name(),
+            mv.to.name(),
+            name,
+            mv.to
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
 
     println!(
-        "{} {} → {} in lease table {}:",
+        "{} {} → {} in lease table {}{}:",
         if args.dry_run { "Would move" } else { "Moving" },
-        mv.from.name(),
+        name,
         mv.to.name(),
-        table.name()
+        table.name(),
+        if written.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (finishing a move stopped part-way: {} leases were written)",
+                written.len()
+            )
+        }
     );
-    for l in &now {
+    for l in &originals {
         println!("  was   {}  checkpoint {}", l.key, l.checkpoint);
     }
     for a in &plan.add {
+        let done = if written.contains(&a.key) {
+            "  [written already]"
+        } else if theirs(&a.key) {
+            "  [kept: the application's own lease]"
+        } else {
+            ""
+        };
         println!(
-            "  new   {}  checkpoint {}  ({})",
+            "  new   {}  checkpoint {}  ({}){done}",
             a.key, a.checkpoint, a.because
         );
     }
-    for r in &plan.remove {
+    for r in &to_drop {
         println!("  drop  {}", r.key);
     }
     println!(
@@ -227,33 +286,33 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
         println!("Dry run: nothing changed.");
         return Ok(ExitCode::SUCCESS);
     }
-    let tagged = now.iter().any(|l| l.tagged);
-    for a in &plan.add {
-        let counter = now.iter().find(|l| l.key == a.key).map(|l| l.counter);
-        table.put(a, counter, tagged).await.map_err(|e| {
+    let tagged = originals.iter().any(|l| l.tagged);
+    let marker = MoveMarker::of(&from, &original_refs);
+    for a in &to_write {
+        let counter = second.iter().find(|l| l.key == a.key).map(|l| l.counter);
+        table.put(a, counter, tagged, &marker).await.map_err(|e| {
             format!(
                 "lease {} was not written ({e}); a worker may have started: stop it and run this \
-                 again (what was written is listed above; running again rewrites it)",
+                 again (it carries on where this one stopped)",
                 a.key
             )
         })?;
     }
-    for r in &plan.remove {
+    for r in &to_drop {
         table.delete(r).await.map_err(|e| {
             format!(
                 "lease {} of {} was not deleted ({e}): a worker may have started; stop it and \
-                 run this again",
-                r.key,
-                mv.from.name()
+                 run this again (it carries on where this one stopped)",
+                r.key, name
             )
         })?;
     }
     println!(
         "Moved: {} leases of {} written, {} of {} removed. Start the application on {}.",
-        plan.add.len(),
+        to_write.len(),
         mv.to.name(),
-        plan.remove.len(),
-        mv.from.name(),
+        to_drop.len(),
+        name,
         mv.to
     );
     Ok(ExitCode::SUCCESS)
