@@ -461,6 +461,20 @@ mod tests {
         assert_eq!(cfg.routes[0].writer_role, None);
         assert_eq!(cfg.limits, Limits::default());
         assert_eq!(cfg.dead_letter_prefix, "dead-letters");
+        assert_eq!(cfg.position_every, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn position_pairs_every_so_often_within_ten_minutes() {
+        let cfg = with_base(&[("FANOUT_POSITION_EVERY_MS", "0")]).unwrap();
+        assert_eq!(cfg.position_every, Duration::ZERO);
+        let err = with_base(&[("FANOUT_POSITION_EVERY_MS", "900000")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("FANOUT_POSITION_EVERY_MS") && err.contains("above 600000"),
+            "{err}"
+        );
     }
 
     #[test]

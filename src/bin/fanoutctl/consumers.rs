@@ -1,5 +1,5 @@
 //! `fanoutctl consumers move`: a KCL application's lease table rewritten from one stream of a
-//! migration to its counterpart, each shard's checkpoint translated (docs/consumers.md).
+//! migration to its counterpart, each shard's checkpoint translated (docs/runbook.md, "Consumers"; docs/controller.md).
 
 use std::process::ExitCode;
 

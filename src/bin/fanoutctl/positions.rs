@@ -1,5 +1,5 @@
 //! `fanoutctl positions translate`: where a consumer of one stream of a migration resumes on
-//! its counterpart, from the position map the replicator records (docs/consumers.md).
+//! its counterpart, from the position map the replicator records (docs/runbook.md, "Consumers"; docs/controller.md).
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
