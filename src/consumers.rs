@@ -146,3 +146,118 @@ fn earlier(a: &Resume, b: &Resume, why_a: &str, why_b: &str) -> (Resume, String)
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::record::Settings;
+    use crate::positions::Window;
+    use crate::seq::SequenceNumber;
+
+    const NEW: &str = "arn:aws:kinesis:us-east-1:111111111111:stream/orders";
+    const OLD: &str = "arn:aws:kinesis:us-east-1:222222222222:stream/orders-old";
+
+    fn migration(reverse: bool) -> Migration {
+        Migration {
+            name: "orders-move".into(),
+            streams: vec![LogicalStream {
+                name: "orders".into(),
+                new: NEW.into(),
+                old: OLD.into(),
+                forward_route: "fwd".into(),
+                reverse_route: reverse.then(|| "rev".to_owned()),
+            }],
+            settings: Settings::default(),
+            bucket: "b".into(),
+            routing_key: "routing/orders-move.json".into(),
+            dead_letter_prefix: "dead-letters".into(),
+            consumers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_move_names_the_routes_between_the_two_streams_and_which_way_they_are_read() {
+        let mv = resolve(&migration(true), "orders-old", "orders").unwrap();
+        assert_eq!(
+            (mv.from.to_string(), mv.to.to_string(), mv.to_old),
+            (OLD.into(), NEW.into(), false)
+        );
+        assert_eq!(
+            mv.legs,
+            [
+                Leg {
+                    route: "fwd".into(),
+                    direction: Direction::TargetToSource
+                },
+                Leg {
+                    route: "rev".into(),
+                    direction: Direction::SourceToTarget
+                },
+            ]
+        );
+        let back = resolve(&migration(false), NEW, OLD).unwrap();
+        assert!(back.to_old);
+        assert_eq!(
+            back.legs,
+            [Leg {
+                route: "fwd".into(),
+                direction: Direction::SourceToTarget
+            }]
+        );
+    }
+
+    #[test]
+    fn streams_that_are_not_a_pair_of_the_migration_are_refused_with_the_pairs_it_has() {
+        let err = resolve(&migration(false), "orders-old", "payments").unwrap_err();
+        assert!(
+            err.contains("no stream pair orders-old ↔ payments")
+                && err.contains(&format!("{NEW} ↔ {OLD}")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn two_routes_answers_combine_to_the_earlier_position() {
+        let seq = |n: &str| SequenceNumber::parse(n).unwrap();
+        let one = |resume: Resume| Translation {
+            resume: vec![Translated {
+                shard_id: "s0".into(),
+                resume,
+                because: "x".into(),
+            }],
+            duplicates: vec![Window {
+                stream: "orders".into(),
+                shard_id: "s0".into(),
+                after: None,
+                through: None,
+            }],
+        };
+        let r = |a, b| combine(one(a), one(b)).resume[0].resume.clone();
+        assert_eq!(
+            r(Resume::After(seq("5")), Resume::After(seq("3"))),
+            Resume::After(seq("3"))
+        );
+        assert_eq!(
+            r(Resume::Nothing, Resume::After(seq("3"))),
+            Resume::After(seq("3"))
+        );
+        assert_eq!(
+            r(Resume::AtTimestamp(7), Resume::AtTimestamp(4)),
+            Resume::AtTimestamp(4)
+        );
+        assert_eq!(
+            r(Resume::After(seq("5")), Resume::AtTimestamp(4)),
+            Resume::TrimHorizon
+        );
+        assert_eq!(
+            r(Resume::TrimHorizon, Resume::After(seq("3"))),
+            Resume::TrimHorizon
+        );
+        assert_eq!(
+            combine(one(Resume::Nothing), one(Resume::Nothing))
+                .duplicates
+                .len(),
+            2
+        );
+    }
+}

@@ -306,3 +306,24 @@ pub async fn positions(command: PositionsCommand) -> Result<ExitCode, String> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_parse_and_bad_ones_say_what_is_expected() {
+        let (shard, seen) = parse_position("shardId-000000000001=4959").unwrap();
+        assert_eq!(shard, "shardId-000000000001");
+        assert_eq!(seen, Seen::Through(SequenceNumber::parse("4959").unwrap()));
+        assert_eq!(parse_position("s=SHARD_END").unwrap().1, Seen::All);
+        assert_eq!(parse_position("s=TRIM_HORIZON").unwrap().1, Seen::Nothing);
+        let err = parse_position("shardId-000000000001").unwrap_err();
+        assert!(err.contains("expected SHARD=SEQUENCE_NUMBER"), "{err}");
+        let err = parse_position("s=49x").unwrap_err();
+        assert!(
+            err.contains("\"s=49x\"") && err.contains("SHARD_END or TRIM_HORIZON"),
+            "{err}"
+        );
+    }
+}
