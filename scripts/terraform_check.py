@@ -264,7 +264,6 @@ IDENTITIES: dict[str, dict] = {
 # replicator's or an administrator's credentials, never the on-call role's (RUNBOOK_OUTSIDE).
 NOT_DEPLOYED = {
     "src/aws/table.rs::create_table": "the local stack's set-up and the tests",
-    "src/aws/leases.rs::DynamoLeases::query_all": "fanoutctl replicate's leases",
     "src/aws/leases.rs::DynamoLeases::shard_heartbeat": "fanoutctl replicate's leases",
     "src/aws/leases.rs::DynamoLeases::fenced": "fanoutctl replicate's leases",
     "src/aws/leases.rs::DynamoLeases::close_epoch": "fanoutctl replicate's leases",
@@ -448,7 +447,7 @@ RUNBOOK_COMMANDS["resume"] = RUNBOOK_COMMANDS["pause"]
 POSITIONS = LOAD + [
     step("verifications.rs::assumed_role_config", ASSUME_READER),
     step("verifications.rs::assumed_role_config", ASSUME_WRITER),
-    step("positions.rs::PositionMap::query"),
+    step("table.rs::query_pk"),  # PositionMap: checkpoints and pairs
     step("positions.rs::stream_shards"),
     step("positions.rs::stream_shards", READER),
 ]

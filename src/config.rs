@@ -84,6 +84,10 @@ pub struct ReplicatorConfig {
     pub position_every: Duration,
 }
 
+/// How often a (route, shard) records a position pair beside its checkpoint: the pairs
+/// `fanoutctl positions translate` reads, one small write per 10 s per shard.
+pub const POSITION_EVERY: Duration = Duration::from_secs(10);
+
 /// A configuration value is missing or wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("Invalid configuration: {variable}: {problem}")]
@@ -280,7 +284,7 @@ impl ReplicatorConfig {
             ));
         }
 
-        let mut position_every = crate::replicate::POSITION_EVERY;
+        let mut position_every = POSITION_EVERY;
         ms("FANOUT_POSITION_EVERY_MS", &mut position_every)?;
         if position_every > Duration::from_secs(600) {
             return Err(err(

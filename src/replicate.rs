@@ -18,7 +18,7 @@ use std::time::Duration;
 use futures::stream::{self, FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
-use crate::config::Limits;
+use crate::config::{Limits, POSITION_EVERY};
 use crate::control::machine::Mode;
 use crate::lock;
 use crate::model::{
@@ -152,10 +152,6 @@ const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// replicator is alive and in which mode, and `status` calls a shard stuck after 60 s
 /// without one). A mode change is always written at once.
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
-
-/// How often a (route, shard) records a position pair beside its checkpoint: the pairs
-/// `fanoutctl positions translate` reads, one small write per 10 s per shard.
-pub const POSITION_EVERY: Duration = Duration::from_secs(10);
 
 /// How long a target's shard map is trusted before ListShards is called again (sooner when a
 /// write lands on a shard the map does not have: the target was resharded).

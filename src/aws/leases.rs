@@ -25,7 +25,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
 use aws_sdk_dynamodb::Client;
 
 use super::store_error;
-use super::table::{heartbeat_pk, lease_history_pk as history_pk, lease_pk, n, s};
+use super::table::{heartbeat_pk, lease_history_pk as history_pk, lease_pk, n, query_pk, s};
 use crate::lease::{Epoch, Heartbeat, Lease, LeaseRecord, LeaseStore, Position};
 use crate::model::StoreError;
 
@@ -149,26 +149,7 @@ impl DynamoLeases {
     }
 
     async fn query_all(&self, pk: String) -> Result<Vec<Item>, StoreError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(&pk))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| store_error(&e))?;
-            items.extend(out.items().iter().cloned());
-            match out.last_evaluated_key() {
-                Some(k) if !k.is_empty() => start = Some(k.clone()),
-                _ => return Ok(items),
-            }
-        }
+        query_pk(&self.client, &self.table, &pk).await
     }
 
     /// A fenced update of a held lease: `Ok(false)` when the lease is no longer ours.

@@ -5,8 +5,7 @@ use aws_config::SdkConfig;
 use aws_sdk_dynamodb::Client;
 
 use super::checkpoints::read_marks;
-use super::store_error;
-use super::table::{checkpoint_pk, num, positions_pk, s, text, Item};
+use super::table::{checkpoint_pk, num, positions_pk, query_pk, text, Item};
 use crate::model::{RequestError, StoreError, StreamArn};
 use crate::positions::{PositionPair, ShardPositions, StreamShard};
 use crate::seq::SequenceNumber;
@@ -27,26 +26,7 @@ impl PositionMap {
 
     /// Every item under `pk`, oldest sort key first.
     async fn query(&self, pk: String) -> Result<Vec<Item>, StoreError> {
-        let mut items = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(&pk))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| store_error(&e))?;
-            items.extend(out.items().iter().cloned());
-            match out.last_evaluated_key() {
-                Some(key) if !key.is_empty() => start = Some(key.clone()),
-                _ => return Ok(items),
-            }
-        }
+        query_pk(&self.client, &self.table, &pk).await
     }
 
     /// What the map knows of each source shard of `route` that has a checkpoint: its pairs

@@ -212,3 +212,30 @@ pub async fn create_table(sdk: &SdkConfig, table: &str) -> Result<(), StoreError
         .map_err(|e| store_error(&e))?;
     Ok(())
 }
+
+/// Every item under `pk`, oldest sort key first (consistent reads, every page).
+pub(crate) async fn query_pk(
+    client: &Client,
+    table: &str,
+    pk: &str,
+) -> Result<Vec<Item>, StoreError> {
+    let mut items = Vec::new();
+    let mut start: Option<Item> = None;
+    loop {
+        let out = client
+            .query()
+            .table_name(table)
+            .key_condition_expression("pk = :pk")
+            .expression_attribute_values(":pk", s(pk))
+            .consistent_read(true)
+            .set_exclusive_start_key(start.take())
+            .send()
+            .await
+            .map_err(|e| store_error(&e))?;
+        items.extend(out.items().iter().cloned());
+        match out.last_evaluated_key() {
+            Some(k) if !k.is_empty() => start = Some(k.clone()),
+            _ => return Ok(items),
+        }
+    }
+}

@@ -259,19 +259,7 @@ pub(super) async fn add<C: ControlStore>(
         }
     }
     let msg = format!("registered {} ({why})", changes.join("; "));
-    let e = after(
-        entry(
-            ctx,
-            req,
-            &st,
-            Some(st.state),
-            Outcome::Applied,
-            &[],
-            msg.clone(),
-        ),
-        next.version,
-    );
-    finish(ctx, req, e, msg).await
+    applied_in_place(ctx, req, &st, next.version, msg).await
 }
 
 /// The `consumers` guard for `st` as it is now.

@@ -70,19 +70,7 @@ pub(super) async fn pause<C: ControlStore>(
         if paused { "paused" } else { "resumed" },
         modes.forward
     );
-    let e = after(
-        entry(
-            ctx,
-            req,
-            &st,
-            Some(st.state),
-            Outcome::Applied,
-            &[],
-            msg.clone(),
-        ),
-        next.version,
-    );
-    finish(ctx, req, e, msg).await
+    applied_in_place(ctx, req, &st, next.version, msg).await
 }
 
 pub(super) async fn dlq_ack<C: ControlStore>(

@@ -494,6 +494,30 @@ fn after(mut e: HistoryEntry, version: u64) -> HistoryEntry {
     e
 }
 
+/// Records a command that changed the state item (now at `version`) but not the state, and
+/// reports it.
+async fn applied_in_place<C: ControlStore>(
+    ctx: &Context<C>,
+    req: &Request,
+    st: &StoredState,
+    version: u64,
+    msg: String,
+) -> Result<Report, StoreError> {
+    let e = after(
+        entry(
+            ctx,
+            req,
+            st,
+            Some(st.state),
+            Outcome::Applied,
+            &[],
+            msg.clone(),
+        ),
+        version,
+    );
+    finish(ctx, req, e, msg).await
+}
+
 /// Records `e` in the history and returns a report of it.
 async fn finish<C: ControlStore>(
     ctx: &Context<C>,

@@ -182,7 +182,7 @@ async fn position_pairs_ride_with_the_checkpoint_at_most_every_ten_seconds() {
         3,
         "the batches' keys spread over the three target shards"
     );
-    tokio::time::advance(crate::replicate::POSITION_EVERY).await;
+    tokio::time::advance(crate::config::POSITION_EVERY).await;
     r.replicate(&batch_from(1020, 10, 4), far()).await;
     let second = pairs()[1].clone();
     assert_eq!((second.from.as_str(), second.to.as_str()), ("1019", "1029"));
