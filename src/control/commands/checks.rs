@@ -33,8 +33,10 @@ pub(super) async fn evaluate_guards<C: ControlStore>(
         ));
     }
     out.push(guards::streams(&pairs));
-    out.push(consumers::guard(ctx, st).await);
+    // A rollback is the way out: a consumer's mapping does not hold it up (it is set as the
+    // rolled-back state wants, whatever it is now).
     if action != Action::Rollback {
+        out.push(consumers::guard(ctx, st).await);
         out.push(guards::dead_letters(&unacknowledged(ctx, st).await?));
         let mut latest = Vec::new();
         for stream in &st.migration.streams {

@@ -137,12 +137,24 @@ pub(super) async fn add<C: ControlStore>(
     ctx: &Context<C>,
     req: &Request,
 ) -> Result<Report, StoreError> {
-    let st = load(ctx, req).await?;
+    let st = release_if_abandoned(ctx, req, load(ctx, req).await?).await?;
     if st.state == State::Committed {
         return Ok(Report::new(
             req,
             Outcome::NotAllowed,
             crate::control::machine::COMMITTED,
+        ));
+    }
+    // A registration changes the state item: during a flip it would make the flip lose.
+    if let Some(f) = &st.flip {
+        return Ok(Report::new(
+            req,
+            Outcome::LostRace,
+            format!(
+                "a {} by {} is in progress (flip {}); register the consumer after it \
+                 (`fanoutctl status --watch`). Nothing was changed",
+                f.action, f.actor, f.id
+            ),
         ));
     }
     if req.consumers.is_empty() {
@@ -224,9 +236,29 @@ pub(super) async fn add<C: ControlStore>(
         next.migration.consumers.push(consumer);
     }
     if next.migration.consumers == st.migration.consumers {
-        let mut r = Report::new(req, Outcome::AlreadyThere, changes.join("; "));
-        r.state = Some(st.state);
-        return Ok(r);
+        // Registered already; a mapping not as the state wants (a run that stopped after the
+        // registration, a change by hand) is set now.
+        let set = if req.dry_run {
+            String::new()
+        } else {
+            switch(ctx, &st, st.state).await
+        };
+        if set.is_empty() {
+            let mut r = Report::new(req, Outcome::AlreadyThere, changes.join("; "));
+            r.state = Some(st.state);
+            return Ok(r);
+        }
+        let msg = format!("{}; {set}", changes.join("; "));
+        let e = entry(
+            ctx,
+            req,
+            &st,
+            Some(st.state),
+            Outcome::Applied,
+            &[],
+            msg.clone(),
+        );
+        return finish(ctx, req, e, msg).await;
     }
     let why = format!("state {}", st.state);
     if req.dry_run {
@@ -244,21 +276,10 @@ pub(super) async fn add<C: ControlStore>(
     if ctx.control.write_state(Some(st.version), &next).await? == Write::Lost {
         return lost(ctx, req, &st, st.state, &[]).await;
     }
-    // Registered first, then set: a mapping left in the wrong state is what the guard and
-    // `status` show, and this command, run again, sets it.
-    for c in &next.migration.consumers[st.migration.consumers.len()..] {
-        let want = c.enabled_in(st.state);
-        if ctx
-            .control
-            .mapping(&c.mapping)
-            .await?
-            .and_then(|m| m.enabled())
-            != Some(want)
-        {
-            ctx.control.enable_mapping(&c.mapping, want).await?;
-        }
-    }
-    let msg = format!("registered {} ({why})", changes.join("; "));
+    // Registered first, then set: a mapping that could not be set is named with the command
+    // that sets it; the guard and `status` show it, and this command, run again, sets it.
+    let set = switch(ctx, &next, st.state).await;
+    let msg = format!("registered {} ({why}); {set}", changes.join("; "));
     applied_in_place(ctx, req, &st, next.version, msg).await
 }
 
@@ -303,19 +324,19 @@ pub(super) fn planned(st: &StoredState, from: State, to: State) -> Vec<String> {
         .collect()
 }
 
-/// Switches each consumer whose mapping `to` wants otherwise than `from`; returns what was
-/// done, for the report and the history. A mapping that cannot be switched does not undo
-/// the flip: it is named with the command that switches it by hand.
+/// Sets each consumer's mapping as state `to` wants, where it is not so already; returns
+/// what was done, for the report and the history. A mapping that cannot be set does not undo
+/// the flip: it is named with the command that sets it by hand.
 pub(super) async fn switch<C: ControlStore>(
     ctx: &Context<C>,
     st: &StoredState,
-    from: State,
     to: State,
 ) -> String {
     let mut done = Vec::new();
     for c in &st.migration.consumers {
         let want = c.enabled_in(to);
-        if c.enabled_in(from) == want {
+        let now = ctx.control.mapping(&c.mapping).await;
+        if matches!(&now, Ok(Some(m)) if m.enabled() == Some(want)) {
             continue;
         }
         done.push(match ctx.control.enable_mapping(&c.mapping, want).await {

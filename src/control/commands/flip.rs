@@ -385,7 +385,7 @@ pub(super) async fn flip<C: ControlStore>(
             )
             .await?;
         // Lambda consumers of the new streams follow producers.
-        detail.push_str(&consumers::switch(ctx, &done, t.from, t.to).await);
+        detail.push_str(&consumers::switch(ctx, &done, t.to).await);
         if !refused.is_empty() {
             detail.push_str(&format!("forced past: {refused_names}; "));
         }

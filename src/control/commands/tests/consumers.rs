@@ -112,12 +112,27 @@ async fn a_consumer_on_from_the_start_stays_on_through_a_rollback() {
     assert_eq!(state_of(&ctx, "m-1"), "Enabled");
 }
 
+fn commit() -> Request {
+    Request {
+        command: CommandName::Commit,
+        ..rollback()
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_mapping_changed_by_hand_stops_the_flip_at_the_consumers_guard() {
+async fn a_mapping_changed_by_hand_stops_a_commit_at_the_consumers_guard() {
     let ctx = ctx(store_with(&[mapping("m-1", NEW, "Enabled")]), "alice");
     assert_eq!(
         execute(&ctx, &add(NEW, false)).await.outcome,
         Outcome::Applied
+    );
+    let mut plan = commit();
+    plan.dry_run = true;
+    let g = execute(&ctx, &plan).await;
+    assert!(
+        g.guards.iter().any(|g| g.name == "consumers" && g.passed),
+        "{:?}",
+        g.guards
     );
     // Someone disables it while producers are on the new streams.
     ctx.control
@@ -127,12 +142,13 @@ async fn a_mapping_changed_by_hand_stops_the_flip_at_the_consumers_guard() {
         .get_mut("m-1")
         .unwrap()
         .state = "Disabled".into();
-    let r = execute(&ctx, &rollback()).await;
+    let r = execute(&ctx, &commit()).await;
     assert_eq!(r.outcome, Outcome::RefusedByGuard, "{}", r.message);
     let g = r.guards.iter().find(|g| g.name == "consumers").unwrap();
     assert!(
-        g.detail
-            .contains("mapping m-1 is Disabled, but Enabled in state cutover")
+        !g.passed
+            && g.detail
+                .contains("mapping m-1 is Disabled, but Enabled in state cutover")
             && g.detail
                 .contains("aws lambda update-event-source-mapping --uuid m-1 --enabled"),
         "{}",
@@ -141,13 +157,72 @@ async fn a_mapping_changed_by_hand_stops_the_flip_at_the_consumers_guard() {
     assert_eq!(ctx.control.stored().state, State::Cutover);
     // Gone altogether: named too.
     ctx.control.mappings.lock().unwrap().clear();
-    let r = execute(&ctx, &rollback()).await;
+    let r = execute(&ctx, &commit()).await;
     let g = r.guards.iter().find(|g| g.name == "consumers").unwrap();
     assert!(
         g.detail.contains("mapping m-1 does not exist"),
         "{}",
         g.detail
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rollback_is_not_held_up_by_a_consumer_and_sets_it_as_the_rolled_back_state_wants() {
+    // On from the start, so Enabled in every state; someone disabled it.
+    let ctx = ctx(store_with(&[mapping("m-1", NEW, "Enabled")]), "alice");
+    assert_eq!(
+        execute(&ctx, &add(NEW, true)).await.outcome,
+        Outcome::Applied
+    );
+    ctx.control
+        .mappings
+        .lock()
+        .unwrap()
+        .get_mut("m-1")
+        .unwrap()
+        .state = "Disabled".into();
+    let r = execute(&ctx, &rollback()).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert!(
+        r.guards.iter().all(|g| g.name != "consumers"),
+        "{:?}",
+        r.guards
+    );
+    assert_eq!(state_of(&ctx, "m-1"), "Enabled");
+    assert!(
+        r.message.contains("consumer billing enabled"),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_is_not_registered_while_a_flip_is_in_progress() {
+    let store = store_with(&[mapping("m-1", NEW, "Disabled")]);
+    store
+        .states
+        .lock()
+        .unwrap()
+        .get_mut("orders-move")
+        .unwrap()
+        .flip = Some(crate::control::record::PendingFlip {
+        id: "f-1".into(),
+        action: crate::control::machine::Action::Rollback,
+        actor: "bob".into(),
+        started_at_ms: crate::time::now_ms(),
+        deadline_ms: crate::time::now_ms() + 600_000,
+        alive_ms: Some(crate::time::now_ms()),
+    });
+    let ctx = ctx(store, "alice");
+    let r = execute(&ctx, &add(NEW, false)).await;
+    assert_eq!(r.outcome, Outcome::LostRace, "{}", r.message);
+    assert!(
+        r.message.contains("a rollback by bob is in progress"),
+        "{}",
+        r.message
+    );
+    assert!(ctx.control.stored().migration.consumers.is_empty());
+    assert_eq!(state_of(&ctx, "m-1"), "Disabled");
 }
 
 #[tokio::test(start_paused = true)]
