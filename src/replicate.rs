@@ -28,7 +28,7 @@ use crate::model::{
 use crate::pacing::{Bucket, ShardLimits, ShardMap};
 use crate::plan;
 use crate::ports::{CheckpointStore, DeadLetterStore, OutEntry, ShardHeartbeat, TargetWriter};
-use crate::positions::{merge_marks, Marks, PositionPair};
+use crate::positions::{merge_marks, raise_mark, Marks, PositionPair};
 use crate::seq::SequenceNumber;
 
 mod route;

@@ -4,7 +4,6 @@
 use aws_config::SdkConfig;
 use aws_sdk_lambda::error::SdkError;
 use aws_sdk_lambda::operation::get_event_source_mapping::GetEventSourceMappingError;
-use aws_sdk_lambda::types::EventSourceMappingConfiguration;
 use aws_sdk_lambda::Client;
 
 use super::store_error;
@@ -17,13 +16,17 @@ pub struct Mappings {
     client: Client,
 }
 
-fn facts(m: &EventSourceMappingConfiguration) -> MappingFacts {
-    MappingFacts {
-        uuid: m.uuid().unwrap_or_default().to_owned(),
-        function_arn: m.function_arn().unwrap_or_default().to_owned(),
-        stream: m.event_source_arn().unwrap_or_default().to_owned(),
-        state: m.state().unwrap_or("Unknown").to_owned(),
-    }
+/// A mapping as Lambda describes it: the same four fields in every answer type (Get, Update,
+/// the entries of List).
+macro_rules! facts {
+    ($m:expr) => {
+        MappingFacts {
+            uuid: $m.uuid().unwrap_or_default().to_owned(),
+            function_arn: $m.function_arn().unwrap_or_default().to_owned(),
+            stream: $m.event_source_arn().unwrap_or_default().to_owned(),
+            state: $m.state().unwrap_or("Unknown").to_owned(),
+        }
+    };
 }
 
 impl Mappings {
@@ -55,7 +58,7 @@ impl Mappings {
             out.extend(
                 page.event_source_mappings()
                     .iter()
-                    .map(facts)
+                    .map(|m| facts!(m))
                     .filter(|m| m.stream == stream)
                     .filter(|m| {
                         m.function_arn == function
@@ -78,12 +81,7 @@ impl Mappings {
             .send()
             .await
         {
-            Ok(m) => Ok(Some(MappingFacts {
-                uuid: m.uuid().unwrap_or_default().to_owned(),
-                function_arn: m.function_arn().unwrap_or_default().to_owned(),
-                stream: m.event_source_arn().unwrap_or_default().to_owned(),
-                state: m.state().unwrap_or("Unknown").to_owned(),
-            })),
+            Ok(m) => Ok(Some(facts!(m))),
             Err(SdkError::ServiceError(e))
                 if matches!(
                     e.err(),
@@ -106,11 +104,6 @@ impl Mappings {
             .send()
             .await
             .map_err(|e| store_error(&e))?;
-        Ok(MappingFacts {
-            uuid: m.uuid().unwrap_or_default().to_owned(),
-            function_arn: m.function_arn().unwrap_or_default().to_owned(),
-            stream: m.event_source_arn().unwrap_or_default().to_owned(),
-            state: m.state().unwrap_or("Unknown").to_owned(),
-        })
+        Ok(facts!(m))
     }
 }

@@ -32,11 +32,17 @@ pub type Marks = BTreeMap<String, SequenceNumber>;
 /// Folds `more` into `marks`, keeping the higher sequence number of each shard.
 pub fn merge_marks(marks: &mut Marks, more: &Marks) {
     for (shard, seq) in more {
-        match marks.get(shard) {
-            Some(have) if have >= seq => {}
-            _ => {
-                marks.insert(shard.clone(), seq.clone());
-            }
+        raise_mark(marks, shard, seq);
+    }
+}
+
+/// Raises `shard`'s mark to `seq` if that is higher (one written record).
+pub fn raise_mark(marks: &mut Marks, shard: &str, seq: &SequenceNumber) {
+    match marks.get_mut(shard) {
+        Some(have) if &*have >= seq => {}
+        Some(have) => *have = seq.clone(),
+        None => {
+            marks.insert(shard.to_owned(), seq.clone());
         }
     }
 }

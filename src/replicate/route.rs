@@ -302,7 +302,7 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
             for s in &state[start..] {
                 if let State::Written { shard_id, seq } = s {
                     if let Ok(seq) = SequenceNumber::parse(seq) {
-                        merge_marks(&mut marks, &Marks::from([(shard_id.clone(), seq)]));
+                        raise_mark(&mut marks, shard_id, &seq);
                     }
                 }
             }

@@ -90,7 +90,7 @@ fn simulate(rng: &mut StdRng) -> World {
                 target: t,
                 tseq,
             });
-            merge_marks(&mut marks[s], &Marks::from([(format!("t{t}"), sn(tseq))]));
+            raise_mark(&mut marks[s], &format!("t{t}"), &sn(tseq));
         }
         clock += 1;
         let from = checkpoint[s];

@@ -50,6 +50,17 @@ fn state_of(ctx: &crate::control::commands::Context<MemoryControl>, uuid: &str) 
     ctx.control.mappings.lock().unwrap()[uuid].state.clone()
 }
 
+/// Someone changes a mapping outside fanout.
+fn set_state(ctx: &crate::control::commands::Context<MemoryControl>, uuid: &str, state: &str) {
+    ctx.control
+        .mappings
+        .lock()
+        .unwrap()
+        .get_mut(uuid)
+        .unwrap()
+        .state = state.into();
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_consumer_is_registered_set_as_the_state_wants_and_switched_off_by_a_rollback() {
     // Cut over: a consumer of the new stream must be on; its mapping was left disabled.
@@ -135,13 +146,7 @@ async fn a_mapping_changed_by_hand_stops_a_commit_at_the_consumers_guard() {
         g.guards
     );
     // Someone disables it while producers are on the new streams.
-    ctx.control
-        .mappings
-        .lock()
-        .unwrap()
-        .get_mut("m-1")
-        .unwrap()
-        .state = "Disabled".into();
+    set_state(&ctx, "m-1", "Disabled");
     let r = execute(&ctx, &commit()).await;
     assert_eq!(r.outcome, Outcome::RefusedByGuard, "{}", r.message);
     let g = r.guards.iter().find(|g| g.name == "consumers").unwrap();
@@ -174,13 +179,7 @@ async fn a_rollback_is_not_held_up_by_a_consumer_and_sets_it_as_the_rolled_back_
         execute(&ctx, &add(NEW, true)).await.outcome,
         Outcome::Applied
     );
-    ctx.control
-        .mappings
-        .lock()
-        .unwrap()
-        .get_mut("m-1")
-        .unwrap()
-        .state = "Disabled".into();
+    set_state(&ctx, "m-1", "Disabled");
     let r = execute(&ctx, &rollback()).await;
     assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
     assert!(
