@@ -138,8 +138,18 @@ fn echoes<'a>(
         .sum()
 }
 
-fn fanoutctl(world: &World, migration: &str, args: &[&str]) -> (i32, String) {
-    support::fanoutctl(world, &[("FANOUT_MIGRATION", migration)], args)
+/// `fanoutctl` on `migration`. The flips' capacity guard describes the target through the
+/// writer role with the writer's request timeout (2 s in these tests): on a machine busy with
+/// the other drills moto can take longer, so the drills' own commands allow 10 s.
+pub(crate) fn fanoutctl(world: &World, migration: &str, args: &[&str]) -> (i32, String) {
+    support::fanoutctl(
+        world,
+        &[
+            ("FANOUT_MIGRATION", migration),
+            ("FANOUT_REQUEST_TIMEOUT_MS", "10000"),
+        ],
+        args,
+    )
 }
 
 fn rfc3339(ms: i64) -> String {

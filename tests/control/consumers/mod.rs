@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use fanout::seq::SequenceNumber;
 
-use super::drill::{spawn_producer, verify, Produced};
+use super::drill::{fanoutctl, spawn_producer, verify, Produced};
 use super::*;
 
 mod apps;
@@ -111,19 +111,7 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     let migration = unique("consumers");
     let lease_table = unique("kcl-billing");
     create_lease_table(&world, &lease_table).await;
-    // The flips' capacity guard describes the target through the writer role with the
-    // writer's request timeout (2 s in these tests): on a machine busy with the other drills,
-    // moto can take longer.
-    let ctl = |args: &[&str]| {
-        support::fanoutctl(
-            &world,
-            &[
-                ("FANOUT_MIGRATION", &migration),
-                ("FANOUT_REQUEST_TIMEOUT_MS", "10000"),
-            ],
-            args,
-        )
-    };
+    let ctl = |args: &[&str]| fanoutctl(&world, &migration, args);
     let (code, _) = ctl(&[
         "start",
         "--settle",
