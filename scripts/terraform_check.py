@@ -10,7 +10,8 @@
    functions each runs, and where) is covered by the grants Terraform gives that role, in the
    new account (its own policies, per S3 key prefix) and in the old one (the writer role, the
    read role, or the streams' resource policies, with the example wiring the on-call role into
-   writer-access), in both access modes; failures name the command, the action and the
+   writer-access; the consumers role for the old streams' Lambda consumers), in both access
+   modes; failures name the command, the action and the
    Terraform resource to add it to.
 5. Two-person rule: the on-call role's trust policy makes the session name the caller's IAM
    user name, and the controller has an IAM-authenticated function URL.
@@ -89,6 +90,17 @@ def library_files_named_by(code: str) -> set[Path]:
 ENV_RE = re.compile(r'"(FANOUT_[A-Z0-9_]+)"')
 
 
+# Variables a Lambda crate reaches in a library file it names only through a parent module
+# (`fanout::aws::{build_handler, ...}` takes in all of src/aws/), but that no code it runs
+# reads: its module must not set them. Lambda crate → variable → why.
+ENV_NOT_READ: dict[str, dict[str, str]] = {
+    "replicator": {
+        "FANOUT_OLD_CONSUMERS_ROLE_ARN": "only src/aws/verifications.rs `old_lambda_config` reads it, "
+        "which the controller and fanoutctl call; build_handler never does",
+    },
+}
+
+
 def env_read_by_lambdas() -> dict[str, set[str]]:
     """Per Lambda crate: the FANOUT_* variables named in its code and the library files it uses."""
     reads: dict[str, set[str]] = {}
@@ -101,7 +113,10 @@ def env_read_by_lambdas() -> dict[str, set[str]]:
         names = set(ENV_RE.findall(code))
         for f in files:
             names |= set(ENV_RE.findall(code_of(f)))
-        reads[name] = names
+        for v, why in ENV_NOT_READ.get(name, {}).items():
+            if v not in names:
+                problem(f"scripts/terraform_check.py: ENV_NOT_READ[{name!r}] lists {v}, which lambdas/{name} does not reach any more: remove it")
+        reads[name] = names - set(ENV_NOT_READ.get(name, {}))
     # A library file that reads a variable but that no Lambda names directly would escape
     # this check: keep environment reads where the Lambda crates can see them.
     for f in sorted((ROOT / "src").rglob("*.rs")):
@@ -234,6 +249,26 @@ IDENTITIES: dict[str, dict] = {
             "src/aws/lambda.rs::Mappings::list",
             "src/aws/lambda.rs::Mappings::get",
             "src/aws/lambda.rs::Mappings::enable",
+            # the commit moves consumers of the old streams (moves_to_function): a mapping on
+            # the new stream, from where the old one stopped, found with the position map
+            # (positions.rs `PositionMap::shard_positions`, whose Query is table.rs `query_pk`)
+            # and the new stream's shards
+            "src/aws/lambda.rs::Mappings::create",
+            "src/aws/table.rs::query_pk",
+            "src/aws/positions.rs::stream_shards",
+        ],
+    },
+    # Lambda consumers of the old streams: their mappings are in the old account, found, read
+    # and switched (off at the commit) through writer-access's consumers role
+    # (FANOUT_OLD_CONSUMERS_ROLE_ARN, verifications.rs `old_lambda_config`), in both access
+    # modes. The controller's side (sts:AssumeRole) is verifications.rs::assumed_role_config.
+    "old-consumers": {
+        "module": "writer-access",
+        "role": "consumers",
+        "functions": [
+            "src/aws/lambda.rs::Mappings::list",
+            "src/aws/lambda.rs::Mappings::get",
+            "src/aws/lambda.rs::Mappings::enable",
         ],
     },
     "writer": {
@@ -292,6 +327,8 @@ ASSUME_READER = "assume the read role"  # verify --target-role-arn (role mode on
 WRITER = "old streams as the writer"  # the writer role, or the streams' policies (trusted_role_arns)
 WRITER_REVERSE = "old streams as the writer, reverse replication"  # with writer-access reverse_replication
 READER = "old streams as a reader"  # the read role, or the streams' policies (reader_trusted_role_arns)
+ASSUME_OLD_CONSUMERS = "assume the consumers role"  # FANOUT_OLD_CONSUMERS_ROLE_ARN (both modes)
+OLD_CONSUMERS = "old account's mappings"  # through the consumers role (consumers_trusted_role_arns), both modes
 
 # S3 objects an action touches (a statement must cover each), as the key pattern under the
 # bucket; for s3:ListBucket, the s3:prefix the listing uses.
@@ -312,6 +349,7 @@ def step(function: str, where: str = NEW, on: tuple[str, ...] = ()) -> tuple[str
 CONTEXT = [
     step("verifications.rs::caller_identity"),
     step("verifications.rs::assumed_role_config", ASSUME_WRITER),  # old_account_config
+    step("verifications.rs::assumed_role_config", ASSUME_OLD_CONSUMERS),  # old_lambda_config
 ]
 # The migration's state item; when there is none, the message lists the migrations that exist
 # (commands/mod.rs `load`).
@@ -345,16 +383,29 @@ GUARDS = (
         step("control.rs::AwsControl::stream_facts", WRITER),
         step("verifications.rs::latest"),
         step("lambda.rs::Mappings::get"),  # the consumers guard
+        step("lambda.rs::Mappings::get", OLD_CONSUMERS),  # ...of the old streams' consumers
     ]
 )
 # ...and what it writes: the state item, the hold and release (routing document, modes), the
 # history, the Lambda consumers' mappings. An abandoned flip is released the same way.
 FLIP = GUARDS + [
     step("lambda.rs::Mappings::enable"),
+    step("lambda.rs::Mappings::enable", OLD_CONSUMERS),
     step("control.rs::AwsControl::write_state"),
     step("control.rs::AwsControl::set_mode"),
     step("routing.rs::S3Routing::publish", on=("routing documents",)),
     step("control.rs::AwsControl::append_history"),
+]
+# The commit also moves the old streams' consumers that have a moves_to_function
+# (commands/consumers.rs `move_consumer`): unless the function has a mapping on the new stream
+# already, one from where the old mapping stopped, by the position map (positions.rs
+# `PositionMap::shard_positions`, a Query through table.rs `query_pk`) and the new stream's
+# shards.
+COMMIT = FLIP + [
+    step("lambda.rs::Mappings::list"),
+    step("table.rs::query_pk"),
+    step("positions.rs::stream_shards"),
+    step("lambda.rs::Mappings::create"),
 ]
 # The capacity guard and `fanoutctl capacity` (src/aws/capacity.rs): the newest window of every
 # source shard, and the target's round trip, shard count and record limit through the writer
@@ -389,11 +440,12 @@ RUNBOOK_COMMANDS: dict[str, list[tuple[str, str, tuple[str, ...]]]] = {
         step("routing.rs::S3Routing::fetch", on=("routing documents",)),
         step("table.rs::mode_item"),
         step("lambda.rs::Mappings::get"),
+        step("lambda.rs::Mappings::get", OLD_CONSUMERS),
     ],
     "plan": GUARDS + CAPACITY,
     "cutover": FLIP + CAPACITY,
     "rollback": FLIP,
-    "commit": FLIP,
+    "commit": COMMIT,
     "pause": CONTEXT
     + LOAD
     + [
@@ -464,6 +516,11 @@ RUNBOOK_COMMANDS["consumers"] = POSITIONS + [
     step("lambda.rs::Mappings::list"),
     step("lambda.rs::Mappings::get"),
     step("lambda.rs::Mappings::enable"),
+    # a consumer of an old stream: its mapping in the old account, through the consumers role
+    step("verifications.rs::assumed_role_config", ASSUME_OLD_CONSUMERS),
+    step("lambda.rs::Mappings::list", OLD_CONSUMERS),
+    step("lambda.rs::Mappings::get", OLD_CONSUMERS),
+    step("lambda.rs::Mappings::enable", OLD_CONSUMERS),
 ]
 # Commands docs/runbook.md names that the on-call role is not meant to run.
 RUNBOOK_OUTSIDE = {
@@ -552,6 +609,8 @@ def statements(docs: list[dict]):
 
 
 DATA_PLANE = ("kinesis:", "dynamodb:", "s3:", "kms:", "sts:")
+# Lambda actions that change an event source mapping.
+MAPPING_WRITES = {"lambda:CreateEventSourceMapping", "lambda:UpdateEventSourceMapping", "lambda:DeleteEventSourceMapping"}
 
 
 def granted_actions(module: str, docs: list[dict], only: set[str] | None = None) -> set[str]:
@@ -571,6 +630,15 @@ def granted_actions(module: str, docs: list[dict], only: set[str] | None = None)
                 problem(f"modules/{module} {name}/{sid}: action {a!r} is a wildcard; name each action")
         if any(r.strip() == "*" for r in resources) and any(a.startswith(DATA_PLANE) for a in actions):
             problem(f"modules/{module} {name}/{sid}: data-plane actions {actions} granted on \"*\"")
+        # Mappings are named by UUID only (CreateEventSourceMapping has no resource at all):
+        # what limits these to fanout's consumers is the function they invoke.
+        switching = sorted(set(actions) & MAPPING_WRITES)
+        if switching:
+            blocks = list(st.get("condition", []))
+            for dyn in st.get("dynamic", []):
+                blocks += dyn.get("condition", {}).get("content", [])
+            if not any(one_string(c.get("variable", "")) == "lambda:FunctionArn" for c in blocks):
+                problem(f"modules/{module} {name}/{sid}: {', '.join(switching)} without a lambda:FunctionArn condition would reach every function's mappings; narrow it to the consumers' functions")
         # A trust policy grants nothing to the role itself.
         if "principals" in st and actions == ["sts:AssumeRole"] and not resources:
             continue
@@ -625,9 +693,10 @@ def check_iam(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None:
         if not docs:
             problem(f"terraform/modules/{module} is missing")
             continue
-        # A Lambda's own role: only the documents attached to it (the controller module's
-        # on-call role has documents of its own).
-        own = set(documents_of_role(parsed, module, "this")) if "locals" not in spec else None
+        # A Lambda's own role (or the role `role` names): only the documents attached to it
+        # (the controller module's on-call role has documents of its own).
+        role = spec.get("role", "this")
+        own = set(documents_of_role(parsed, module, role)) if "locals" not in spec else None
         granted = granted_actions(module, docs, own)
         needed = set()
         for fn in spec["functions"]:
@@ -641,7 +710,7 @@ def check_iam(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None:
             granted = listed_actions
         for a in sorted(needed - granted):
             users = [fn for fn in spec["functions"] if a in actions.get(fn, set())]
-            problem(f"modules/{module}: {ident} calls {a} ({', '.join(users)}) but no policy attached to its role (aws_iam_role.this) grants it")
+            problem(f"modules/{module}: {ident} calls {a} ({', '.join(users)}) but no policy attached to its role (aws_iam_role.{role}) grants it")
         print(f"iam          {ident:<11} {len(needed)} actions called by the code, all granted: {sorted(needed)}"
               if not (needed - granted) else f"iam          {ident:<11} missing {sorted(needed - granted)}")
     modules = (TF / "modules").iterdir() if (TF / "modules").is_dir() else []
@@ -781,11 +850,15 @@ def resource_hint(action: str, where: str) -> tuple[str, str]:
         return "var.bucket_arn", "the state bucket"
     if action == "lambda:ListEventSourceMappings":
         return "*", "any mapping (ListEventSourceMappings has no resource)"
+    if action == "lambda:CreateEventSourceMapping":
+        return "*", "any resource, narrowed by lambda:FunctionArn to the moved consumers' functions (CreateEventSourceMapping has no resource type)"
     if action.endswith("EventSourceMapping"):
         return "local.consumer_mappings", "the consumers' event source mappings"
     if action.startswith("lambda:"):
         return "aws_lambda_function.this.arn", "the controller function"
     if action == "sts:AssumeRole":
+        if where == ASSUME_OLD_CONSUMERS:
+            return "var.old_consumers_role_arn", "the old account's consumers role"
         return ("var.reader_role_arn", "the read role") if where == ASSUME_READER else ("var.writer_role_arn", "the writer role")
     return "", "any resource"
 
@@ -818,6 +891,9 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
     writer_actions = set(resolve_list(writer_locals.get("writer_actions", []), {}))
     reverse_actions = writer_actions | set(resolve_list(writer_locals.get("reverse_read_actions", []), {}))
     reader_docs = documents_of_role(parsed, "writer-access", "reader")
+    consumers_docs = documents_of_role(parsed, "writer-access", "consumers")
+    migrate = next((s.where for s in oncall if s.doc == "migrate"), f"data.aws_iam_policy_document.migrate ({controller})")
+    migrate = migrate.replace("data.aws_iam_policy_document.migrate", "data.aws_iam_policy_document.migrate, shared with the controller's role")
     operate = next((s.where for s in oncall if s.doc == "operate"), f"data.aws_iam_policy_document.operate ({controller})")
     operate = operate.replace("data.aws_iam_policy_document.operate", "data.aws_iam_policy_document.operate, the on-call role's own document")
     wa = "terraform/modules/writer-access/main.tf"
@@ -849,6 +925,19 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
                         hint, label = resource_hint(action, where)
                         if not any(covers(s, action, hint, None) for s in own):
                             need(command, f"{action} on {label} ({fn}){in_mode}", f"no statement of the on-call role's policies grants it; add one on {hint} to {operate}")
+                        continue
+                    if where == ASSUME_OLD_CONSUMERS:
+                        # Both modes: event source mappings have no resource policy.
+                        hint, label = resource_hint(action, where)
+                        if not any(covers(s, action, hint, None) for s in own):
+                            need(command, f"{action} on {label} ({fn}){in_mode}", f"no statement of the on-call role's policies grants it; add one on {hint} to {migrate}")
+                        continue
+                    if where == OLD_CONSUMERS:
+                        # The old account's mappings, through writer-access's consumers role, in both modes.
+                        hint, label = resource_hint(action, where)
+                        granted_by = [s for s in access if s.doc in consumers_docs and gate_open(s.gate, mode)]
+                        if not any(covers(s, action, hint, None) for s in granted_by):
+                            need(command, f"{action} on {label} in the old account ({fn}){in_mode}", f"not granted by the consumers role's policy, data.aws_iam_policy_document.consumers: add a statement on {hint} ({wa})")
                         continue
                     if where == NEW or mode == "resource_policy":
                         # The on-call role's own policies (in resource-policy mode also for the old streams).
@@ -891,6 +980,14 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
         need("verify", "the on-call role in writer-access's reader_trusted_role_arns", f"it is not there: add module.controller.oncall_role_arn to module.writer_access's reader_trusted_role_arns ({example.relative_to(ROOT)})")
     if not [v for v in flat_strings(ctl_call.get("reader_role_arn", [])) if v != "null"]:
         need("verify", "the read role's ARN in the controller module (reader_role_arn)", f"it is not given: pass it to module.controller ({example.relative_to(ROOT)}), as local.reader_role_arn")
+    # Lambda consumers of the old streams: the flips (the controller's role and the on-call
+    # role alike) switch their mappings through writer-access's consumers role.
+    consumers_trusted = " ".join(flat_strings(wa_call.get("consumers_trusted_role_arns", [])))
+    for who, ref in (("the on-call role", "module.controller.oncall_role_arn"), ("the controller's role", "module.controller.role_arn")):
+        if ref not in consumers_trusted:
+            need("the flips and `consumers add` for consumers of the old streams", f"{who} in writer-access's consumers_trusted_role_arns", f"it is not there: add {ref} to module.writer_access's consumers_trusted_role_arns ({example.relative_to(ROOT)})")
+    if not [v for v in flat_strings(ctl_call.get("old_consumers_role_arn", [])) if v != "null"]:
+        need("the flips and `consumers add` for consumers of the old streams", "the consumers role's ARN in the controller module (old_consumers_role_arn)", f"it is not given: pass it to module.controller ({example.relative_to(ROOT)}), as local.old_consumers_role_arn")
 
     for what, commands in missing.items():
         names = ", ".join(f"`fanoutctl {c}`" if c in RUNBOOK_COMMANDS else c for c in dict.fromkeys(commands))

@@ -72,6 +72,8 @@ pub struct AwsControl {
     old_sdk: SdkConfig,
     /// The new account's event source mappings (Lambda consumers of the new streams).
     mappings: super::lambda::Mappings,
+    /// The old account's (Lambda consumers of the old streams).
+    old_mappings: super::lambda::Mappings,
 }
 
 impl AwsControl {
@@ -86,6 +88,22 @@ impl AwsControl {
             sdk: sdk.clone(),
             old_sdk: old_account.clone(),
             mappings: super::lambda::Mappings::new(sdk),
+            old_mappings: super::lambda::Mappings::new(old_account),
+        }
+    }
+
+    /// Reaches the old account's event source mappings with `old_lambda` (by default the
+    /// configuration that reads the old streams).
+    pub fn with_old_lambda(mut self, old_lambda: &SdkConfig) -> Self {
+        self.old_mappings = super::lambda::Mappings::new(old_lambda);
+        self
+    }
+
+    fn lambda(&self, old: bool) -> &super::lambda::Mappings {
+        if old {
+            &self.old_mappings
+        } else {
+            &self.mappings
         }
     }
 
@@ -179,18 +197,59 @@ impl AwsControl {
 impl ControlStore for AwsControl {
     async fn mappings(
         &self,
+        old: bool,
         function: &str,
         stream: &str,
     ) -> Result<Vec<MappingFacts>, StoreError> {
-        self.mappings.list(function, stream).await
+        self.lambda(old).list(function, stream).await
     }
 
-    async fn mapping(&self, uuid: &str) -> Result<Option<MappingFacts>, StoreError> {
-        self.mappings.get(uuid).await
+    async fn mapping(&self, old: bool, uuid: &str) -> Result<Option<MappingFacts>, StoreError> {
+        self.lambda(old).get(uuid).await
     }
 
-    async fn enable_mapping(&self, uuid: &str, enabled: bool) -> Result<MappingFacts, StoreError> {
-        self.mappings.enable(uuid, enabled).await
+    async fn enable_mapping(
+        &self,
+        old: bool,
+        uuid: &str,
+        enabled: bool,
+    ) -> Result<MappingFacts, StoreError> {
+        self.lambda(old).enable(uuid, enabled).await
+    }
+
+    async fn create_mapping(
+        &self,
+        function: &str,
+        stream: &str,
+        start_ms: Option<i64>,
+        batch_size: Option<i32>,
+    ) -> Result<MappingFacts, StoreError> {
+        self.mappings
+            .create(function, stream, start_ms, batch_size)
+            .await
+    }
+
+    async fn route_positions(
+        &self,
+        route: &str,
+    ) -> Result<Vec<crate::positions::ShardPositions>, StoreError> {
+        super::positions::PositionMap::new(&self.sdk, &self.table)
+            .shard_positions(route, crate::time::now_ms())
+            .await
+    }
+
+    async fn shard_ids(&self, stream: &str) -> Result<Vec<String>, StoreError> {
+        let arn = StreamArn::parse(stream).map_err(|e| StoreError {
+            code: "BadStream".to_owned(),
+            message: e.to_string(),
+        })?;
+        super::positions::stream_shards(&self.sdk, &arn)
+            .await
+            .map(|shards| shards.into_iter().map(|s| s.shard_id).collect())
+            .map_err(|e| StoreError {
+                code: e.code,
+                message: e.message,
+            })
     }
 
     fn table(&self) -> &str {

@@ -1,5 +1,5 @@
-//! Lambda event source mappings of the migration's consumers: find, describe, enable and
-//! disable them (the flips switch consumers of the new streams, [`crate::control`]).
+//! Lambda event source mappings of the migration's consumers: find, describe, enable,
+//! disable and create them (the flips switch them, [`crate::control`]).
 
 use aws_config::SdkConfig;
 use aws_sdk_lambda::error::SdkError;
@@ -10,7 +10,7 @@ use super::store_error;
 use crate::model::StoreError;
 use crate::ports::control::MappingFacts;
 
-/// The new account's event source mappings.
+/// One account's event source mappings.
 #[derive(Clone)]
 pub struct Mappings {
     client: Client,
@@ -25,6 +25,7 @@ macro_rules! facts {
             function_arn: $m.function_arn().unwrap_or_default().to_owned(),
             stream: $m.event_source_arn().unwrap_or_default().to_owned(),
             state: $m.state().unwrap_or("Unknown").to_owned(),
+            last_modified_ms: $m.last_modified().and_then(|d| d.to_millis().ok()),
         }
     };
 }
@@ -92,6 +93,34 @@ impl Mappings {
             }
             Err(e) => Err(store_error(&e)),
         }
+    }
+
+    /// Creates an enabled mapping of `function` on `stream`, from `start_ms` (`AT_TIMESTAMP`)
+    /// or the trim horizon.
+    pub async fn create(
+        &self,
+        function: &str,
+        stream: &str,
+        start_ms: Option<i64>,
+        batch_size: Option<i32>,
+    ) -> Result<MappingFacts, StoreError> {
+        use aws_sdk_lambda::primitives::DateTime;
+        use aws_sdk_lambda::types::EventSourcePosition;
+        let req = self
+            .client
+            .create_event_source_mapping()
+            .function_name(function)
+            .event_source_arn(stream)
+            .enabled(true)
+            .set_batch_size(batch_size);
+        let req = match start_ms {
+            Some(ms) => req
+                .starting_position(EventSourcePosition::AtTimestamp)
+                .starting_position_timestamp(DateTime::from_millis(ms)),
+            None => req.starting_position(EventSourcePosition::TrimHorizon),
+        };
+        let m = req.send().await.map_err(|e| store_error(&e))?;
+        Ok(facts!(m))
     }
 
     /// Enables or disables a mapping.

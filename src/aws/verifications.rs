@@ -253,6 +253,20 @@ pub async fn old_account_config(sdk: &SdkConfig) -> SdkConfig {
     }
 }
 
+/// The configuration for the old account's event source mappings (Lambda consumers of the
+/// old streams): `FANOUT_OLD_CONSUMERS_ROLE_ARN` assumed (with `FANOUT_WRITER_EXTERNAL_ID`)
+/// when set (Terraform's writer-access `consumers_role_arn`), else `old` (the configuration
+/// that reads the old streams).
+pub async fn old_lambda_config(sdk: &SdkConfig, old: &SdkConfig) -> SdkConfig {
+    match std::env::var("FANOUT_OLD_CONSUMERS_ROLE_ARN") {
+        Ok(role) if !role.is_empty() => {
+            let external = std::env::var("FANOUT_WRITER_EXTERNAL_ID").ok();
+            assumed_role_config(sdk, &role, external.as_deref()).await
+        }
+        _ => old.clone(),
+    }
+}
+
 /// `sdk` with credentials of `role_arn` (assumed with `external_id`): for reading the target
 /// stream in the old account.
 pub async fn assumed_role_config(

@@ -348,6 +348,8 @@ pub struct MappingFacts {
     /// `Enabled`, `Disabled`, or on the way (`Creating`, `Enabling`, `Disabling`,
     /// `Updating`, `Deleting`).
     pub state: String,
+    /// When it was last changed (epoch ms; Lambda gives whole seconds).
+    pub last_modified_ms: Option<i64>,
 }
 
 impl MappingFacts {
@@ -393,13 +395,14 @@ pub fn consumers(
                 Some(on) if on != want => problems.push(format!(
                     "consumer {}: mapping {} is {}, but {} in state {state}: someone changed it \
                      by hand; put it back with `aws lambda update-event-source-mapping --uuid {} \
-                     --{}enabled`, or flip with --force",
+                     --{}enabled` (in the {} account), or flip with --force",
                     c.name,
                     c.mapping,
                     m.state,
                     word(want),
                     c.mapping,
-                    if want { "" } else { "no-" }
+                    if want { "" } else { "no-" },
+                    c.account()
                 )),
                 Some(_) => {}
             },

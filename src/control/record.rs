@@ -102,15 +102,20 @@ pub struct Migration {
     pub routing_key: String,
     /// Prefix of dead letters in `bucket`.
     pub dead_letter_prefix: String,
-    /// Lambda consumers of the new streams, switched on and off by the flips.
+    /// Lambda consumers of the streams (new and old), switched on and off by the flips.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<Consumer>,
 }
 
-/// A Lambda function that consumes one of the migration's new streams through an event
-/// source mapping in the new account. The flips switch the mapping: off while producers are
-/// on the old streams (unless `from_start`), on from the cutover, off again at a rollback.
-/// Disabled, a mapping keeps its position, so records that arrive meanwhile wait for it.
+/// A Lambda function that consumes one of the migration's streams through an event source
+/// mapping, switched by the flips.
+///
+/// - A consumer of a **new** stream (mapping in the new account): off while producers are on
+///   the old streams (unless `from_start`), on from the cutover, off again at a rollback.
+///   Disabled, a mapping keeps its position, so records that arrive meanwhile wait for it.
+/// - A consumer of an **old** stream (`old`, mapping in the old account): on until the
+///   commit, off from it. With `moves_to`, the commit also gives it a mapping on the new
+///   stream that starts where the old one stopped (see [`MovesTo`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Consumer {
     /// A name for people (history, status).
@@ -119,18 +124,51 @@ pub struct Consumer {
     pub mapping: String,
     /// The function it invokes, as the mapping names it.
     pub function: String,
-    /// The stream it reads (one of the migration's new streams).
+    /// The stream it reads (one of the migration's new streams, or old ones with `old`).
     pub stream: String,
     /// On from the start (the new environment tests with replicated traffic), not only
     /// once producers are on the new streams.
     #[serde(default)]
     pub from_start: bool,
+    /// Its mapping is in the old account and reads an old stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub old: bool,
+    /// At the commit it moves to the new stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moves_to: Option<MovesTo>,
+}
+
+/// Where a consumer of an old stream goes at the commit: a new mapping in the new account, of
+/// `function` on `stream`, created enabled at `AT_TIMESTAMP` translated (through the position
+/// map) from the time the old mapping was switched off less `lag_allowance_ms`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovesTo {
+    /// The function in the new account (name or ARN).
+    pub function: String,
+    /// The new stream (ARN): the old stream's counterpart.
+    pub stream: String,
+    /// How far behind the old mapping may be when it is switched off (its `IteratorAge`):
+    /// it has processed everything that arrived in the old stream before then.
+    pub lag_allowance_ms: i64,
 }
 
 impl Consumer {
     /// Whether its mapping is enabled while the migration is in `state`.
     pub fn enabled_in(&self, state: State) -> bool {
-        self.from_start || matches!(state, State::Cutover | State::Committed)
+        if self.old {
+            state != State::Committed
+        } else {
+            self.from_start || matches!(state, State::Cutover | State::Committed)
+        }
+    }
+
+    /// Which account's Lambda holds its mapping, in words.
+    pub fn account(&self) -> &'static str {
+        if self.old {
+            "old"
+        } else {
+            "new"
+        }
     }
 }
 

@@ -434,6 +434,42 @@ pub fn target_time_to_source(shards: &[ShardPositions], at_ms: i64, margin_ms: i
     out
 }
 
+/// Like [`target_time_to_source`], with one starting time for every shard of the source (a
+/// Lambda mapping's `AT_TIMESTAMP`): on each of `source_shards`, the last pair written before
+/// `at_ms` less the margin whose `to` has a known arrival time; every record after that `to`
+/// arrived at or after it (a shard's arrival times do not go back). The earliest of these less
+/// the margin, or `Err` naming a shard with no such pair (start from the trim horizon).
+pub fn target_time_to_source_start(
+    shards: &[ShardPositions],
+    source_shards: &[String],
+    at_ms: i64,
+    margin_ms: i64,
+) -> Result<i64, String> {
+    let mut start: Option<i64> = None;
+    for id in source_shards {
+        let found = shards
+            .iter()
+            .find(|s| &s.shard_id == id)
+            .and_then(|s| {
+                s.all()
+                    .into_iter()
+                    .rev()
+                    .filter(|p| p.at_ms <= at_ms - margin_ms)
+                    .find_map(|p| p.to_arrival_ms)
+            })
+            .ok_or_else(|| {
+                format!(
+                    "shard {id} has no recorded position from before {}",
+                    crate::time::rfc3339_ms(at_ms - margin_ms)
+                )
+            })?;
+        start = Some(start.map_or(found, |s| s.min(found)));
+    }
+    start
+        .map(|s| s - margin_ms)
+        .ok_or_else(|| "the stream has no shards".to_owned())
+}
+
 /// A consumer of the route's source that has processed everything that arrived there before
 /// `at_ms` moves to the target: every target shard resumes at that time less the margin
 /// (a copy arrives in the target after its original arrived in the source).

@@ -192,25 +192,53 @@ pub trait ControlStore: Send + Sync {
         migration: &Migration,
     ) -> impl Future<Output = Result<Option<RoutingDocument>, StoreError>> + Send;
 
-    /// The event source mappings of `function` on `stream` (Lambda's ListEventSourceMappings).
+    /// The event source mappings of `function` on `stream` (Lambda's ListEventSourceMappings)
+    /// in the new account, or the old one when `old`.
     fn mappings(
         &self,
+        old: bool,
         function: &str,
         stream: &str,
     ) -> impl Future<Output = Result<Vec<MappingFacts>, StoreError>> + Send;
 
-    /// One event source mapping; `None` when it does not exist.
+    /// One event source mapping (in the old account when `old`); `None` when it does not
+    /// exist.
     fn mapping(
         &self,
+        old: bool,
         uuid: &str,
     ) -> impl Future<Output = Result<Option<MappingFacts>, StoreError>> + Send;
 
-    /// Enables or disables a mapping; returns it as Lambda then describes it.
+    /// Enables or disables a mapping (in the old account when `old`); returns it as Lambda
+    /// then describes it.
     fn enable_mapping(
         &self,
+        old: bool,
         uuid: &str,
         enabled: bool,
     ) -> impl Future<Output = Result<MappingFacts, StoreError>> + Send;
+
+    /// Creates an enabled mapping of `function` on `stream` in the new account, starting at
+    /// `start_ms` (`AT_TIMESTAMP`), or at the trim horizon when `None`.
+    fn create_mapping(
+        &self,
+        function: &str,
+        stream: &str,
+        start_ms: Option<i64>,
+        batch_size: Option<i32>,
+    ) -> impl Future<Output = Result<MappingFacts, StoreError>> + Send;
+
+    /// What the position map knows of each source shard of `route` (pairs and checkpoint).
+    fn route_positions(
+        &self,
+        route: &str,
+    ) -> impl Future<Output = Result<Vec<crate::positions::ShardPositions>, StoreError>> + Send;
+
+    /// The shard ids of one of the new account's streams, open and closed.
+    fn shard_ids(
+        &self,
+        stream: &str,
+    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
 
     /// Measures what a forward route can carry (the `capacity` guard).
     fn measure_capacity(

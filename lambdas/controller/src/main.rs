@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
-use fanout::aws::verifications::{caller_identity, old_account_config};
+use fanout::aws::verifications::{caller_identity, old_account_config, old_lambda_config};
 use fanout::config::ReplicatorConfig;
 use fanout::control::commands::{
     execute, specs_from_json, streams_from_routes, CommandName, Context, Request,
@@ -32,6 +32,7 @@ async fn main() -> Result<(), Error> {
         .map_err(|_| "FANOUT_TABLE is not set; set it to the state table's name")?;
     let sdk = load_sdk_config().await;
     let old = old_account_config(&sdk).await;
+    let old_lambda = old_lambda_config(&sdk, &old).await;
     let actor = caller_identity(&sdk).await.map_err(|e| {
         format!(
             "STS GetCallerIdentity failed (the controller records every change with an \
@@ -40,7 +41,7 @@ async fn main() -> Result<(), Error> {
         )
     })?;
     let ctx: &'static Context<AwsControl> = Box::leak(Box::new(Context {
-        control: AwsControl::new(&sdk, &old, &table),
+        control: AwsControl::new(&sdk, &old, &table).with_old_lambda(&old_lambda),
         actor,
         poll: Duration::from_millis(500),
         caller_known: false,

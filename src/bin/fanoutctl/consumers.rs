@@ -30,13 +30,20 @@ pub enum ConsumersCommand {
     ///   fanoutctl consumers move --kcl-table billing-app --from orders-old --to orders --dry-run
     #[command(verbatim_doc_comment)]
     Move(MoveArgs),
-    /// Register a Lambda consumer of one of the migration's new streams (its event source
-    /// mapping in the new account). The flips then switch the mapping: off while producers
-    /// are on the old streams (unless --from-start), on from the cutover, off again at a
-    /// rollback. The mapping is set as the current state asks at once (see --dry-run).
+    /// Register a Lambda consumer (its event source mapping) of one of the migration's
+    /// streams. The flips then switch the mapping:
+    ///   - on a new stream (mapping in the new account): off while producers are on the old
+    ///     streams (unless --from-start), on from the cutover, off again at a rollback;
+    ///   - on an old stream (mapping in the old account): on until the commit, off from it.
+    ///     With --moves-to-function, the commit also creates a mapping of that function on
+    ///     the new stream, starting (AT_TIMESTAMP) where the old mapping stopped.
     ///
-    /// Example:
+    /// The mapping is set as the current state asks at once (see --dry-run).
+    ///
+    /// Examples:
     ///   fanoutctl consumers add --name billing --function billing-new --stream orders
+    ///   fanoutctl consumers add --name audit --function audit --stream orders-old \
+    ///     --moves-to-function audit-new --lag-allowance 5m
     #[command(verbatim_doc_comment)]
     Add(AddArgs),
 }
@@ -51,7 +58,7 @@ pub struct AddArgs {
     /// The function its mapping invokes (name or ARN).
     #[arg(long)]
     pub function: String,
-    /// The new stream it reads (name or ARN).
+    /// The stream it reads (name or ARN): a new stream, or an old one.
     #[arg(long)]
     pub stream: String,
     /// The mapping's UUID, when the function has several on the stream.
@@ -61,6 +68,15 @@ pub struct AddArgs {
     /// once producers are on the new streams.
     #[arg(long)]
     pub from_start: bool,
+    /// A consumer of an old stream: at the commit, move it to the new stream with a new
+    /// mapping of this function (name or ARN, in the new account).
+    #[arg(long)]
+    pub moves_to_function: Option<String>,
+    /// With --moves-to-function: how far behind the old mapping may be when the commit
+    /// switches it off (its IteratorAge); the new mapping starts that much earlier, so
+    /// records in between may be processed twice.
+    #[arg(long, requires = "moves_to_function")]
+    pub lag_allowance: Option<String>,
     /// Show what would change; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -98,6 +114,8 @@ pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
                 stream: args.stream,
                 mapping: args.mapping,
                 from_start: args.from_start,
+                moves_to_function: args.moves_to_function,
+                lag_allowance: args.lag_allowance,
             }];
             req.dry_run = args.dry_run;
             req.reason = args.reason;

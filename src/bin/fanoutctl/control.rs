@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
-use fanout::aws::verifications::{caller_identity, old_account_config};
+use fanout::aws::verifications::{caller_identity, old_account_config, old_lambda_config};
 use fanout::config::ReplicatorConfig;
 use fanout::control::commands::{
     execute, release_interrupted, specs_from_json, streams_from_routes, CommandName, Context,
@@ -165,7 +165,8 @@ async fn context(table: &str) -> Result<Context<AwsControl>, String> {
         )
     })?;
     Ok(Context {
-        control: AwsControl::new(&sdk, &old, table),
+        control: AwsControl::new(&sdk, &old, table)
+            .with_old_lambda(&old_lambda_config(&sdk, &old).await),
         actor,
         poll: Duration::from_millis(500),
         caller_known: true,

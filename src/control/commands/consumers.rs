@@ -1,26 +1,42 @@
-//! Lambda consumers of the new streams: registered with a migration (`consumer_add`),
-//! switched by each flip (on from the cutover, off at a rollback), checked by the
-//! `consumers` guard, listed by `status`.
+//! Lambda consumers: registered with a migration (`consumer_add`), switched by each flip
+//! (those of the new streams on from the cutover and off at a rollback, those of the old
+//! streams off at the commit, where a moving one gets a mapping on the new stream), checked
+//! by the `consumers` guard, listed by `status`.
 
 #[allow(unused_imports)]
 use super::*;
 
-use crate::control::record::Consumer;
+use crate::consumers::{resolve, Direction};
+use crate::control::record::{Consumer, MovesTo};
 use crate::ports::control::MappingFacts;
+use crate::positions::target_time_to_source_start;
 
-/// One Lambda consumer to register: its mapping on one of the migration's new streams.
+/// Clock allowance of a moved consumer's start (the replicator's clock against Kinesis's
+/// arrival times).
+const MOVE_MARGIN_MS: i64 = 1_000;
+
+/// How far behind a moving consumer's old mapping is assumed to be at most, by default.
+pub const LAG_ALLOWANCE: &str = "5m";
+
+/// One Lambda consumer to register: its mapping on one of the migration's streams.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConsumerSpec {
     pub name: String,
     /// The function (name or ARN).
     pub function: String,
-    /// The new stream it reads (name or ARN).
+    /// The stream it reads (name or ARN): a new stream, or an old one (its mapping then in
+    /// the old account, switched off at the commit).
     pub stream: String,
     /// The mapping's UUID; found from the function and the stream when not given.
     pub mapping: Option<String>,
-    /// On from the start, not only from the cutover.
+    /// On from the start, not only from the cutover (consumers of new streams).
     pub from_start: bool,
+    /// A consumer of an old stream that moves at the commit: the function in the new account
+    /// that a new mapping on the new stream invokes.
+    pub moves_to_function: Option<String>,
+    /// How far behind the old mapping may be when it is switched off (default 5m).
+    pub lag_allowance: Option<String>,
 }
 
 /// The consumers in FANOUT_CONSUMERS (a JSON list of [`ConsumerSpec`]s; what Terraform's
@@ -52,78 +68,89 @@ fn word(on: bool) -> &'static str {
     }
 }
 
-/// Finds the mapping of `spec` and checks it reads one of the migration's new streams.
+/// A consumer's mapping as found, with its side: `old` when it reads an old stream, and that
+/// stream's new counterpart.
+struct Found {
+    mapping: MappingFacts,
+    old: bool,
+    counterpart: String,
+}
+
+/// Finds the mapping of `spec` and checks it reads one of the migration's streams.
 async fn mapping_of<C: ControlStore>(
     ctx: &Context<C>,
     st: &StoredState,
     spec: &ConsumerSpec,
-) -> Result<Result<MappingFacts, String>, StoreError> {
+) -> Result<Result<Found, String>, StoreError> {
     let named = |given: &str, arn: &str| {
         given == arn || StreamArn::parse(arn).is_ok_and(|a| a.name() == given)
     };
-    let Some(stream) = st
-        .migration
-        .streams
-        .iter()
-        .find(|l| named(&spec.stream, &l.new))
-    else {
-        let old = st
-            .migration
-            .streams
-            .iter()
-            .any(|l| named(&spec.stream, &l.old));
-        let news: Vec<&str> = st
-            .migration
-            .streams
-            .iter()
-            .map(|l| l.new.as_str())
-            .collect();
-        return Ok(Err(if old {
-            format!(
-                "{} is an old stream: only consumers of the new streams (in the new account) are \
-                 switched by the flips; give one of {}",
-                spec.stream,
-                news.join(", ")
-            )
+    let streams = &st.migration.streams;
+    let (stream, counterpart, old) =
+        if let Some(l) = streams.iter().find(|l| named(&spec.stream, &l.new)) {
+            (l.new.clone(), l.old.clone(), false)
+        } else if let Some(l) = streams.iter().find(|l| named(&spec.stream, &l.old)) {
+            (l.old.clone(), l.new.clone(), true)
         } else {
-            format!(
-                "{} is not one of migration {}'s new streams: {}",
+            let all: Vec<String> = streams
+                .iter()
+                .map(|l| format!("{} (new), {} (old)", l.new, l.old))
+                .collect();
+            return Ok(Err(format!(
+                "{} is not one of migration {}'s streams: {}",
                 spec.stream,
                 st.migration.name,
-                news.join(", ")
-            )
-        }));
-    };
+                all.join(", ")
+            )));
+        };
+    if spec.moves_to_function.is_some() && !old {
+        return Ok(Err(format!(
+            "{} is a new stream: only a consumer of an old stream moves (to its new stream, \
+             at the commit); leave out --moves-to-function",
+            spec.stream
+        )));
+    }
+    if spec.from_start && old {
+        return Ok(Err(format!(
+            "{} is an old stream, whose consumers are on until the commit anyway: leave out \
+             --from-start",
+            spec.stream
+        )));
+    }
+    let account = if old { "old" } else { "new" };
     let found = match &spec.mapping {
         Some(uuid) => ctx
             .control
-            .mapping(uuid)
+            .mapping(old, uuid)
             .await?
             .into_iter()
             .collect::<Vec<_>>(),
-        None => ctx.control.mappings(&spec.function, &stream.new).await?,
+        None => ctx.control.mappings(old, &spec.function, &stream).await?,
     };
     Ok(match found.as_slice() {
-        [m] if m.stream == stream.new => Ok(m.clone()),
+        [m] if m.stream == stream => Ok(Found {
+            mapping: m.clone(),
+            old,
+            counterpart,
+        }),
         [m] => Err(format!(
-            "mapping {} reads {}, not {}",
-            m.uuid, m.stream, stream.new
+            "mapping {} reads {}, not {stream}",
+            m.uuid, m.stream
         )),
         [] => Err(format!(
-            "no event source mapping of {} on {}{}: create it disabled (its own Terraform, with \
-             `enabled` left to fanout), then register it",
+            "no event source mapping of {} on {stream}{} in the {account} account: create it \
+             {}(its own Terraform, with `enabled` left to fanout), then register it",
             spec.function,
-            stream.new,
             spec.mapping
                 .as_ref()
                 .map(|u| format!(" with UUID {u}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            if old { "" } else { "disabled " }
         )),
         many => Err(format!(
-            "{} mappings of {} on {} ({}): give --mapping UUID",
+            "{} mappings of {} on {stream} ({}): give --mapping UUID",
             many.len(),
             spec.function,
-            stream.new,
             many.iter()
                 .map(|m| m.uuid.as_str())
                 .collect::<Vec<_>>()
@@ -170,8 +197,27 @@ pub(super) async fn add<C: ControlStore>(
                 "a consumer needs a --name",
             ));
         }
-        let m = match mapping_of(ctx, &st, spec).await? {
-            Ok(m) => m,
+        let lag_allowance_ms = match crate::verify::parse_duration(
+            spec.lag_allowance.as_deref().unwrap_or(LAG_ALLOWANCE),
+        ) {
+            Ok(d) => d.as_millis() as i64,
+            Err(e) => {
+                return Ok(Report::new(
+                    req,
+                    Outcome::Failed,
+                    format!(
+                        "consumer {}: --lag-allowance: {e}. Nothing was changed",
+                        spec.name
+                    ),
+                ))
+            }
+        };
+        let Found {
+            mapping: m,
+            old,
+            counterpart,
+        } = match mapping_of(ctx, &st, spec).await? {
+            Ok(f) => f,
             Err(why) => {
                 return Ok(Report::new(
                     req,
@@ -189,6 +235,12 @@ pub(super) async fn add<C: ControlStore>(
             function: m.function_arn.clone(),
             stream: m.stream.clone(),
             from_start: spec.from_start,
+            old,
+            moves_to: spec.moves_to_function.as_ref().map(|f| MovesTo {
+                function: f.clone(),
+                stream: counterpart.clone(),
+                lag_allowance_ms,
+            }),
         };
         match next
             .migration
@@ -230,8 +282,17 @@ pub(super) async fn add<C: ControlStore>(
             }
         };
         changes.push(format!(
-            "{} (mapping {}, {} on {}): {change}",
-            consumer.name, consumer.mapping, consumer.function, consumer.stream
+            "{} (mapping {}, {} on {}{}): {change}{}",
+            consumer.name,
+            consumer.mapping,
+            consumer.function,
+            consumer.stream,
+            if old { ", old account" } else { "" },
+            consumer
+                .moves_to
+                .as_ref()
+                .map(|mv| format!("; {}", moves_words(mv)))
+                .unwrap_or_default()
         ));
         next.migration.consumers.push(consumer);
     }
@@ -289,12 +350,23 @@ pub(super) async fn guard<C: ControlStore>(ctx: &Context<C>, st: &StoredState) -
     for c in &st.migration.consumers {
         let m = ctx
             .control
-            .mapping(&c.mapping)
+            .mapping(c.old, &c.mapping)
             .await
             .map_err(|e| e.to_string());
         seen.push((c, m));
     }
     guards::consumers(&seen, st.state)
+}
+
+/// A move in words: where the consumer goes at the commit.
+fn moves_words(mv: &MovesTo) -> String {
+    format!(
+        "at the commit moves to {}: a new mapping of {} from the time its old mapping is \
+         switched off less {} (translated to the new stream)",
+        mv.stream,
+        mv.function,
+        crate::time::human_secs(mv.lag_allowance_ms as f64 / 1000.0)
+    )
 }
 
 /// What a flip from `from` to `to` does to each consumer, for the plan.
@@ -304,29 +376,28 @@ pub(super) fn planned(st: &StoredState, from: State, to: State) -> Vec<String> {
         .iter()
         .map(|c| {
             let (was, will) = (c.enabled_in(from), c.enabled_in(to));
-            if was == will {
-                format!(
-                    "consumer {} (mapping {}): stays {}",
-                    c.name,
-                    c.mapping,
-                    word(will)
-                )
+            let side = if c.old { ", old account" } else { "" };
+            let change = if was == will {
+                format!("stays {}", word(will))
             } else {
-                format!(
-                    "consumer {} (mapping {}): {} → {}",
-                    c.name,
-                    c.mapping,
-                    word(was),
-                    word(will)
-                )
-            }
+                format!("{} → {}", word(was), word(will))
+            };
+            let moves = match &c.moves_to {
+                Some(mv) if to == State::Committed => format!("; then {}", moves_words(mv)),
+                _ => String::new(),
+            };
+            format!(
+                "consumer {} (mapping {}{side}): {change}{moves}",
+                c.name, c.mapping
+            )
         })
         .collect()
 }
 
-/// Sets each consumer's mapping as state `to` wants, where it is not so already; returns
-/// what was done, for the report and the history. A mapping that cannot be set does not undo
-/// the flip: it is named with the command that sets it by hand.
+/// Sets each consumer's mapping as state `to` wants, where it is not so already, and at the
+/// commit moves the consumers that move; returns what was done, for the report and the
+/// history. A mapping that cannot be set does not undo the flip: it is named with the command
+/// that sets it by hand.
 pub(super) async fn switch<C: ControlStore>(
     ctx: &Context<C>,
     st: &StoredState,
@@ -335,32 +406,172 @@ pub(super) async fn switch<C: ControlStore>(
     let mut done = Vec::new();
     for c in &st.migration.consumers {
         let want = c.enabled_in(to);
-        let now = ctx.control.mapping(&c.mapping).await;
-        if matches!(&now, Ok(Some(m)) if m.enabled() == Some(want)) {
-            continue;
+        let now = ctx.control.mapping(c.old, &c.mapping).await;
+        // When the old mapping stopped taking records: for a move's start.
+        let mut switched_off = match &now {
+            Ok(Some(m)) if m.enabled() == Some(false) => m.last_modified_ms,
+            _ => None,
+        };
+        if !matches!(&now, Ok(Some(m)) if m.enabled() == Some(want)) {
+            let asked = now_ms();
+            match ctx.control.enable_mapping(c.old, &c.mapping, want).await {
+                Ok(m) => {
+                    switched_off = Some(asked);
+                    done.push(format!(
+                        "consumer {} {} ({})",
+                        c.name,
+                        word(want).to_lowercase(),
+                        m.state
+                    ))
+                }
+                Err(e) => {
+                    done.push(format!(
+                        "consumer {} NOT {}: {e}; run `aws lambda update-event-source-mapping \
+                         --uuid {} --{}enabled` in the {} account{}",
+                        c.name,
+                        word(want).to_lowercase(),
+                        c.mapping,
+                        if want { "" } else { "no-" },
+                        c.account(),
+                        if c.moves_to.is_some() && to == State::Committed {
+                            ", then move it by hand (docs/runbook.md, \"Lambda consumers\")"
+                        } else {
+                            ""
+                        }
+                    ));
+                    continue;
+                }
+            }
         }
-        done.push(match ctx.control.enable_mapping(&c.mapping, want).await {
-            Ok(m) => format!(
-                "consumer {} {} ({})",
-                c.name,
-                word(want).to_lowercase(),
-                m.state
-            ),
-            Err(e) => format!(
-                "consumer {} NOT {}: {e}; run `aws lambda update-event-source-mapping --uuid {} \
-                 --{}enabled`",
-                c.name,
-                word(want).to_lowercase(),
-                c.mapping,
-                if want { "" } else { "no-" }
-            ),
-        });
+        if let (Some(mv), State::Committed) = (&c.moves_to, to) {
+            if let Some(line) = move_consumer(ctx, st, c, mv, switched_off).await {
+                done.push(line);
+            }
+        }
     }
     if done.is_empty() {
         String::new()
     } else {
         format!("{}; ", done.join("; "))
     }
+}
+
+/// Gives consumer `c` (an old stream's, switched off at `switched_off`) its mapping on the new
+/// stream, unless it has one already. The old mapping had processed everything that arrived
+/// in the old stream before `switched_off` less the lag allowance; the position map turns
+/// that into the earliest arrival time in the new stream of a record it may not have seen.
+async fn move_consumer<C: ControlStore>(
+    ctx: &Context<C>,
+    st: &StoredState,
+    c: &Consumer,
+    mv: &MovesTo,
+    switched_off: Option<i64>,
+) -> Option<String> {
+    match ctx.control.mappings(false, &mv.function, &mv.stream).await {
+        Ok(found) if !found.is_empty() => return None,
+        Ok(_) => {}
+        Err(e) => {
+            return Some(format!(
+                "consumer {} NOT moved: cannot list the mappings of {} on {}: {e}",
+                c.name, mv.function, mv.stream
+            ))
+        }
+    }
+    let by_hand = |start: &str| {
+        format!(
+            "run `aws lambda create-event-source-mapping --function-name {} --event-source-arn \
+             {} {start}` in the new account",
+            mv.function, mv.stream
+        )
+    };
+    let Some(off) = switched_off else {
+        return Some(format!(
+            "consumer {} NOT moved: Lambda does not say when mapping {} was switched off; find \
+             the start with `fanoutctl positions translate --from {} --to {} --at <then less \
+             the lag>` and {}",
+            c.name,
+            c.mapping,
+            c.stream,
+            mv.stream,
+            by_hand("--starting-position AT_TIMESTAMP --starting-position-timestamp <earliest>")
+        ));
+    };
+    let seen_until = off - mv.lag_allowance_ms;
+    let (start, why) = match move_start(ctx, st, c, mv, seen_until).await {
+        Ok(ms) => (
+            Some(ms),
+            format!("AT_TIMESTAMP {}", crate::time::rfc3339_ms(ms)),
+        ),
+        Err(e) => (None, format!("TRIM_HORIZON ({e})")),
+    };
+    let how = match start {
+        Some(ms) => format!(
+            "--starting-position AT_TIMESTAMP --starting-position-timestamp {}",
+            crate::time::rfc3339_ms(ms)
+        ),
+        None => "--starting-position TRIM_HORIZON".to_owned(),
+    };
+    Some(
+        match ctx
+            .control
+            .create_mapping(&mv.function, &mv.stream, start, None)
+            .await
+        {
+            Ok(m) => format!(
+                "consumer {} moved to {}: mapping {} of {} from {why} ({}); its old mapping had \
+                 processed everything that arrived before {} (switched off at {}, at most {} \
+                 behind); records from the new start that it had processed come again",
+                c.name,
+                mv.stream,
+                m.uuid,
+                m.function_arn,
+                m.state,
+                crate::time::rfc3339_ms(seen_until),
+                crate::time::rfc3339_ms(off),
+                crate::time::human_secs(mv.lag_allowance_ms as f64 / 1000.0)
+            ),
+            Err(e) => format!(
+                "consumer {} NOT moved to {}: {e}; {}",
+                c.name,
+                mv.stream,
+                by_hand(&how)
+            ),
+        },
+    )
+}
+
+/// The start on the new stream of a consumer of `c.stream` that has processed everything
+/// that arrived there before `seen_until`: the earliest over every route between the two.
+async fn move_start<C: ControlStore>(
+    ctx: &Context<C>,
+    st: &StoredState,
+    c: &Consumer,
+    mv: &MovesTo,
+    seen_until: i64,
+) -> Result<i64, String> {
+    let route = resolve(&st.migration, &c.stream, &mv.stream)?;
+    let shards = ctx
+        .control
+        .shard_ids(&mv.stream)
+        .await
+        .map_err(|e| format!("cannot list the shards of {}: {e}", mv.stream))?;
+    let mut start: Option<i64> = None;
+    for leg in &route.legs {
+        let one = match leg.direction {
+            // The forward route: the new stream is its source.
+            Direction::TargetToSource => {
+                let positions = ctx.control.route_positions(&leg.route).await.map_err(|e| {
+                    format!("cannot read the positions of route {}: {e}", leg.route)
+                })?;
+                target_time_to_source_start(&positions, &shards, seen_until, MOVE_MARGIN_MS)
+                    .map_err(|e| format!("route {}: {e}", leg.route))?
+            }
+            // A reverse route: copies arrive in the new stream after their originals.
+            Direction::SourceToTarget => seen_until - MOVE_MARGIN_MS,
+        };
+        start = Some(start.map_or(one, |s| s.min(one)));
+    }
+    start.ok_or_else(|| format!("no route copies {} to {}", mv.stream, c.stream))
 }
 
 /// Every registered consumer with its mapping now, for `status`.
@@ -373,7 +584,7 @@ pub(super) async fn views<C: ControlStore>(
         out.push(ConsumerView {
             consumer: c.clone(),
             wanted: c.enabled_in(st.state),
-            mapping: ctx.control.mapping(&c.mapping).await?,
+            mapping: ctx.control.mapping(c.old, &c.mapping).await?,
         });
     }
     Ok(out)

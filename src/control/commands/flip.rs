@@ -384,7 +384,7 @@ pub(super) async fn flip<C: ControlStore>(
                 ),
             )
             .await?;
-        // Lambda consumers of the new streams follow producers.
+        // Lambda consumers follow producers (and those of the old streams move at the commit).
         detail.push_str(&consumers::switch(ctx, &done, t.to).await);
         if !refused.is_empty() {
             detail.push_str(&format!("forced past: {refused_names}; "));

@@ -164,7 +164,7 @@ impl Report {
             }
             match &s.consumers {
                 Some(cs) if !cs.is_empty() => {
-                    out.push_str("\nLambda consumers (new streams)\n");
+                    out.push_str("\nLambda consumers\n");
                     for v in cs {
                         let want = if v.wanted { "Enabled" } else { "Disabled" };
                         let state = match &v.mapping {
@@ -173,9 +173,23 @@ impl Report {
                             Some(m) => format!("{} (EXPECTED {want} in this state)", m.state),
                         };
                         out.push_str(&format!(
-                            "  {:<16} mapping {}  {}  {}\n",
-                            v.consumer.name, v.consumer.mapping, v.consumer.function, state
+                            "  {:<16} mapping {}  {}  {}{}\n",
+                            v.consumer.name,
+                            v.consumer.mapping,
+                            v.consumer.function,
+                            state,
+                            if v.consumer.old {
+                                "  (old account)"
+                            } else {
+                                ""
+                            }
                         ));
+                        if let Some(mv) = &v.consumer.moves_to {
+                            out.push_str(&format!(
+                                "  {:<16} moves at the commit to {} ({})\n",
+                                "", mv.stream, mv.function
+                            ));
+                        }
                     }
                 }
                 Some(_) => {}

@@ -33,6 +33,8 @@ struct World {
     on_target: Vec<Vec<(u64, i64, Option<usize>)>>,
     /// Per source shard: its records' seqs.
     on_source: Vec<Vec<u64>>,
+    /// Per source shard: its records' arrival times (as `on_source`).
+    arrivals: Vec<Vec<i64>>,
     positions: Vec<ShardPositions>,
 }
 
@@ -51,6 +53,7 @@ fn simulate(rng: &mut StdRng) -> World {
         copies: Vec::new(),
         on_target: vec![Vec::new(); targets],
         on_source: vec![Vec::new(); sources],
+        arrivals: vec![Vec::new(); sources],
         positions: (0..sources)
             .map(|s| ShardPositions {
                 shard_id: format!("s{s}"),
@@ -73,6 +76,9 @@ fn simulate(rng: &mut StdRng) -> World {
         let seqs: Vec<u64> = (0..n).map(|i| next_seq[s] + i as u64 * 2).collect();
         next_seq[s] += n as u64 * 2;
         w.on_source[s].extend(&seqs);
+        // They arrived a while before the batch that copies them began.
+        clock += 1;
+        w.arrivals[s].extend(seqs.iter().map(|_| clock - rng.random_range(0..3)));
         clock += 1;
         let started = clock;
         let before = marks[s].clone();
@@ -106,7 +112,7 @@ fn simulate(rng: &mut StdRng) -> World {
                 after: marks[s].clone(),
                 started_ms: started,
                 at_ms: clock,
-                to_arrival_ms: None,
+                to_arrival_ms: w.arrivals[s].last().copied(),
             });
         }
     }
@@ -286,4 +292,63 @@ fn by_time_a_target_consumer_resumes_after_the_last_pair_written_before_then() {
     assert_eq!(answer.duplicates[0].through, Some(sn(20)));
     let answer = source_time_to_target(&["t0".to_owned()], 450, 1_000);
     assert_eq!(answer.resume[0].resume, Resume::AtTimestamp(-550));
+}
+
+#[test]
+fn by_time_one_start_for_every_source_shard_misses_nothing() {
+    let mut starts = 0;
+    for seed in 0..3000 {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut w = simulate(&mut rng);
+        // Arrival times never go back within a shard.
+        for a in &mut w.arrivals {
+            for i in 1..a.len() {
+                a[i] = a[i].max(a[i - 1]);
+            }
+        }
+        for (s, p) in w.positions.iter_mut().enumerate() {
+            for pair in &mut p.pairs {
+                let i = w.on_source[s]
+                    .iter()
+                    .position(|q| sn(*q) == pair.to)
+                    .unwrap();
+                pair.to_arrival_ms = Some(w.arrivals[s][i]);
+            }
+        }
+        let end = w.on_target.iter().flatten().map(|r| r.1).max().unwrap_or(0);
+        let at = rng.random_range(0..=end + 2);
+        let margin = rng.random_range(0..3);
+        let ids: Vec<String> = (0..w.sources).map(|s| format!("s{s}")).collect();
+        let Ok(start) = target_time_to_source_start(&w.positions, &ids, at, margin) else {
+            continue;
+        };
+        starts += 1;
+        // The consumer saw every copy written before `at`; whatever it did not see arrived
+        // in the source at or after `start`.
+        for c in &w.copies {
+            let written = w.on_target[c.target]
+                .iter()
+                .find(|r| {
+                    r.2.is_some_and(|i| w.copies[i].seq == c.seq && w.copies[i].source == c.source)
+                })
+                .unwrap()
+                .1;
+            if written < at {
+                continue;
+            }
+            let i = w.on_source[c.source]
+                .iter()
+                .position(|q| *q == c.seq)
+                .unwrap();
+            assert!(
+                w.arrivals[c.source][i] >= start,
+                "seed {seed}: s{} record {} arrived at {} before the start {start} and was \
+                 not seen (copied at {written}, consumer through {at})",
+                c.source,
+                c.seq,
+                w.arrivals[c.source][i]
+            );
+        }
+    }
+    assert!(starts > 150, "only {starts} seeds had a start");
 }

@@ -19,6 +19,13 @@ locals {
   oncall          = length(var.oncall_principal_arns) > 0
   reader_role_arn = local.role_mode && local.oncall ? "arn:${data.aws_partition.old.partition}:iam::${var.old_account_id}:role/${var.reader_role_name}" : null
 
+  # Lambda consumers of the old streams have their mappings in the old account; the controller
+  # and on-call roles switch them through a consumers role there, known in advance like the
+  # writer role's.
+  old_consumer_function_arns = distinct([for c in var.consumers : c.function_arn if contains(local.target_arns, c.stream_arn)])
+  old_consumers              = length(local.old_consumer_function_arns) > 0
+  old_consumers_role_arn     = local.old_consumers ? "arn:${data.aws_partition.old.partition}:iam::${var.old_account_id}:role/${var.consumers_role_name}" : null
+
   repo_root               = "${path.root}/../../.."
   replicator_package_path = coalesce(var.replicator_package_path, "${local.repo_root}/target/lambda/replicator/bootstrap.zip")
   controller_package_path = coalesce(var.controller_package_path, "${local.repo_root}/target/lambda/controller/bootstrap.zip")
@@ -37,6 +44,11 @@ resource "terraform_data" "input_checks" {
     precondition {
       condition     = alltrue([for r in var.routes : split(":", r.target_arn)[4] == var.old_account_id && split(":", r.target_arn)[3] == var.old_region])
       error_message = "Every route's target_arn must be a stream of the old account (old_account_id) in old_region."
+    }
+
+    precondition {
+      condition     = alltrue([for c in var.consumers : split(":", c.function_arn)[4] == var.old_account_id if contains(local.target_arns, c.stream_arn)])
+      error_message = "A consumer of an old stream (stream_arn one of the routes' target_arn) must have its function_arn in the old account (old_account_id): its event source mapping is there."
     }
 
     # The replicator and controller build one set of AWS clients, in the function's region.
@@ -119,7 +131,9 @@ module "controller" {
   consumers           = var.consumers
   writer_external_id  = local.writer_external_id
   reader_role_arn     = local.reader_role_arn
-  source_kms_key_arns = var.source_kms_key_arns
+  # Consumers on old streams: their mappings are switched through writer-access's consumers role.
+  old_consumers_role_arn = local.old_consumers_role_arn
+  source_kms_key_arns    = var.source_kms_key_arns
   # In role mode the writer and read roles hold the key grants (writer-access's kms_key_arns).
   target_kms_key_arns = local.role_mode ? [] : var.target_kms_key_arns
 
@@ -148,10 +162,16 @@ module "writer_access" {
   # must be known at plan time (it decides whether the read role exists), hence no filter.
   reader_trusted_role_arns = local.oncall ? [module.controller.oncall_role_arn] : []
   reader_role_name         = var.reader_role_name
-  external_id              = local.writer_external_id
-  kms_key_arns             = var.target_kms_key_arns
-  reverse_replication      = var.reverse_replication
-  tags                     = var.tags
+  # The old account's Lambda consumers of the old streams, which the flips switch off at the
+  # commit: the controller and the on-call role assume the consumers role for them. A list of
+  # known length, like reader_trusted_role_arns.
+  consumer_function_arns      = local.old_consumer_function_arns
+  consumers_trusted_role_arns = local.old_consumers ? concat([module.controller.role_arn], local.oncall ? [module.controller.oncall_role_arn] : []) : []
+  consumers_role_name         = var.consumers_role_name
+  external_id                 = local.writer_external_id
+  kms_key_arns                = var.target_kms_key_arns
+  reverse_replication         = var.reverse_replication
+  tags                        = var.tags
 }
 
 module "observability" {

@@ -33,6 +33,11 @@ output "reader_role_arn" {
   value       = module.writer_access.reader_role_arn
 }
 
+output "consumers_role_arn" {
+  description = "The consumers role in the old account (with consumers on old streams), or null: FANOUT_OLD_CONSUMERS_ROLE_ARN when running fanoutctl by hand."
+  value       = module.writer_access.consumers_role_arn
+}
+
 output "controller_function_url" {
   description = "The controller's IAM-authenticated function URL: SigV4-signed POSTs with the JSON command as body, e.g. awscurl --service lambda. Two-person approvals go this way (or through fanoutctl)."
   value       = module.controller.function_url

@@ -152,14 +152,22 @@ variable "reverse_replication" {
 
 variable "consumers" {
   type = list(object({
-    name         = string
-    function_arn = string
-    stream_arn   = string
-    mapping_uuid = optional(string)
-    from_start   = optional(bool, false)
+    name              = string
+    function_arn      = string
+    stream_arn        = string
+    mapping_uuid      = optional(string)
+    from_start        = optional(bool, false)
+    moves_to_function = optional(string)
+    lag_allowance     = optional(string)
   }))
-  description = "Lambda consumers of the new streams whose event source mappings the flips switch (module controller's `consumers`)."
+  description = "Lambda consumers whose event source mappings the flips switch (module controller's `consumers`): of a new stream (function in the new account; on from the cutover), or of an old stream (function in the old account; on until the commit, off at it, through the consumers role; with moves_to_function, a function of the new account, the commit gives it a mapping on the new stream)."
   default     = []
+}
+
+variable "consumers_role_name" {
+  type        = string
+  description = "Name of the consumers role in the old account (created when a consumer is on an old stream): the controller and on-call roles assume it to switch those consumers' mappings."
+  default     = "fanout-old-consumers"
 }
 
 variable "writer_role_name" {

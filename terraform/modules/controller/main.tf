@@ -28,6 +28,7 @@ locals {
     FANOUT_DEAD_LETTER_PREFIX      = var.dead_letter_prefix
     FANOUT_WRITER_ROLE_ARN         = var.writer_role_arn
     FANOUT_WRITER_EXTERNAL_ID      = var.writer_external_id
+    FANOUT_OLD_CONSUMERS_ROLE_ARN  = var.old_consumers_role_arn
     FANOUT_METRICS_NAMESPACE       = var.metrics_namespace
     FANOUT_MODE_CACHE_MS           = tostring(var.mode_cache_ms)
     FANOUT_POSITION_EVERY_MS       = tostring(var.position_every_ms)
@@ -52,15 +53,24 @@ locals {
   consumers_json = jsonencode([
     for c in var.consumers : {
       for k, v in {
-        name       = c.name
-        function   = c.function_arn
-        stream     = c.stream_arn
-        mapping    = c.mapping_uuid
-        from_start = c.from_start
+        name              = c.name
+        function          = c.function_arn
+        stream            = c.stream_arn
+        mapping           = c.mapping_uuid
+        from_start        = c.from_start
+        moves_to_function = c.moves_to_function
+        lag_allowance     = c.lag_allowance
       } : k => v if v != null
     }
   ])
-  consumer_function_arns = distinct([for c in var.consumers : c.function_arn])
+  # Consumers of the new streams have their mappings in this account; those of the old streams
+  # in the old one, switched through writer-access's consumers role (old_consumers_role_arn).
+  new_consumers          = [for c in var.consumers : c if contains(local.source_arns, c.stream_arn)]
+  old_consumers          = [for c in var.consumers : c if !contains(local.source_arns, c.stream_arn)]
+  consumer_function_arns = distinct([for c in local.new_consumers : c.function_arn])
+  # The functions of this account that the commit gives a mapping on a new stream, for the
+  # consumers of old streams that move.
+  moved_function_arns = distinct([for c in local.old_consumers : c.moves_to_function if c.moves_to_function != null])
   # Every event source mapping of this account and region (mappings are named by UUID only;
   # the update statement is narrowed to the consumers' functions by lambda:FunctionArn).
   consumer_mappings = "arn:${data.aws_partition.current.partition}:lambda:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:event-source-mapping:*"
@@ -72,6 +82,7 @@ locals {
   environment_unset = concat(
     var.migration == null ? ["FANOUT_MIGRATION"] : [],
     var.writer_role_arn == null ? ["FANOUT_WRITER_ROLE_ARN"] : [],
+    var.old_consumers_role_arn == null ? ["FANOUT_OLD_CONSUMERS_ROLE_ARN"] : [],
     local.external_id_set ? [] : ["FANOUT_WRITER_EXTERNAL_ID"],
     var.max_record_bytes == null ? ["FANOUT_MAX_RECORD_BYTES"] : [],
   )
@@ -194,10 +205,10 @@ data "aws_iam_policy_document" "migrate" {
   }
 
   # Lambda consumers of the new streams: the flips switch their event source mappings on and
-  # off, only those of the functions listed in `consumers`; the consumers guard and `status`
-  # read them.
+  # off, only those of the functions of `consumers` on new streams; the consumers guard and
+  # `status` read them.
   dynamic "statement" {
-    for_each = length(var.consumers) > 0 ? [1] : []
+    for_each = length(local.new_consumers) > 0 ? [1] : []
     content {
       sid       = "SwitchConsumerMappings"
       actions   = ["lambda:UpdateEventSourceMapping"]
@@ -212,7 +223,7 @@ data "aws_iam_policy_document" "migrate" {
   }
 
   dynamic "statement" {
-    for_each = length(var.consumers) > 0 ? [1] : []
+    for_each = length(local.new_consumers) > 0 ? [1] : []
     content {
       sid       = "ReadConsumerMappings"
       actions   = ["lambda:GetEventSourceMapping"]
@@ -220,13 +231,46 @@ data "aws_iam_policy_document" "migrate" {
     }
   }
 
-  # ListEventSourceMappings has no resource to scope it to.
+  # ListEventSourceMappings has no resource to scope it to. `consumers add` finds a new
+  # stream's consumer with it; the commit checks with it that a moving consumer has no
+  # mapping on its new stream yet.
   dynamic "statement" {
-    for_each = length(var.consumers) > 0 ? [1] : []
+    for_each = length(local.new_consumers) > 0 || length(local.moved_function_arns) > 0 ? [1] : []
     content {
       sid       = "FindConsumerMappings"
       actions   = ["lambda:ListEventSourceMappings"]
       resources = ["*"]
+    }
+  }
+
+  # Consumers of the old streams that move (moves_to_function): the commit gives each function
+  # a mapping on its new stream, starting where the old mapping stopped (from the position map:
+  # the state table's checkpoints and position pairs, and the new stream's shards, both granted
+  # above). CreateEventSourceMapping has no resource type: the statement is narrowed to those
+  # functions by lambda:FunctionArn.
+  dynamic "statement" {
+    for_each = length(local.moved_function_arns) > 0 ? [1] : []
+    content {
+      sid       = "MoveOldConsumers"
+      actions   = ["lambda:CreateEventSourceMapping"]
+      resources = ["*"]
+
+      condition {
+        test     = "ArnLike"
+        variable = "lambda:FunctionArn"
+        values   = local.moved_function_arns
+      }
+    }
+  }
+
+  # Lambda consumers of the old streams: their mappings are in the old account, switched
+  # (on until the commit, off at it) and read through writer-access's consumers role.
+  dynamic "statement" {
+    for_each = var.old_consumers_role_arn != null ? [1] : []
+    content {
+      sid       = "AssumeOldConsumersRole"
+      actions   = ["sts:AssumeRole"]
+      resources = [var.old_consumers_role_arn]
     }
   }
 
@@ -330,6 +374,19 @@ resource "aws_lambda_function" "this" {
     precondition {
       condition     = !local.external_id_set || var.writer_role_arn != null
       error_message = "writer_external_id is set without writer_role_arn: start would refuse the configuration. Set the writer role to assume, or leave the external id null."
+    }
+
+    # Event source mappings have no resource policy: a role in the old account is the only
+    # way to reach the old streams' consumers (the writer role is not granted Lambda actions).
+    precondition {
+      condition     = length(local.old_consumers) == 0 || var.old_consumers_role_arn != null
+      error_message = "consumers on old streams (${join(", ", [for c in local.old_consumers : c.name])}) need old_consumers_role_arn: writer-access's consumers_role_arn, with their functions in its consumer_function_arns. Their mappings are in the old account, which only a role there can switch."
+    }
+
+    # The commit creates the moved consumers' mappings in this account.
+    precondition {
+      condition     = alltrue([for f in local.moved_function_arns : split(":", f)[4] == data.aws_caller_identity.current.account_id])
+      error_message = "Every consumer's moves_to_function must be a function of this (the new) account, ${data.aws_caller_identity.current.account_id}: the commit creates its mapping on the new stream here."
     }
 
     # Lambda allows 4 KB for all environment variables together.

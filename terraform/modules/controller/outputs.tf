@@ -9,7 +9,7 @@ output "function_arn" {
 }
 
 output "role_arn" {
-  description = "ARN of the function's execution role: module writer-access must trust it (trusted_role_arns) so the streams guard can describe the old streams."
+  description = "ARN of the function's execution role: module writer-access must trust it (trusted_role_arns) so the streams guard can describe the old streams, and, with consumers on old streams, list it in consumers_trusted_role_arns (the flips switch their mappings)."
   value       = aws_iam_role.this.arn
 }
 
@@ -24,7 +24,7 @@ output "log_group_name" {
 }
 
 output "oncall_role_arn" {
-  description = "ARN of the on-call role, or null when oncall_principal_arns is empty. Add it to writer-access's trusted_role_arns (fanoutctl run under it describes the old streams for the guards and writes them for redrive) and reader_trusted_role_arns (verify reads them)."
+  description = "ARN of the on-call role, or null when oncall_principal_arns is empty. Add it to writer-access's trusted_role_arns (fanoutctl run under it describes the old streams for the guards and writes them for redrive), reader_trusted_role_arns (verify reads them) and, with consumers on old streams, consumers_trusted_role_arns (the flips switch their mappings)."
   value       = local.oncall ? aws_iam_role.oncall[0].arn : null
 }
 

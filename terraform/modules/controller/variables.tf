@@ -126,19 +126,41 @@ variable "routes" {
 
 variable "consumers" {
   type = list(object({
-    name         = string
-    function_arn = string
-    stream_arn   = string
-    mapping_uuid = optional(string)
-    from_start   = optional(bool, false)
+    name              = string
+    function_arn      = string
+    stream_arn        = string
+    mapping_uuid      = optional(string)
+    from_start        = optional(bool, false)
+    moves_to_function = optional(string)
+    lag_allowance     = optional(string)
   }))
-  description = "Lambda consumers of the new streams (their event source mappings in this account): `start` registers them (FANOUT_CONSUMERS), and the flips switch their mappings: off while producers are on the old streams (unless from_start), on from the cutover, off again at a rollback. The controller and on-call roles may update only these functions' mappings. Create each mapping disabled in the consumer's own Terraform, with `lifecycle { ignore_changes = [enabled] }`. stream_arn: one of the routes' source_arn. mapping_uuid: needed only when the function has several mappings on the stream."
+  description = "Lambda consumers of the migration's streams, by their event source mappings: `start` registers them (FANOUT_CONSUMERS) and every flip switches their mappings. A consumer of a new stream (stream_arn one of the routes' source_arn; function and mapping in this account): off while producers are on the old streams (unless from_start), on from the cutover, off again at a rollback; the controller and on-call roles may update only these functions' mappings. A consumer of an old stream (stream_arn one of the routes' target_arn; function and mapping in the old account): on until the commit, off from it, switched through writer-access's consumers role (old_consumers_role_arn; list the function in its consumer_function_arns). With moves_to_function (a function ARN in this account), the commit also creates an enabled mapping of that function on the old stream's new counterpart, starting (AT_TIMESTAMP, from the position map) at what arrived in the old stream lag_allowance (default \"5m\"; e.g. \"30s\", \"10m\", \"1h\") before its old mapping was switched off, so no record is missed and the records of that allowance may be processed twice; the roles may create mappings only for these functions. Create each mapping of a new stream disabled in the consumer's own Terraform, and every mapping fanout switches with `lifecycle { ignore_changes = [enabled] }`. mapping_uuid: needed only when the function has several mappings on the stream."
   default     = []
   nullable    = false
 
   validation {
-    condition     = alltrue([for c in var.consumers : contains([for r in var.routes : r.source_arn], c.stream_arn)])
-    error_message = "Every consumer's stream_arn must be one of the routes' source_arn (a new stream)."
+    condition     = alltrue([for c in var.consumers : contains(concat([for r in var.routes : r.source_arn], [for r in var.routes : r.target_arn]), c.stream_arn)])
+    error_message = "Every consumer's stream_arn must be one of the routes' source_arn (a new stream) or target_arn (an old stream)."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.consumers : c.moves_to_function == null || contains([for r in var.routes : r.target_arn], c.stream_arn)])
+    error_message = "moves_to_function is only for a consumer of an old stream (stream_arn one of the routes' target_arn): it moves to the new stream at the commit. A consumer of a new stream is already there."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.consumers : c.moves_to_function == null || can(regex("^arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[a-zA-Z0-9_-]{1,64}(:[a-zA-Z0-9_$-]+)?$", c.moves_to_function))])
+    error_message = "Every consumer's moves_to_function must be a Lambda function ARN in the new account: arn:aws:lambda:<region>:<account>:function:<name>."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.consumers : c.lag_allowance == null || (c.moves_to_function != null && can(regex("^[0-9]+(ms|s|sec|secs|m|min|mins|h)?$", c.lag_allowance)))])
+    error_message = "lag_allowance goes only with moves_to_function, and must be a duration like \"30s\", \"5m\", \"1h\" or \"500ms\" (a bare number is seconds)."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.consumers : !c.from_start || contains([for r in var.routes : r.source_arn], c.stream_arn)])
+    error_message = "from_start is only for a consumer of a new stream: a consumer of an old stream is on until the commit anyway."
   }
 
   validation {
@@ -241,7 +263,8 @@ variable "writer_external_id" {
   sensitive   = true
 
   validation {
-    condition     = var.writer_external_id == null || can(regex("^[A-Za-z0-9+=,.@:/_-]{2,1224}$", var.writer_external_id))
+    # Terraform's regex (RE2) allows a repeat count of at most 1000: the length is checked apart.
+    condition     = var.writer_external_id == null || (can(regex("^[A-Za-z0-9+=,.@:/_-]{2,}$", var.writer_external_id)) && try(length(var.writer_external_id) <= 1224, false))
     error_message = "writer_external_id must be 2-1224 characters from letters, digits and +=,.@:/_- (what STS accepts), or null."
   }
 }
@@ -254,6 +277,17 @@ variable "reader_role_arn" {
   validation {
     condition     = var.reader_role_arn == null || can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", var.reader_role_arn))
     error_message = "reader_role_arn must be an IAM role ARN (arn:aws:iam::<old account id>:role/<name>) or null."
+  }
+}
+
+variable "old_consumers_role_arn" {
+  type        = string
+  description = "FANOUT_OLD_CONSUMERS_ROLE_ARN: the consumers role in the old account (module writer-access's consumers_role_arn, trusted by this module's role_arn and oncall_role_arn through its consumers_trusted_role_arns). The controller and on-call roles get sts:AssumeRole on it, and assume it (with writer_external_id when set) to find, read and switch the event source mappings of the `consumers` on old streams: on until the commit, off at it. Needed in both access modes when a consumer is on an old stream (event source mappings have no resource policy). null = no consumer on an old stream."
+  default     = null
+
+  validation {
+    condition     = var.old_consumers_role_arn == null || can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", var.old_consumers_role_arn))
+    error_message = "old_consumers_role_arn must be an IAM role ARN (arn:aws:iam::<old account id>:role/<name>) or null."
   }
 }
 

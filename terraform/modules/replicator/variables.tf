@@ -206,7 +206,8 @@ variable "writer_external_id" {
   sensitive   = true
 
   validation {
-    condition     = var.writer_external_id == null || can(regex("^[A-Za-z0-9+=,.@:/_-]{2,1224}$", var.writer_external_id))
+    # Terraform's regex (RE2) allows a repeat count of at most 1000: the length is checked apart.
+    condition     = var.writer_external_id == null || (can(regex("^[A-Za-z0-9+=,.@:/_-]{2,}$", var.writer_external_id)) && try(length(var.writer_external_id) <= 1224, false))
     error_message = "writer_external_id must be 2-1224 characters from letters, digits and +=,.@:/_- (what STS accepts), or null."
   }
 }

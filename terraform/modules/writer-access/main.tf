@@ -1,3 +1,7 @@
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
 locals {
   # Every call the code makes on the old streams (src/aws/target.rs: DescribeStreamSummary for
   # the record size limit, ListShards for the shard map that per-shard pacing follows,
@@ -35,6 +39,21 @@ locals {
 
   role_mode            = var.access_mode == "role"
   resource_policy_mode = var.access_mode == "resource_policy"
+
+  # Lambda consumers of the old streams (their event source mappings in this account): the
+  # flips keep them on until the commit and switch them off at it; the consumers guard,
+  # `status` and `fanoutctl consumers add` find and read them (src/aws/lambda.rs `Mappings`,
+  # with FANOUT_OLD_CONSUMERS_ROLE_ARN). A role in both access modes: event source mappings
+  # have no resource policy.
+  consumers = length(var.consumer_function_arns) > 0
+  # In role mode the code assumes this role with FANOUT_WRITER_EXTERNAL_ID, as it does the
+  # writer role; in resource-policy mode it has no external id (the controller module refuses
+  # one without a writer role) and assumes the role without one. Whether the external id is
+  # set is not itself a secret.
+  consumers_external_id = local.role_mode && nonsensitive(var.external_id != null)
+  # Every event source mapping of this account and region (mappings are named by UUID only;
+  # the update statement is narrowed to the consumers' functions by lambda:FunctionArn).
+  consumer_mappings = "arn:${data.aws_partition.current.partition}:lambda:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:event-source-mapping:*"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -226,4 +245,96 @@ resource "aws_kinesis_resource_policy" "stream" {
 
   resource_arn = each.value
   policy       = data.aws_iam_policy_document.stream[each.key].json
+}
+
+# ---------------------------------------------------------------------------------------------
+# Both modes, with consumer_function_arns: the role through which the new account's controller
+# and on-call role switch the old account's Lambda consumers of the old streams.
+# ---------------------------------------------------------------------------------------------
+
+data "aws_iam_policy_document" "consumers_trust" {
+  count = local.consumers ? 1 : 0
+
+  statement {
+    sid     = "AssumeFromNewAccountToSwitchConsumers"
+    effect  = "Allow"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "AWS"
+      identifiers = var.consumers_trusted_role_arns
+    }
+
+    # Role mode: the same external id as the writer role (FANOUT_WRITER_EXTERNAL_ID).
+    dynamic "condition" {
+      for_each = local.consumers_external_id ? [1] : []
+      content {
+        test     = "StringEquals"
+        variable = "sts:ExternalId"
+        values   = [var.external_id]
+      }
+    }
+  }
+
+  lifecycle {
+    precondition {
+      condition     = length(var.consumers_trusted_role_arns) > 0
+      error_message = "consumer_function_arns is set but consumers_trusted_role_arns is empty: nobody could assume the consumers role. Add the controller module's role_arn and oncall_role_arn."
+    }
+  }
+}
+
+resource "aws_iam_role" "consumers" {
+  count = local.consumers ? 1 : 0
+
+  name                 = var.consumers_role_name
+  description          = "fanout: lets the new account's controller and on-call role switch off the old account's Lambda consumers of the migrated streams at the commit."
+  assume_role_policy   = data.aws_iam_policy_document.consumers_trust[0].json
+  max_session_duration = 3600
+
+  tags = var.tags
+}
+
+data "aws_iam_policy_document" "consumers" {
+  count = local.consumers ? 1 : 0
+
+  # The flips switch the mappings on (until the commit) and off (at it), only those of the
+  # functions in consumer_function_arns.
+  statement {
+    sid       = "SwitchConsumerMappings"
+    effect    = "Allow"
+    actions   = ["lambda:UpdateEventSourceMapping"]
+    resources = [local.consumer_mappings]
+
+    condition {
+      test     = "ArnLike"
+      variable = "lambda:FunctionArn"
+      values   = var.consumer_function_arns
+    }
+  }
+
+  # The consumers guard and `status` read them.
+  statement {
+    sid       = "ReadConsumerMappings"
+    effect    = "Allow"
+    actions   = ["lambda:GetEventSourceMapping"]
+    resources = [local.consumer_mappings]
+  }
+
+  # `consumers add` finds a consumer's mapping from its function and stream.
+  # ListEventSourceMappings has no resource to scope it to.
+  statement {
+    sid       = "FindConsumerMappings"
+    effect    = "Allow"
+    actions   = ["lambda:ListEventSourceMappings"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "consumers" {
+  count = local.consumers ? 1 : 0
+
+  name   = "switch-old-consumers"
+  role   = aws_iam_role.consumers[0].id
+  policy = data.aws_iam_policy_document.consumers[0].json
 }

@@ -14,6 +14,14 @@ output "reader_role_arn" {
   depends_on = [aws_iam_role_policy.read]
 }
 
+output "consumers_role_arn" {
+  description = "ARN of the consumers role, for the controller module's old_consumers_role_arn (FANOUT_OLD_CONSUMERS_ROLE_ARN; and for fanoutctl run by on-call engineers). null without consumer_function_arns."
+  value       = one(aws_iam_role.consumers[*].arn)
+
+  # The role is only usable once its permissions are attached.
+  depends_on = [aws_iam_role_policy.consumers]
+}
+
 output "access_mode" {
   description = "The access mode in effect: `role` or `resource_policy`."
   value       = var.access_mode

@@ -62,14 +62,51 @@ variable "reader_role_name" {
   }
 }
 
+variable "consumer_function_arns" {
+  type        = list(string)
+  description = "Lambda functions of this (the old) account that consume the old streams through event source mappings, registered with the migration (module controller's `consumers` with an old stream_arn, or `fanoutctl consumers add`): the flips keep their mappings on until the commit and switch them off at it. Creates a role, consumers_role_name, in both access modes (event source mappings have no resource policy) that consumers_trusted_role_arns assume (with external_id in role mode): lambda:UpdateEventSourceMapping only on these functions' mappings (condition lambda:FunctionArn), lambda:GetEventSourceMapping and ListEventSourceMappings. Empty = no role: the migration's consumers are all on the new streams."
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for a in var.consumer_function_arns : can(regex("^arn:aws[a-zA-Z-]*:lambda:[a-z0-9-]+:[0-9]{12}:function:[a-zA-Z0-9_-]{1,64}(:[a-zA-Z0-9_$-]+)?$", a))])
+    error_message = "Every consumer_function_arns entry must be a Lambda function ARN: arn:aws:lambda:<region>:<account>:function:<name>."
+  }
+}
+
+variable "consumers_trusted_role_arns" {
+  type        = list(string)
+  description = "Role ARNs in the new account that may assume the consumers role: the controller module's role_arn (the flips) and oncall_role_arn (fanoutctl run by on-call engineers). Required with consumer_function_arns. The roles must exist before this module is applied."
+  default     = []
+  nullable    = false
+
+  validation {
+    condition     = alltrue([for a in var.consumers_trusted_role_arns : can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", a))])
+    error_message = "consumers_trusted_role_arns must hold IAM role ARNs (arn:aws:iam::<account>:role/<name>); account roots, users, assumed-role session ARNs and wildcards are not accepted."
+  }
+}
+
+variable "consumers_role_name" {
+  type        = string
+  description = "Name of the consumers role in the old account (with consumer_function_arns). Its ARN is predictable, `arn:aws:iam::<old account>:role/<consumers_role_name>`, so the new account's controller module can be given it (old_consumers_role_arn) first."
+  default     = "fanout-old-consumers"
+  nullable    = false
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9+=,.@_-]{1,64}$", var.consumers_role_name))
+    error_message = "consumers_role_name must be 1 to 64 characters of letters, digits and +=,.@_- (IAM's naming rule)."
+  }
+}
+
 variable "external_id" {
   type        = string
-  description = "External ID the trusted roles must present when assuming the writer role (FANOUT_WRITER_EXTERNAL_ID). Required with access_mode = `role`; unused with `resource_policy`."
+  description = "External ID the trusted roles must present when assuming the writer role, and the consumers role (FANOUT_WRITER_EXTERNAL_ID). Required with access_mode = `role`; unused with `resource_policy` (the consumers role is then assumed without one)."
   default     = null
   sensitive   = true
 
   validation {
-    condition     = var.external_id == null || can(regex("^[A-Za-z0-9+=,.@:/_-]{2,1224}$", var.external_id))
+    # Terraform's regex (RE2) allows a repeat count of at most 1000: the length is checked apart.
+    condition     = var.external_id == null || (can(regex("^[A-Za-z0-9+=,.@:/_-]{2,}$", var.external_id)) && try(length(var.external_id) <= 1224, false))
     error_message = "external_id must be 2 to 1224 characters of letters, digits and +=,.@:/_- (STS's rule), or null."
   }
 }
@@ -93,6 +130,6 @@ variable "reverse_replication" {
 
 variable "tags" {
   type        = map(string)
-  description = "Tags for every taggable resource of this module (the writer role)."
+  description = "Tags for every taggable resource of this module (the writer, read and consumers roles)."
   default     = {}
 }

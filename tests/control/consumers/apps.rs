@@ -257,13 +257,32 @@ pub(super) fn spawn_mapping(
     processed: Arc<Mutex<Vec<Processed>>>,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<()> {
-    let (sdk, source, uuid) = (
+    spawn_mapping_on(
         world.new_account.clone(),
-        world.source.clone(),
-        uuid.to_owned(),
-    );
+        world,
+        &world.source,
+        uuid,
+        StartPosition::TrimHorizon,
+        processed,
+        stop,
+    )
+}
+
+/// [`spawn_mapping`] for mapping `uuid` in the account `lambda` reaches, on `stream`, starting
+/// at `start` (what the mapping was created with: moto keeps no `AT_TIMESTAMP` time, so the
+/// test passes it).
+pub(super) fn spawn_mapping_on(
+    lambda: aws_config::SdkConfig,
+    world: &World,
+    stream: &StreamArn,
+    uuid: &str,
+    start: StartPosition,
+    processed: Arc<Mutex<Vec<Processed>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (sdk, stream, uuid) = (world.new_account.clone(), stream.clone(), uuid.to_owned());
     tokio::spawn(async move {
-        let lambda = aws_sdk_lambda::Client::new(&sdk);
+        let lambda = aws_sdk_lambda::Client::new(&lambda);
         let mut follower: Option<Follower> = None;
         while !stop.load(Ordering::SeqCst) {
             let state = lambda
@@ -277,9 +296,7 @@ pub(super) fn spawn_mapping(
                 .to_owned();
             if state == "Enabled" {
                 if follower.is_none() {
-                    follower = Some(
-                        Follower::new(&sdk, &source, |_| Some(StartPosition::TrimHorizon)).await,
-                    );
+                    follower = Some(Follower::new(&sdk, &stream, |_| Some(start.clone())).await);
                 }
                 let (read, _) = follower.as_mut().unwrap().poll().await;
                 processed.lock().unwrap().extend(read);
@@ -291,10 +308,26 @@ pub(super) fn spawn_mapping(
 
 /// A Lambda function and its mapping on the new stream, created disabled (tests/lambda_consumer.py).
 pub(super) fn lambda_consumer(world: &World, function: &str) -> Option<(String, String)> {
+    let v = lambda_function(world, &world.source, function, &[])?;
+    Some((
+        v["mapping"].as_str().unwrap().to_owned(),
+        v["function"].as_str().unwrap().to_owned(),
+    ))
+}
+
+/// tests/lambda_consumer.py for a function reading `stream`, with its `extra` options
+/// (`--role` for the old account, `--enabled`, `--no-mapping`); its JSON answer.
+pub(super) fn lambda_function(
+    world: &World,
+    stream: &StreamArn,
+    function: &str,
+    extra: &[&str],
+) -> Option<serde_json::Value> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = std::process::Command::new(root.join(".local/venv/bin/python"))
         .arg(root.join("tests/lambda_consumer.py"))
-        .args([world.state_endpoint.as_str(), world.source.name(), function])
+        .args([world.state_endpoint.as_str(), stream.name(), function])
+        .args(extra)
         .output()
         .expect("run tests/lambda_consumer.py");
     if out.status.code() == Some(3) {
@@ -309,13 +342,10 @@ pub(super) fn lambda_consumer(world: &World, function: &str) -> Option<(String, 
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         v["stream"],
-        world.source.to_string(),
+        stream.to_string(),
         "moto's copy of the stream has its ARN"
     );
-    Some((
-        v["mapping"].as_str().unwrap().to_owned(),
-        v["function"].as_str().unwrap().to_owned(),
-    ))
+    Some(v)
 }
 
 /// Reads `stream` whole: per shard, (sequence number, key, number) of each drill record.

@@ -2,13 +2,18 @@
 //! KCL's schema) reads the old stream while producers follow the routing document through
 //! cutover → rollback → cutover → commit; `fanoutctl positions translate` is checked against
 //! the streams mid-way, and at commit `fanoutctl consumers move` moves the application to
-//! the new stream, where it carries on. Every record is processed, none out of order, and
-//! the ones processed twice are inside the window the translation stated.
+//! the new stream, where it carries on. Two Lambda consumers, run the way Lambda runs a
+//! mapping held by moto: one of the new stream, switched on and off by the flips, and one of
+//! the old stream (its mapping in the old account), which the commit switches off and moves
+//! to the new stream with a new mapping at the translated time. Every record is processed,
+//! none out of order, and the ones processed twice are inside the window the translation
+//! stated.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 
+use fanout::aws::source::StartPosition;
 use fanout::seq::SequenceNumber;
 
 use super::drill::{fanoutctl, spawn_producer, verify, Produced};
@@ -164,6 +169,60 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     };
     let invoked: Arc<Mutex<Vec<Processed>>> = Arc::default();
     let lambda_runner = spawn_mapping(&world, &mapping, invoked.clone(), stop.clone());
+
+    // The old environment's Lambda consumer: its mapping on the old stream, in the old
+    // account, on until the commit, which moves it to the new stream with a new mapping of
+    // the new environment's function.
+    let audit = unique("audit");
+    let audit_new = format!("{audit}-new");
+    let Some(old_fn) = lambda_function(
+        &world,
+        &world.target,
+        &audit,
+        &["--role", support::stack::WRITER_ROLE, "--enabled"],
+    ) else {
+        return;
+    };
+    let audit_mapping = old_fn["mapping"].as_str().unwrap().to_owned();
+    lambda_function(&world, &world.source, &audit_new, &["--no-mapping"]).unwrap();
+    let (code, out) = ctl(&[
+        "consumers",
+        "add",
+        "--name",
+        "audit-lambda",
+        "--function",
+        &audit,
+        "--stream",
+        world.target.name(),
+        "--moves-to-function",
+        &audit_new,
+        "--lag-allowance",
+        "3s",
+        "--reason",
+        "consumers drill",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("audit-lambda (mapping {audit_mapping}"))
+            && out.contains("old account): stays Enabled; at the commit moves to"),
+        "{out}"
+    );
+    let old_lambda = fanout::aws::verifications::assumed_role_config(
+        &world.new_account,
+        support::stack::WRITER_ROLE,
+        None,
+    )
+    .await;
+    let audited: Arc<Mutex<Vec<Processed>>> = Arc::default();
+    let audit_old = spawn_mapping_on(
+        old_lambda.clone(),
+        &world,
+        &world.target,
+        &audit_mapping,
+        StartPosition::TrimHorizon,
+        audited.clone(),
+        stop.clone(),
+    );
     // The test traffic the first cutover's verification needs.
     KinesisSource::new(&world.new_account)
         .put_all(&world.source, &records(30, 5, 20))
@@ -244,19 +303,68 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     );
     assert_eq!(mapping_state().await, "Enabled");
     after_flip(40).await;
-    assert_eq!(ctl(&["commit", "--reason", "consumers drill: done"]).0, 0);
+    let (code, committed) = ctl(&["commit", "--reason", "consumers drill: done"]);
+    assert_eq!(code, 0, "{committed}");
     assert_eq!(
         mapping_state().await,
         "Enabled",
         "after the commit the new side keeps it"
     );
+    // The old stream's consumer: switched off, and moved to the new stream.
+    assert!(
+        committed.contains("consumer audit-lambda disabled")
+            && committed.contains(&format!("consumer audit-lambda moved to {}", world.source))
+            && committed.contains("from AT_TIMESTAMP "),
+        "{committed}"
+    );
+    let old_state = aws_sdk_lambda::Client::new(&old_lambda)
+        .get_event_source_mapping()
+        .uuid(&audit_mapping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(old_state.state(), Some("Disabled"));
+    let start = committed.split("from AT_TIMESTAMP ").nth(1).unwrap();
+    let start = chrono::DateTime::parse_from_rfc3339(start.split(' ').next().unwrap())
+        .unwrap()
+        .timestamp_millis();
+    let moved: Vec<String> = lambda
+        .list_event_source_mappings()
+        .event_source_arn(world.source.as_str())
+        .send()
+        .await
+        .unwrap()
+        .event_source_mappings()
+        .iter()
+        .filter(|m| {
+            m.function_arn()
+                .is_some_and(|f| f.ends_with(&format!(":{audit_new}")))
+        })
+        .map(|m| m.uuid().unwrap().to_owned())
+        .collect();
+    assert_eq!(moved.len(), 1, "one new mapping of {audit_new}: {moved:?}");
+    // What the old mapping had processed when it was switched off (it may finish the page
+    // it was on, as Lambda finishes a batch in flight).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let audited_before_move = audited.lock().unwrap().len();
+    let audit_moved = spawn_mapping_on(
+        world.new_account.clone(),
+        &world,
+        &world.source,
+        &moved[0],
+        StartPosition::AtTimestamp(start),
+        audited.clone(),
+        stop.clone(),
+    );
     let (code, status) = ctl(&["status"]);
     assert_eq!(code, 0, "{status}");
     assert!(
-        status.contains("Lambda consumers (new streams)")
+        status.contains("Lambda consumers")
             && status.contains(&format!(
                 "billing-lambda   mapping {mapping}  {function}  Enabled"
             ))
+            && status.contains(&format!("audit-lambda     mapping {audit_mapping}"))
+            && status.contains("Disabled  (old account)")
             && !status.contains("EXPECTED"),
         "{status}"
     );
@@ -381,11 +489,46 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // And the moved Lambda consumer has everything producers wrote, on one stream or other.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let have: HashSet<(String, u64)> = audited
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.key.clone(), p.n))
+            .collect();
+        if wanted.is_subset(&have) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     new_app_stop.store(true, Ordering::SeqCst);
     new_app.await.unwrap();
     stop.store(true, Ordering::SeqCst);
     replicator.await.unwrap();
     lambda_runner.await.unwrap();
+    audit_old.await.unwrap();
+    audit_moved.await.unwrap();
+    let audited = audited.lock().unwrap().clone();
+    let (missed, duplicates, out_of_order) = judge_consumer(&audited, &wanted);
+    eprintln!(
+        "Lambda consumer moved at commit: {} records produced, {} processed ({} by the old \
+         mapping, {} by the new one from {}), missed {missed}, duplicates {duplicates}, out of \
+         order {out_of_order}",
+        wanted.len(),
+        audited.len(),
+        audited_before_move,
+        audited.len() - audited_before_move,
+        fanout::time::rfc3339_ms(start)
+    );
+    assert_eq!((missed, out_of_order), (0, 0));
+    // The move re-read the last seconds before the switch-off (the lag allowance and the
+    // position map's granularity), not all that the old mapping had processed.
+    assert!(
+        duplicates < audited_before_move / 2,
+        "{duplicates} processed twice of {audited_before_move} before the move"
+    );
     let invoked = invoked.lock().unwrap().clone();
     let (missed, duplicates, out_of_order) = judge_consumer(&invoked, &to_new);
     eprintln!(

@@ -1,4 +1,5 @@
-//! Lambda consumers of the new streams: registered, switched by the flips, guarded.
+//! Lambda consumers: registered, switched by the flips, guarded; those of the old streams
+//! switched off at the commit and moved to the new streams.
 
 use super::flips::{ctx, cut_over, rollback, settings, NEW, OLD};
 use super::memory::{MemoryControl, Shard};
@@ -15,6 +16,7 @@ fn mapping(uuid: &str, stream: &str, state: &str) -> MappingFacts {
         function_arn: FUNCTION.into(),
         stream: stream.into(),
         state: state.into(),
+        last_modified_ms: None,
     }
 }
 
@@ -28,6 +30,7 @@ fn add(stream: &str, from_start: bool) -> Request {
             stream: stream.into(),
             mapping: None,
             from_start,
+            ..ConsumerSpec::default()
         }],
         ..Request::default()
     }
@@ -225,7 +228,7 @@ async fn a_consumer_is_not_registered_while_a_flip_is_in_progress() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn only_consumers_of_the_new_streams_are_registered_and_nothing_is_written_otherwise() {
+async fn a_registration_that_does_not_fit_the_stream_is_refused_and_nothing_is_written() {
     let ctx = ctx(
         store_with(&[
             mapping("m-1", OLD, "Enabled"),
@@ -234,9 +237,43 @@ async fn only_consumers_of_the_new_streams_are_registered_and_nothing_is_written
         ]),
         "alice",
     );
+    // A consumer of an old stream is looked for in the old account (m-1 is in the new one).
     let r = execute(&ctx, &add(OLD, false)).await;
     assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
-    assert!(r.message.contains("is an old stream"), "{}", r.message);
+    assert!(
+        r.message.contains(&format!(
+            "no event source mapping of billing on {OLD} in the old account"
+        )),
+        "{}",
+        r.message
+    );
+    ctx.control
+        .old_mappings
+        .lock()
+        .unwrap()
+        .insert("m-old".into(), mapping("m-old", OLD, "Enabled"));
+    let r = execute(&ctx, &add(OLD, true)).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(
+        r.message.contains("leave out --from-start"),
+        "{}",
+        r.message
+    );
+    let mut moving_new = add(NEW, false);
+    moving_new.consumers[0].moves_to_function = Some("billing-new".into());
+    let r = execute(&ctx, &moving_new).await;
+    assert!(
+        r.message
+            .contains("is a new stream: only a consumer of an old stream moves"),
+        "{}",
+        r.message
+    );
+    let mut bad_lag = add(OLD, false);
+    bad_lag.consumers[0].moves_to_function = Some("billing-new".into());
+    bad_lag.consumers[0].lag_allowance = Some("five minutes".into());
+    let r = execute(&ctx, &bad_lag).await;
+    assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
+    assert!(r.message.contains("--lag-allowance"), "{}", r.message);
     let r = execute(&ctx, &add(NEW, false)).await;
     assert_eq!(r.outcome, Outcome::Failed, "{}", r.message);
     assert!(
@@ -246,4 +283,188 @@ async fn only_consumers_of_the_new_streams_are_registered_and_nothing_is_written
     );
     assert!(ctx.control.stored().migration.consumers.is_empty());
     assert!(ctx.control.history().is_empty());
+}
+
+/// A commit past the guards (no verification in these tests).
+fn forced_commit() -> Request {
+    Request {
+        force: true,
+        ..commit()
+    }
+}
+
+/// A pair of the forward route's shard `shard`: every record up to `to` was in the old stream
+/// at `at_ms`; the record at `to` arrived in the new stream at `arrival_ms`.
+fn pair(shard: &str, to: u64, at_ms: i64, arrival_ms: i64) -> crate::positions::PositionPair {
+    let seq = |n: u64| crate::seq::SequenceNumber::parse(&n.to_string()).unwrap();
+    crate::positions::PositionPair {
+        route: "orders-forward".into(),
+        shard_id: shard.into(),
+        from: seq(to - 10),
+        to: seq(to),
+        before: Default::default(),
+        after: Default::default(),
+        started_ms: at_ms - 50,
+        at_ms,
+        to_arrival_ms: Some(arrival_ms),
+    }
+}
+
+/// A consumer of the old stream, moving to the new one at the commit (old mapping m-old,
+/// enabled), with the position map of two shards of the forward route.
+fn moving_consumer(
+    now: i64,
+    shards: &[&str],
+) -> (crate::control::commands::Context<MemoryControl>, Request) {
+    let store = store_with(&[]);
+    store
+        .old_mappings
+        .lock()
+        .unwrap()
+        .insert("m-old".into(), mapping("m-old", OLD, "Enabled"));
+    store.positions.lock().unwrap().insert(
+        "orders-forward".into(),
+        vec![
+            crate::positions::ShardPositions {
+                shard_id: "shardId-0".into(),
+                pairs: vec![
+                    pair("shardId-0", 20, now - 400_000, now - 401_000),
+                    pair("shardId-0", 40, now - 200_000, now - 210_000),
+                    pair("shardId-0", 60, now - 100_000, now - 101_000),
+                ],
+                checkpoint: None,
+            },
+            crate::positions::ShardPositions {
+                shard_id: "shardId-1".into(),
+                pairs: vec![pair("shardId-1", 30, now - 300_000, now - 305_000)],
+                checkpoint: None,
+            },
+        ],
+    );
+    *store.shard_ids.lock().unwrap() = shards.iter().map(|s| s.to_string()).collect();
+    let ctx = ctx(store, "alice");
+    let mut req = add(OLD, false);
+    req.consumers[0].moves_to_function = Some("billing-new".into());
+    req.consumers[0].lag_allowance = Some("150s".into());
+    (ctx, req)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_consumer_of_an_old_stream_is_switched_off_at_the_commit_and_moved_from_the_translated_time(
+) {
+    let now = crate::time::now_ms();
+    let (ctx, req) = moving_consumer(now, &["shardId-0", "shardId-1"]);
+    let r = execute(&ctx, &req).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert!(
+        r.message
+            .contains("old account): stays Enabled; at the commit moves to"),
+        "{}",
+        r.message
+    );
+    // On through a rollback and a cutover: only the commit switches it off.
+    assert_eq!(execute(&ctx, &rollback()).await.outcome, Outcome::Applied);
+    assert_eq!(
+        ctx.control.old_mappings.lock().unwrap()["m-old"].state,
+        "Enabled"
+    );
+    // (No verification here: past that guard.)
+    let cutover = Request {
+        command: CommandName::Cutover,
+        force: true,
+        ..rollback()
+    };
+    let r = execute(&ctx, &cutover).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    let mut plan = commit();
+    plan.dry_run = true;
+    let p = execute(&ctx, &plan).await;
+    assert!(
+        p.consumers[0].starts_with(
+            "consumer billing (mapping m-old, old account): Enabled → Disabled; then at the \
+             commit moves to"
+        ),
+        "{:?}",
+        p.consumers
+    );
+    assert!(ctx.control.created.lock().unwrap().is_empty());
+
+    let r = execute(&ctx, &forced_commit()).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert_eq!(
+        ctx.control.old_mappings.lock().unwrap()["m-old"].state,
+        "Disabled"
+    );
+    // Switched off at about `now`, at most 150 s behind: it had seen everything in the old
+    // stream before now - 150 s. Shard 0's last pair before then (less the 1 s margin) is the
+    // one at now - 200 s, whose last record arrived at now - 210 s; shard 1's arrived at
+    // now - 305 s. The earliest, less the margin:
+    let created = ctx.control.created.lock().unwrap().clone();
+    assert_eq!(
+        created,
+        [(
+            "billing-new".to_owned(),
+            NEW.to_owned(),
+            Some(now - 306_000)
+        )]
+    );
+    assert!(
+        r.message.contains(&format!(
+            "consumer billing moved to {NEW}: mapping created-1"
+        )) && r.message.contains("at most 2m30s behind"),
+        "{}",
+        r.message
+    );
+    assert!(
+        ctx.control
+            .history()
+            .last()
+            .unwrap()
+            .detail
+            .contains("consumer billing moved"),
+        "{:?}",
+        ctx.control.history()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moving_consumer_starts_from_the_trim_horizon_when_a_shard_has_no_position_that_old() {
+    let now = crate::time::now_ms();
+    let (ctx, req) = moving_consumer(now, &["shardId-0", "shardId-1", "shardId-2"]);
+    assert_eq!(execute(&ctx, &req).await.outcome, Outcome::Applied);
+    let r = execute(&ctx, &forced_commit()).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
+    assert_eq!(
+        ctx.control.created.lock().unwrap().clone(),
+        [("billing-new".to_owned(), NEW.to_owned(), None)]
+    );
+    assert!(
+        r.message.contains(
+            "from TRIM_HORIZON (route orders-forward: shard shardId-2 has no recorded position"
+        ),
+        "{}",
+        r.message
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_moving_consumer_whose_old_mapping_cannot_be_switched_off_is_not_moved() {
+    let now = crate::time::now_ms();
+    let (ctx, req) = moving_consumer(now, &["shardId-0"]);
+    assert_eq!(execute(&ctx, &req).await.outcome, Outcome::Applied);
+    // Deleted by hand before the commit, after the guard looked (so not caught there).
+    let plan = forced_commit();
+    ctx.control.old_mappings.lock().unwrap().clear();
+    let r = execute(&ctx, &plan).await;
+    assert!(
+        r.message.contains("consumer billing NOT disabled")
+            && r.message
+                .contains("in the old account, then move it by hand"),
+        "{}",
+        r.message
+    );
+    assert!(
+        ctx.control.created.lock().unwrap().is_empty(),
+        "not moved while the old one may run"
+    );
 }

@@ -40,8 +40,15 @@ pub struct MemoryControl {
     /// Before this state write (1 = the first), someone else writes the state item first.
     pub race_before_write: Mutex<Option<usize>>,
     pub writes: Mutex<usize>,
-    /// Lambda's event source mappings, by UUID.
+    /// Lambda's event source mappings, by UUID: the new account's, and the old account's.
     pub mappings: Mutex<BTreeMap<String, crate::ports::control::MappingFacts>>,
+    pub old_mappings: Mutex<BTreeMap<String, crate::ports::control::MappingFacts>>,
+    /// Each mapping created: (function, stream, AT_TIMESTAMP start or trim horizon).
+    pub created: Mutex<Vec<(String, String, Option<i64>)>>,
+    /// The position map, by route.
+    pub positions: Mutex<BTreeMap<String, Vec<crate::positions::ShardPositions>>>,
+    /// The shard ids of every new stream.
+    pub shard_ids: Mutex<Vec<String>>,
 }
 
 impl MemoryControl {
@@ -93,11 +100,16 @@ impl ControlStore for MemoryControl {
 
     async fn mappings(
         &self,
+        old: bool,
         function: &str,
         stream: &str,
     ) -> Result<Vec<crate::ports::control::MappingFacts>, StoreError> {
-        Ok(self
-            .mappings
+        let all = if old {
+            &self.old_mappings
+        } else {
+            &self.mappings
+        };
+        Ok(all
             .lock()
             .unwrap()
             .values()
@@ -108,23 +120,76 @@ impl ControlStore for MemoryControl {
 
     async fn mapping(
         &self,
+        old: bool,
         uuid: &str,
     ) -> Result<Option<crate::ports::control::MappingFacts>, StoreError> {
-        Ok(self.mappings.lock().unwrap().get(uuid).cloned())
+        let all = if old {
+            &self.old_mappings
+        } else {
+            &self.mappings
+        };
+        Ok(all.lock().unwrap().get(uuid).cloned())
     }
 
     async fn enable_mapping(
         &self,
+        old: bool,
         uuid: &str,
         enabled: bool,
     ) -> Result<crate::ports::control::MappingFacts, StoreError> {
-        let mut all = self.mappings.lock().unwrap();
+        let all = if old {
+            &self.old_mappings
+        } else {
+            &self.mappings
+        };
+        let mut all = all.lock().unwrap();
         let m = all.get_mut(uuid).ok_or_else(|| StoreError {
             code: "ResourceNotFoundException".into(),
             message: format!("no mapping {uuid}"),
         })?;
         m.state = if enabled { "Enabled" } else { "Disabled" }.to_owned();
+        m.last_modified_ms = Some(crate::time::now_ms() / 1000 * 1000);
         Ok(m.clone())
+    }
+
+    async fn create_mapping(
+        &self,
+        function: &str,
+        stream: &str,
+        start_ms: Option<i64>,
+        _batch_size: Option<i32>,
+    ) -> Result<crate::ports::control::MappingFacts, StoreError> {
+        let mut created = self.created.lock().unwrap();
+        created.push((function.to_owned(), stream.to_owned(), start_ms));
+        let m = crate::ports::control::MappingFacts {
+            uuid: format!("created-{}", created.len()),
+            function_arn: format!("arn:aws:lambda:us-east-1:123456789012:function:{function}"),
+            stream: stream.to_owned(),
+            state: "Creating".to_owned(),
+            last_modified_ms: None,
+        };
+        self.mappings
+            .lock()
+            .unwrap()
+            .insert(m.uuid.clone(), m.clone());
+        Ok(m)
+    }
+
+    async fn route_positions(
+        &self,
+        route: &str,
+    ) -> Result<Vec<crate::positions::ShardPositions>, StoreError> {
+        Ok(self
+            .positions
+            .lock()
+            .unwrap()
+            .get(route)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn shard_ids(&self, _stream: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.shard_ids.lock().unwrap().clone())
     }
 
     async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
