@@ -506,7 +506,8 @@ POSITIONS = LOAD + [
 RUNBOOK_COMMANDS["positions"] = POSITIONS
 # src/bin/fanoutctl/consumers.rs: a translation, and the destination's creation time (part of a
 # multi-stream lease key). The lease table itself is the application's (NOT_DEPLOYED).
-# ...and `consumers add`: the state item, the mapping found and set, the history.
+# ...and `consumers add`: the state item, the mapping found and set, the history (where
+# `consumers move` records a move too).
 RUNBOOK_COMMANDS["consumers"] = POSITIONS + [
     step("positions.rs::stream_created_s"),
     step("positions.rs::stream_created_s", READER),

@@ -3,10 +3,11 @@
 
 use std::process::ExitCode;
 
+use fanout::aws::control::AwsControl;
 use fanout::aws::kcl::KclTable;
 use fanout::aws::positions::stream_created_s;
-use fanout::aws::verifications::assumed_role_config;
-use fanout::control::commands::{CommandName, ConsumerSpec};
+use fanout::aws::verifications::{assumed_role_config, caller_identity};
+use fanout::control::commands::{record_outside, CommandName, ConsumerSpec};
 use fanout::kcl::{
     move_so_far, plan_move, seen_by_shard, still_held, stream_identifier, KclLease, MoveMarker,
     NewLease,
@@ -101,6 +102,9 @@ pub struct MoveArgs {
     /// Print the plan; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Why (the change ticket): recorded in the migration's history with the move.
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 pub async fn consumers(command: ConsumersCommand) -> Result<ExitCode, String> {
@@ -325,7 +329,7 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
             )
         })?;
     }
-    println!(
+    let done = format!(
         "Moved: {} leases of {} written, {} of {} removed. Start the application on {}.",
         to_write.len(),
         mv.to.name(),
@@ -333,5 +337,40 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
         name,
         mv.to
     );
+    println!("{done}");
+    // In the migration's history, with who did it: the move changed where an application
+    // reads, as much as a flip does.
+    let control = AwsControl::new(&clients.new, &clients.old, &args.at.table);
+    let recorded = match caller_identity(&clients.new).await {
+        Ok(actor) => record_outside(
+            &control,
+            &args.at.migration,
+            &actor,
+            "consumers_move",
+            args.reason.clone(),
+            format!(
+                "KCL lease table {}: {} → {}: {} leases written, {} removed ({})",
+                table.name(),
+                mv.from,
+                mv.to,
+                to_write.len(),
+                to_drop.len(),
+                plan.add
+                    .iter()
+                    .map(|a| format!("{} from {}", a.key, a.checkpoint))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+        .await
+        .map_err(|e| e.to_string()),
+        Err(e) => Err(e.message),
+    };
+    if let Err(e) = recorded {
+        eprintln!(
+            "WARNING: the move is done, but it is NOT in the migration's history ({e}). Record \
+             it in your change ticket."
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -311,6 +311,36 @@ pub async fn load_migration<C: ControlStore>(
     })
 }
 
+/// Records in the migration's history a change made outside the controller's commands (a KCL
+/// application's lease table moved by `fanoutctl consumers move`): `command`, by `actor`, in
+/// the migration's current state, applied, with `detail`.
+pub async fn record_outside<C: ControlStore>(
+    control: &C,
+    migration: &str,
+    actor: &str,
+    command: &str,
+    reason: Option<String>,
+    detail: String,
+) -> Result<(), StoreError> {
+    let st = load_migration(control, migration).await?;
+    let entry = HistoryEntry {
+        at_ms: now_ms(),
+        id: attempt_id(),
+        actor: actor.to_owned(),
+        command: command.to_owned(),
+        from: st.state,
+        to: Some(st.state),
+        outcome: Outcome::Applied,
+        reason,
+        forced: false,
+        guards: Vec::new(),
+        version_before: st.version,
+        version_after: None,
+        detail,
+    };
+    control.append_history(&st.migration.name, &entry).await
+}
+
 /// Says that `name` was not started in `table`, listing the migrations that were (the
 /// closest spellings first), and how to start it if it is new.
 fn no_such_migration(name: &str, table: &str, known: &[String]) -> String {

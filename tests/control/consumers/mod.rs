@@ -405,6 +405,8 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
             &new_name,
             "--owner-wait",
             "3s",
+            "--reason",
+            "consumers drill: move",
         ];
         args.extend_from_slice(extra);
         ctl(&args)
@@ -440,6 +442,13 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
     assert!(again.contains("Already moved"), "{again}");
     assert_eq!(leases(&world.new_account, &lease_table).await, moved);
     assert_eq!(moved.len(), 2, "{moved:?}");
+    // The move is in the migration's history, once.
+    let (_, history) = ctl(&["history"]);
+    assert_eq!(history.matches("consumers_move").count(), 1, "{history}");
+    assert!(
+        history.contains(&format!("KCL lease table {lease_table}")),
+        "{history}"
+    );
 
     // The application, now on the new stream, carries on from the translated positions.
     let new_app_stop = Arc::new(AtomicBool::new(false));
