@@ -108,6 +108,8 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Handler<W, C, D> {
         };
         let before = cached.map(|(_, m)| m).unwrap_or(RouteMode::FORWARD);
         if before != mode {
+            // A flip: the position map gets a pair at the next batch of each shard.
+            self.replicator.force_positions(route);
             let since = mode
                 .since_ms
                 .map(|ms| {

@@ -93,6 +93,17 @@ impl<W: TargetWriter, C: CheckpointStore, D: DeadLetterStore> Replicator<W, C, D
         due
     }
 
+    /// Makes a position pair due at the next batch of every shard of `route` this container
+    /// handles: the handler calls it when the route's mode changes (a flip), so the map has a
+    /// pair at each flip whatever the pair rate.
+    pub fn force_positions(&self, route: &str) {
+        for ((r, _), (last, _)) in lock(&self.positions).iter_mut() {
+            if r == route {
+                *last = None;
+            }
+        }
+    }
+
     /// Records a position pair; like a heartbeat, a failure is a warning, never a failed batch.
     pub(super) async fn record_position(&self, pair: Option<PositionPair>, until: Instant) {
         let Some(pair) = pair else { return };

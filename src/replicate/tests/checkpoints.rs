@@ -191,4 +191,21 @@ async fn position_pairs_ride_with_the_checkpoint_at_most_every_ten_seconds() {
         "before: everything written by earlier batches"
     );
     assert!(second.started_ms <= second.at_ms);
+    // A flip (the handler saw the route's mode change): a pair at the next batch, however
+    // soon; then the rate again.
+    r.replicate(&batch_from(1030, 10, 4), far()).await;
+    assert_eq!(pairs().len(), 2);
+    r.force_positions("other-route");
+    r.replicate(&batch_from(1040, 10, 4), far()).await;
+    assert_eq!(
+        pairs().len(),
+        2,
+        "another route's flip changes nothing here"
+    );
+    r.force_positions(&route("t").name);
+    r.replicate(&batch_from(1050, 10, 4), far()).await;
+    assert_eq!(pairs().len(), 3, "a pair right after the flip");
+    assert_eq!(pairs()[2].to.as_str(), "1059");
+    r.replicate(&batch_from(1060, 10, 4), far()).await;
+    assert_eq!(pairs().len(), 3);
 }
