@@ -184,6 +184,9 @@ module "observability" {
   metrics_namespace        = var.metrics_namespace
   route_names              = module.replicator.route_names
   state_bucket_name        = module.state.bucket_name
-  alarm_actions            = var.alarm_actions
-  tags                     = var.tags
+  # The bucket name is known only after apply on a fresh state, and the alarm's count cannot
+  # wait for it: say outright that there is one.
+  discarded_batches_alarm_enabled = true
+  alarm_actions                   = var.alarm_actions
+  tags                            = var.tags
 }

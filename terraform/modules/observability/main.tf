@@ -14,6 +14,9 @@ locals {
 
   with_controller = var.controller_function_name != null
 
+  # A count must be known at plan time; a bucket name from a resource of the same apply is not.
+  discarded_batches = var.discarded_batches_alarm_enabled != null ? var.discarded_batches_alarm_enabled : var.state_bucket_name != null
+
   lambda_functions = compact([var.replicator_function_name, var.controller_function_name])
 
   # The same topics hear when an alarm clears, so whoever was paged sees it resolve.
@@ -151,7 +154,7 @@ resource "aws_cloudwatch_metric_alarm" "route_dead_letters" {
 # that prefix count the writes (a bucket metrics configuration; CloudWatch bills it as custom
 # metrics).
 resource "aws_s3_bucket_metric" "discarded_batches" {
-  count = var.state_bucket_name == null ? 0 : 1
+  count = local.discarded_batches ? 1 : 0
 
   bucket = var.state_bucket_name
   name   = "${var.name_prefix}-discarded-batches"
@@ -159,10 +162,17 @@ resource "aws_s3_bucket_metric" "discarded_batches" {
   filter {
     prefix = "aws/lambda/"
   }
+
+  lifecycle {
+    precondition {
+      condition     = var.state_bucket_name != null
+      error_message = "discarded_batches_alarm_enabled = true needs state_bucket_name (the state module's bucket_name output)."
+    }
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "discarded_batches" {
-  count = var.state_bucket_name == null ? 0 : 1
+  count = local.discarded_batches ? 1 : 0
 
   alarm_name        = "${var.name_prefix}-discarded-batches"
   alarm_description = "Lambda's event source mapping gave up on a batch and wrote it to its on-failure destination (s3://${coalesce(var.state_bucket_name, "-")}/aws/lambda/) in the last 5 minutes: those records were NOT replicated. `fanoutctl redrive --dry-run` lists each batch and what can be recovered; `fanoutctl redrive --on-failure` replays the records a batch holds. Cutover and commit are refused until they are redriven or acknowledged. This alarm clears by itself; the objects stay."

@@ -91,7 +91,13 @@ variable "retention_margin_hours" {
 
 variable "state_bucket_name" {
   type        = string
-  description = "Name of the state bucket, the replicator's on-failure destination (the state module's bucket_name output). Set: an S3 request-metrics filter on aws/lambda/ and an alarm when the event source mapping writes a discarded batch there. null: neither."
+  description = "Name of the state bucket, the replicator's on-failure destination (the state module's bucket_name output). Set: an S3 request-metrics filter on aws/lambda/ and an alarm when the event source mapping writes a discarded batch there (see discarded_batches_alarm_enabled). null: neither."
+  default     = null
+}
+
+variable "discarded_batches_alarm_enabled" {
+  type        = bool
+  description = "Whether to add the request-metrics filter and the discarded-batches alarm on state_bucket_name. null: if state_bucket_name is set, which works only when the name is known at plan time (a literal or a variable). Set it (true with state_bucket_name) when state_bucket_name comes from a resource created in the same apply, such as the state module's bucket_name output: the number of alarms cannot depend on a value known only after apply."
   default     = null
 }
 
