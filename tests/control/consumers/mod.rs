@@ -20,6 +20,7 @@ use super::drill::{fanoutctl, spawn_producer, verify, Produced};
 use super::*;
 
 mod apps;
+mod multi_stream;
 use apps::*;
 
 /// `fanoutctl positions translate` of the application's checkpoints on the old stream,
