@@ -274,6 +274,15 @@ async fn drill(reverse: bool) {
             .0,
         0
     );
+    if reverse {
+        // A consumer of the old stream, part-way, translated to the new one over both routes.
+        let (unseen, to_read, again) =
+            super::consumers::reverse::translation_holds_both_ways(&world, &migration).await;
+        eprintln!(
+            "translation over both routes: {unseen} records not seen and on the new stream, \
+             all to be read; {to_read} to read there, {again} of them seen already"
+        );
+    }
     assert_eq!(
         step(&["cutover", "--reason", "drill: try again"]).await.0,
         0

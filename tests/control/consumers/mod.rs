@@ -21,6 +21,7 @@ use super::*;
 
 mod apps;
 mod multi_stream;
+pub(crate) mod reverse;
 use apps::*;
 
 /// `fanoutctl positions translate` of the application's checkpoints on the old stream,

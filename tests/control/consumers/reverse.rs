@@ -1,0 +1,129 @@
+//! `fanoutctl positions translate` over a forward and a reverse route at once: in the drill
+//! with reverse replication, after the rollback (producers on the old stream, its originals
+//! copied to the new stream), a consumer of the old stream part-way through is translated to
+//! the new stream. The old stream holds the forward route's copies and the producers'
+//! originals; the answer combines both routes' positions.
+
+use std::collections::HashSet;
+
+use fanout::aws::source::KinesisSource;
+use fanout::seq::SequenceNumber;
+
+use super::super::*;
+
+/// Checks the translation of a consumer that has read two thirds of each shard of the old
+/// stream: every record it has not seen that the new stream holds is at or after the answer
+/// on the new stream's shards. Returns (not seen and on the new stream, to read there, of
+/// which seen already).
+pub(crate) async fn translation_holds_both_ways(
+    world: &World,
+    migration: &str,
+) -> (usize, usize, usize) {
+    let kinesis = KinesisSource::new(&world.new_account);
+    let drill = |recs: Vec<(String, fanout::model::SourceRecord)>| {
+        recs.into_iter()
+            .filter_map(|(shard, r)| {
+                let text = String::from_utf8_lossy(&r.data).into_owned();
+                let parts: Vec<&str> = text.split('|').collect();
+                (parts.len() == 3 && parts[2] == "drill").then(|| {
+                    (
+                        shard,
+                        r.seq.clone(),
+                        r.arrival_ms,
+                        (parts[0].to_owned(), parts[1].parse::<u64>().unwrap()),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let old = drill(kinesis.read_all(&world.target).await.unwrap());
+    let mut positions: Vec<(String, SequenceNumber)> = Vec::new();
+    let shards: HashSet<&String> = old.iter().map(|r| &r.0).collect();
+    for shard in shards {
+        let on: Vec<_> = old.iter().filter(|r| &r.0 == shard).collect();
+        positions.push((shard.clone(), on[on.len() * 2 / 3].1.clone()));
+    }
+    let seen_through =
+        |shard: &str, seq: &SequenceNumber| positions.iter().any(|(s, p)| s == shard && seq <= p);
+    let seen: HashSet<(String, u64)> = old
+        .iter()
+        .filter(|r| seen_through(&r.0, &r.1))
+        .map(|r| r.3.clone())
+        .collect();
+    let unseen: HashSet<(String, u64)> = old
+        .iter()
+        .filter(|r| !seen_through(&r.0, &r.1))
+        .map(|r| r.3.clone())
+        .filter(|k| !seen.contains(k))
+        .collect();
+
+    let mut args = vec![
+        "positions".to_owned(),
+        "translate".to_owned(),
+        "--from".to_owned(),
+        world.target.name().to_owned(),
+        "--to".to_owned(),
+        world.source.name().to_owned(),
+        "--output".to_owned(),
+        "json".to_owned(),
+    ];
+    for (shard, seq) in &positions {
+        args.push("--position".to_owned());
+        args.push(format!("{shard}={seq}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = support::fanoutctl(world, &[("FANOUT_MIGRATION", migration)], &args);
+    assert_eq!(code, 0, "{out}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        answer["routes"].as_array().map(Vec::len),
+        Some(2),
+        "the forward and the reverse route: {answer}"
+    );
+    let new = drill(kinesis.read_all(&world.source).await.unwrap());
+    let read_from = |shard: &str, seq: &SequenceNumber, arrival: Option<i64>| {
+        let r = answer["resume"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["shard_id"] == shard)
+            .unwrap_or_else(|| panic!("no answer for {shard}: {answer}"));
+        match r["type"].as_str().unwrap() {
+            "TRIM_HORIZON" => true,
+            "SHARD_END" => false,
+            "AFTER_SEQUENCE_NUMBER" => {
+                seq > &SequenceNumber::parse(r["sequence_number"].as_str().unwrap()).unwrap()
+            }
+            "AT_TIMESTAMP" => {
+                let at = chrono::DateTime::parse_from_rfc3339(r["timestamp"].as_str().unwrap())
+                    .unwrap()
+                    .timestamp_millis();
+                arrival.is_none_or(|a| a >= at)
+            }
+            other => panic!("unknown resume type {other}: {answer}"),
+        }
+    };
+    let on_new: HashSet<(String, u64)> = new.iter().map(|r| r.3.clone()).collect();
+    let will_read: Vec<(String, u64)> = new
+        .iter()
+        .filter(|r| read_from(&r.0, &r.1, r.2))
+        .map(|r| r.3.clone())
+        .collect();
+    let read_set: HashSet<(String, u64)> = will_read.iter().cloned().collect();
+    let missed: Vec<_> = unseen
+        .iter()
+        .filter(|k| on_new.contains(*k) && !read_set.contains(*k))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "not seen on the old stream, on the new stream, but before the translated position: \
+         {missed:?}\n{answer}"
+    );
+    let unseen_on_new = unseen.iter().filter(|k| on_new.contains(*k)).count();
+    assert!(
+        unseen_on_new > 0,
+        "the check had nothing to check: {answer}"
+    );
+    let again = will_read.iter().filter(|k| seen.contains(*k)).count();
+    (unseen_on_new, will_read.len(), again)
+}
