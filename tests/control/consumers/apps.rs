@@ -353,6 +353,21 @@ pub(super) async fn drill_records(
     world: &World,
     stream: &StreamArn,
 ) -> Vec<(String, SequenceNumber, String, u64)> {
+    drill_records_arrived(world, stream)
+        .await
+        .into_iter()
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// A drill record on a stream: (shard, sequence number, key, number).
+pub(super) type DrillRecord = (String, SequenceNumber, String, u64);
+
+/// [`drill_records`], each with its arrival time in the stream.
+pub(super) async fn drill_records_arrived(
+    world: &World,
+    stream: &StreamArn,
+) -> Vec<(DrillRecord, Option<i64>)> {
     KinesisSource::new(&world.new_account)
         .read_all(stream)
         .await
@@ -363,14 +378,44 @@ pub(super) async fn drill_records(
             let parts: Vec<&str> = text.split('|').collect();
             (parts.len() == 3 && parts[2] == "drill").then(|| {
                 (
-                    shard,
-                    r.seq.clone(),
-                    parts[0].to_owned(),
-                    parts[1].parse().unwrap(),
+                    (
+                        shard,
+                        r.seq.clone(),
+                        parts[0].to_owned(),
+                        parts[1].parse().unwrap(),
+                    ),
+                    r.arrival_ms,
                 )
             })
         })
         .collect()
+}
+
+/// `fanoutctl positions translate` of a consumer of the old stream at `positions` (shard,
+/// position) to the new stream; its JSON answer.
+pub(super) fn translate_to_new<'a>(
+    world: &World,
+    migration: &str,
+    positions: impl IntoIterator<Item = (&'a String, String)>,
+) -> serde_json::Value {
+    let mut args = vec![
+        "positions".to_owned(),
+        "translate".to_owned(),
+        "--from".to_owned(),
+        world.target.name().to_owned(),
+        "--to".to_owned(),
+        world.source.name().to_owned(),
+        "--output".to_owned(),
+        "json".to_owned(),
+    ];
+    for (shard, at) in positions {
+        args.push("--position".to_owned());
+        args.push(format!("{shard}={at}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, out) = support::fanoutctl(world, &[("FANOUT_MIGRATION", migration)], &args);
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(&out).unwrap()
 }
 
 /// (missed, duplicates, out of order) of what a consumer processed against what it should

@@ -37,24 +37,12 @@ async fn translation_holds(
     // Read after the checkpoints: the worker records what it processed before it checkpoints,
     // so this holds every record up to them.
     let processed = processed.lock().unwrap().clone();
-    let mut args = vec![
-        "positions".to_owned(),
-        "translate".to_owned(),
-        "--from".to_owned(),
-        world.target.name().to_owned(),
-        "--to".to_owned(),
-        world.source.name().to_owned(),
-        "--output".to_owned(),
-        "json".to_owned(),
-    ];
-    for (shard, (checkpoint, _)) in &now {
-        args.push("--position".to_owned());
-        args.push(format!("{shard}={checkpoint}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out) = support::fanoutctl(world, &[("FANOUT_MIGRATION", migration)], &args);
-    assert_eq!(code, 0, "{out}");
-    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let answer = translate_to_new(
+        world,
+        migration,
+        now.iter()
+            .map(|(shard, (checkpoint, _))| (shard, checkpoint.clone())),
+    );
     // What the checkpoints say was processed: on each old shard, up to its checkpoint.
     let seen: HashSet<(String, u64)> = processed
         .iter()

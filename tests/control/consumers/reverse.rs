@@ -6,10 +6,10 @@
 
 use std::collections::HashSet;
 
-use fanout::aws::source::KinesisSource;
 use fanout::seq::SequenceNumber;
 
 use super::super::*;
+use super::apps::{drill_records_arrived, translate_to_new, DrillRecord};
 
 /// Checks the translation of a consumer that has read two thirds of each shard of the old
 /// stream: every record it has not seen that the new stream holds is at or after the answer
@@ -19,24 +19,12 @@ pub(crate) async fn translation_holds_both_ways(
     world: &World,
     migration: &str,
 ) -> (usize, usize, usize) {
-    let kinesis = KinesisSource::new(&world.new_account);
-    let drill = |recs: Vec<(String, fanout::model::SourceRecord)>| {
+    let drill = |recs: Vec<(DrillRecord, Option<i64>)>| {
         recs.into_iter()
-            .filter_map(|(shard, r)| {
-                let text = String::from_utf8_lossy(&r.data).into_owned();
-                let parts: Vec<&str> = text.split('|').collect();
-                (parts.len() == 3 && parts[2] == "drill").then(|| {
-                    (
-                        shard,
-                        r.seq.clone(),
-                        r.arrival_ms,
-                        (parts[0].to_owned(), parts[1].parse::<u64>().unwrap()),
-                    )
-                })
-            })
+            .map(|((shard, seq, key, n), arrival)| (shard, seq, arrival, (key, n)))
             .collect::<Vec<_>>()
     };
-    let old = drill(kinesis.read_all(&world.target).await.unwrap());
+    let old = drill(drill_records_arrived(world, &world.target).await);
     let mut positions: Vec<(String, SequenceNumber)> = Vec::new();
     let shards: HashSet<&String> = old.iter().map(|r| &r.0).collect();
     for shard in shards {
@@ -57,30 +45,19 @@ pub(crate) async fn translation_holds_both_ways(
         .filter(|k| !seen.contains(k))
         .collect();
 
-    let mut args = vec![
-        "positions".to_owned(),
-        "translate".to_owned(),
-        "--from".to_owned(),
-        world.target.name().to_owned(),
-        "--to".to_owned(),
-        world.source.name().to_owned(),
-        "--output".to_owned(),
-        "json".to_owned(),
-    ];
-    for (shard, seq) in &positions {
-        args.push("--position".to_owned());
-        args.push(format!("{shard}={seq}"));
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (code, out) = support::fanoutctl(world, &[("FANOUT_MIGRATION", migration)], &args);
-    assert_eq!(code, 0, "{out}");
-    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let answer = translate_to_new(
+        world,
+        migration,
+        positions
+            .iter()
+            .map(|(shard, seq)| (shard, seq.to_string())),
+    );
     assert_eq!(
         answer["routes"].as_array().map(Vec::len),
         Some(2),
         "the forward and the reverse route: {answer}"
     );
-    let new = drill(kinesis.read_all(&world.source).await.unwrap());
+    let new = drill(drill_records_arrived(world, &world.source).await);
     let read_from = |shard: &str, seq: &SequenceNumber, arrival: Option<i64>| {
         let r = answer["resume"]
             .as_array()
