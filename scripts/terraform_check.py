@@ -10,9 +10,9 @@
    functions each runs, and where) is covered by the grants Terraform gives that role, in the
    new account (its own policies, per S3 key prefix) and in the old one (the writer role, the
    read role, or the streams' resource policies, with the example wiring the on-call role into
-   writer-access; the consumers role for the old streams' Lambda consumers), in both access
-   modes; failures name the command, the action and the
-   Terraform resource to add it to.
+   writer-access; the consumers role for the old streams' Lambda consumers; a KCL
+   application's role for `consumers move`), in both access modes; failures name the command,
+   the action and the Terraform resource to add it to.
 5. Two-person rule: the on-call role's trust policy makes the session name the caller's IAM
    user name, and the controller has an IAM-authenticated function URL.
 
@@ -309,7 +309,9 @@ NOT_DEPLOYED = {
     "src/aws/source.rs::KinesisSource::ensure_consumer": "fanoutctl replicate --efo",
     "src/aws/source.rs::KinesisSource::subscribe": "fanoutctl replicate --efo",
     # A KCL application's own lease table, in its own account: `consumers move` needs that
-    # table's grants (--kcl-role-arn), which no module of ours deploys (docs/runbook.md says so).
+    # table's grants, which no module of ours deploys (docs/runbook.md says so): its owners give
+    # them to a role the on-call role assumes (--kcl-role-arn), and that assume step is checked
+    # (ASSUME_KCL in RUNBOOK_COMMANDS["consumers"]).
     "src/aws/kcl.rs::KclTable::leases": "the application's lease table (consumers move)",
     "src/aws/kcl.rs::KclTable::put": "the application's lease table (consumers move)",
     "src/aws/kcl.rs::KclTable::delete": "the application's lease table (consumers move)",
@@ -329,6 +331,7 @@ WRITER_REVERSE = "old streams as the writer, reverse replication"  # with writer
 READER = "old streams as a reader"  # the read role, or the streams' policies (reader_trusted_role_arns)
 ASSUME_OLD_CONSUMERS = "assume the consumers role"  # FANOUT_OLD_CONSUMERS_ROLE_ARN (both modes)
 OLD_CONSUMERS = "old account's mappings"  # through the consumers role (consumers_trusted_role_arns), both modes
+ASSUME_KCL = "assume a KCL application's role"  # consumers move --kcl-role-arn (the controller's kcl_role_arns), both modes
 
 # S3 objects an action touches (a statement must cover each), as the key pattern under the
 # bucket; for s3:ListBucket, the s3:prefix the listing uses.
@@ -505,7 +508,8 @@ POSITIONS = LOAD + [
 ]
 RUNBOOK_COMMANDS["positions"] = POSITIONS
 # src/bin/fanoutctl/consumers.rs: a translation, and the destination's creation time (part of a
-# multi-stream lease key). The lease table itself is the application's (NOT_DEPLOYED).
+# multi-stream lease key). The lease table itself is the application's (NOT_DEPLOYED), reached
+# through the application's role (--kcl-role-arn), which the on-call role may assume.
 # ...and `consumers add`: the state item, the mapping found and set, the history (where
 # `consumers move` records a move too).
 RUNBOOK_COMMANDS["consumers"] = POSITIONS + [
@@ -522,6 +526,8 @@ RUNBOOK_COMMANDS["consumers"] = POSITIONS + [
     step("lambda.rs::Mappings::list", OLD_CONSUMERS),
     step("lambda.rs::Mappings::get", OLD_CONSUMERS),
     step("lambda.rs::Mappings::enable", OLD_CONSUMERS),
+    # `consumers move --kcl-role-arn`: the application's role, for its lease table
+    step("verifications.rs::assumed_role_config", ASSUME_KCL),
 ]
 # Commands docs/runbook.md names that the on-call role is not meant to run.
 RUNBOOK_OUTSIDE = {
@@ -860,6 +866,8 @@ def resource_hint(action: str, where: str) -> tuple[str, str]:
     if action == "sts:AssumeRole":
         if where == ASSUME_OLD_CONSUMERS:
             return "var.old_consumers_role_arn", "the old account's consumers role"
+        if where == ASSUME_KCL:
+            return "var.kcl_role_arns", "the KCL applications' roles"
         return ("var.reader_role_arn", "the read role") if where == ASSUME_READER else ("var.writer_role_arn", "the writer role")
     return "", "any resource"
 
@@ -933,6 +941,13 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
                         if not any(covers(s, action, hint, None) for s in own):
                             need(command, f"{action} on {label} ({fn}){in_mode}", f"no statement of the on-call role's policies grants it; add one on {hint} to {migrate}")
                         continue
+                    if where == ASSUME_KCL:
+                        # Both modes: the application's role, wherever its lease table is; only
+                        # people move a KCL application, so the on-call role's own document.
+                        hint, label = resource_hint(action, where)
+                        if not any(covers(s, action, hint, None) for s in own):
+                            need(command, f"{action} on {label} ({fn}){in_mode}", f"no statement of the on-call role's policies grants it; add one on {hint} to {operate}")
+                        continue
                     if where == OLD_CONSUMERS:
                         # The old account's mappings, through writer-access's consumers role, in both modes.
                         hint, label = resource_hint(action, where)
@@ -989,6 +1004,14 @@ def check_oncall(parsed: dict[Path, dict], actions: dict[str, set[str]]) -> None
             need("the flips and `consumers add` for consumers of the old streams", f"{who} in writer-access's consumers_trusted_role_arns", f"it is not there: add {ref} to module.writer_access's consumers_trusted_role_arns ({example.relative_to(ROOT)})")
     if not [v for v in flat_strings(ctl_call.get("old_consumers_role_arn", [])) if v != "null"]:
         need("the flips and `consumers add` for consumers of the old streams", "the consumers role's ARN in the controller module (old_consumers_role_arn)", f"it is not given: pass it to module.controller ({example.relative_to(ROOT)}), as local.old_consumers_role_arn")
+    # Only people move a KCL application: the function's role must not assume its role.
+    function_docs = documents_of_role(parsed, "controller", "this")
+    for st in policy_statements(parsed, "controller"):
+        if st.doc in function_docs and covers(st, "sts:AssumeRole", "var.kcl_role_arns", None):
+            problem(f"modules/controller data.aws_iam_policy_document.{st.doc}/{st.sid}: the controller's role may assume the KCL applications' roles (var.kcl_role_arns); only the on-call role runs `consumers move`: move the statement to data.aws_iam_policy_document.operate")
+    # `consumers move --kcl-role-arn`: the KCL applications' roles, set in the example's tfvars.
+    if "var.kcl_role_arns" not in " ".join(flat_strings(ctl_call.get("kcl_role_arns", []))):
+        need("consumers", "the KCL applications' roles in the controller module (kcl_role_arns)", f"they are not given: pass var.kcl_role_arns to module.controller ({example.relative_to(ROOT)})")
 
     for what, commands in missing.items():
         names = ", ".join(f"`fanoutctl {c}`" if c in RUNBOOK_COMMANDS else c for c in dict.fromkeys(commands))

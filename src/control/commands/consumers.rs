@@ -58,6 +58,10 @@ pub struct ConsumerView {
     pub wanted: bool,
     /// As Lambda describes it (`None`: not found).
     pub mapping: Option<MappingFacts>,
+    /// A consumer that moves, once committed: its mappings on the new stream (none: not
+    /// moved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved: Option<Vec<MappingFacts>>,
 }
 
 fn word(on: bool) -> &'static str {
@@ -581,10 +585,19 @@ pub(super) async fn views<C: ControlStore>(
 ) -> Result<Vec<ConsumerView>, StoreError> {
     let mut out = Vec::new();
     for c in &st.migration.consumers {
+        let moved = match &c.moves_to {
+            Some(mv) if st.state == State::Committed => Some(
+                ctx.control
+                    .mappings(false, &mv.function, &mv.stream)
+                    .await?,
+            ),
+            _ => None,
+        };
         out.push(ConsumerView {
             consumer: c.clone(),
             wanted: c.enabled_in(st.state),
             mapping: ctx.control.mapping(c.old, &c.mapping).await?,
+            moved,
         });
     }
     Ok(out)

@@ -185,10 +185,29 @@ impl Report {
                             }
                         ));
                         if let Some(mv) = &v.consumer.moves_to {
-                            out.push_str(&format!(
-                                "  {:<16} moves at the commit to {} ({})\n",
-                                "", mv.stream, mv.function
-                            ));
+                            let line = match v.moved.as_deref() {
+                                None => format!(
+                                    "moves at the commit to {} ({})",
+                                    mv.stream, mv.function
+                                ),
+                                Some([]) => format!(
+                                    "NOT MOVED: no mapping of {} on {}; the commit's answer in \
+                                     `fanoutctl history` has the command that creates it",
+                                    mv.function, mv.stream
+                                ),
+                                Some(ms) => format!(
+                                    "moved to {}: {}",
+                                    mv.stream,
+                                    ms.iter()
+                                        .map(|m| format!(
+                                            "mapping {} of {} {}",
+                                            m.uuid, m.function_arn, m.state
+                                        ))
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            };
+                            out.push_str(&format!("  {:<16} {line}\n", ""));
                         }
                     }
                 }

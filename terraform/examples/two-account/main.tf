@@ -141,6 +141,8 @@ module "controller" {
   oncall_role_name                = var.oncall_role_name
   oncall_require_mfa              = var.oncall_require_mfa
   oncall_session_name_is_username = var.oncall_session_name_is_username
+  # KCL applications' roles, for `fanoutctl consumers move --kcl-role-arn`.
+  kcl_role_arns = var.kcl_role_arns
 
   tags = var.tags
 }

@@ -291,6 +291,12 @@ variable "oncall_session_name_is_username" {
   default     = true
 }
 
+variable "kcl_role_arns" {
+  type        = list(string)
+  description = "Roles of KCL applications that the on-call role may assume for `fanoutctl consumers move --kcl-role-arn <role>` (module controller's kcl_role_arns): each application's owners create one with dynamodb:Scan, PutItem and DeleteItem on its lease table, trusting the on-call role. Empty = none."
+  default     = []
+}
+
 # --- Alarms -------------------------------------------------------------------------------------
 
 variable "name_prefix" {

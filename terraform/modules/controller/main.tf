@@ -462,8 +462,8 @@ resource "aws_iam_role_policy" "oncall_migrate" {
 }
 
 # What only the on-call role does: invoke the controller, and the runbook commands the function
-# never runs (verify, redrive). scripts/terraform_check.py checks this document and `migrate`
-# against every runbook command's AWS calls.
+# never runs (verify, redrive, consumers move). scripts/terraform_check.py checks this document
+# and `migrate` against every runbook command's AWS calls.
 data "aws_iam_policy_document" "operate" {
   # `aws lambda invoke`. Function URLs need this action too (since October 2025).
   statement {
@@ -532,6 +532,18 @@ data "aws_iam_policy_document" "operate" {
       sid       = "AssumeReaderRole"
       actions   = ["sts:AssumeRole"]
       resources = [var.reader_role_arn]
+    }
+  }
+
+  # `fanoutctl consumers move --kcl-role-arn <role>` rewrites a KCL application's lease table,
+  # the application's own (often in another account): its owners give a role with the table's
+  # dynamodb:Scan, PutItem and DeleteItem that trusts the on-call role. Both access modes.
+  dynamic "statement" {
+    for_each = length(var.kcl_role_arns) > 0 ? [1] : []
+    content {
+      sid       = "AssumeKclRoles"
+      actions   = ["sts:AssumeRole"]
+      resources = var.kcl_role_arns
     }
   }
 

@@ -538,6 +538,18 @@ variable "oncall_session_name_is_username" {
   default     = true
 }
 
+variable "kcl_role_arns" {
+  type        = list(string)
+  description = "Roles the on-call role may assume for `fanoutctl consumers move --kcl-role-arn <role>`, which rewrites a KCL application's lease table: that table is the application's own, often in another account, so each application's owners create a role with dynamodb:Scan, PutItem and DeleteItem on it that trusts this module's oncall_role_arn. The on-call role (not the function's: the controller never moves a KCL application) gets sts:AssumeRole on exactly these. Empty = no such grant."
+  nullable    = false
+  default     = []
+
+  validation {
+    condition     = alltrue([for r in var.kcl_role_arns : can(regex("^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[A-Za-z0-9+=,.@_/-]+$", r))])
+    error_message = "Every kcl_role_arns entry must be an IAM role ARN (arn:aws:iam::<account id>:role/<name>)."
+  }
+}
+
 variable "tags" {
   type        = map(string)
   description = "Tags for every resource of the module that takes tags."

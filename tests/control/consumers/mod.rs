@@ -355,6 +355,7 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
             ))
             && status.contains(&format!("audit-lambda     mapping {audit_mapping}"))
             && status.contains("Disabled  (old account)")
+            && status.contains(&format!("moved to {}: mapping {}", world.source, moved[0]))
             && !status.contains("EXPECTED"),
         "{status}"
     );

@@ -425,6 +425,26 @@ async fn a_consumer_of_an_old_stream_is_switched_off_at_the_commit_and_moved_fro
         "{:?}",
         ctx.control.history()
     );
+    // `status` shows where it went.
+    let status = Request {
+        command: CommandName::Status,
+        ..rollback()
+    };
+    let view = execute(&ctx, &status)
+        .await
+        .status
+        .unwrap()
+        .consumers
+        .unwrap();
+    let moved = view[0].moved.clone().unwrap();
+    assert_eq!(
+        (
+            moved.len(),
+            moved[0].uuid.as_str(),
+            view[0].mapping.as_ref().unwrap().state.as_str()
+        ),
+        (1, "created-1", "Disabled")
+    );
 }
 
 #[tokio::test(start_paused = true)]

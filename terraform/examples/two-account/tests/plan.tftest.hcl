@@ -93,6 +93,10 @@ run "plan_everything" {
       { name = "billing", function_arn = "arn:aws:lambda:us-east-1:123456789012:function:billing-new", stream_arn = "arn:aws:kinesis:us-east-1:123456789012:stream/orders" },
       { name = "audit", function_arn = "arn:aws:lambda:us-east-1:222222222222:function:audit", stream_arn = "arn:aws:kinesis:us-east-1:222222222222:stream/orders", moves_to_function = "arn:aws:lambda:us-east-1:123456789012:function:audit", lag_allowance = "5m" },
     ]
+    # The on-call role's AssumeKclRoles statement (module controller's kcl_role_arns) is planned.
+    # Its JSON cannot be asserted here: the mocked provider gives every aws_iam_policy_document
+    # an empty Statement list; scripts/terraform_check.py checks the statement and the wiring.
+    kcl_role_arns = ["arn:aws:iam::333333333333:role/billing-app-leases"]
   }
 
   assert {
