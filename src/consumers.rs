@@ -2,9 +2,13 @@
 //! "where does a consumer of stream X resume on stream Y", and how the answers of a forward
 //! and a reverse route combine.
 
+use std::collections::BTreeMap;
+
 use crate::control::record::{LogicalStream, Migration};
 use crate::model::StreamArn;
-use crate::positions::{Resume, Translated, Translation};
+use crate::positions::{
+    target_time_to_source_start, Resume, ShardPositions, StreamShard, Translated, Translation,
+};
 
 /// Which way a route's positions are translated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +98,32 @@ pub fn resolve(migration: &Migration, from: &str, to: &str) -> Result<Move, Stri
         to_old: !from_old,
         legs,
     })
+}
+
+/// One start for every shard of `mv.to` (a Lambda mapping's `AT_TIMESTAMP`) for a consumer
+/// that has processed everything that arrived in `mv.from` before `at_ms`: the earliest over
+/// the routes. `positions`: the position map of each route read target → source (the others
+/// need none: a copy arrives in its target after its original arrived in the source).
+pub fn lambda_start(
+    mv: &Move,
+    positions: &BTreeMap<String, Vec<ShardPositions>>,
+    to_shards: &[StreamShard],
+    at_ms: i64,
+    margin_ms: i64,
+) -> Result<i64, String> {
+    let mut start: Option<i64> = None;
+    for leg in &mv.legs {
+        let one = match leg.direction {
+            Direction::TargetToSource => {
+                let shards = positions.get(&leg.route).map(Vec::as_slice).unwrap_or(&[]);
+                target_time_to_source_start(shards, to_shards, at_ms, margin_ms)
+                    .map_err(|e| format!("route {}: {e}", leg.route))?
+            }
+            Direction::SourceToTarget => at_ms - margin_ms,
+        };
+        start = Some(start.map_or(one, |s| s.min(one)));
+    }
+    start.ok_or_else(|| format!("no route copies {} to {}", mv.from, mv.to))
 }
 
 /// Two routes' answers for the same shards: each shard resumes at the earlier of the two

@@ -238,14 +238,16 @@ impl ControlStore for AwsControl {
             .await
     }
 
-    async fn shard_ids(&self, stream: &str) -> Result<Vec<String>, StoreError> {
+    async fn stream_shards(
+        &self,
+        stream: &str,
+    ) -> Result<Vec<crate::positions::StreamShard>, StoreError> {
         let arn = StreamArn::parse(stream).map_err(|e| StoreError {
             code: "BadStream".to_owned(),
             message: e.to_string(),
         })?;
         super::positions::stream_shards(&self.sdk, &arn)
             .await
-            .map(|shards| shards.into_iter().map(|s| s.shard_id).collect())
             .map_err(|e| StoreError {
                 code: e.code,
                 message: e.message,

@@ -103,7 +103,7 @@ impl ShardPositions {
 }
 
 /// A shard of a stream as ListShards describes it, for placing a consumer on it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StreamShard {
     pub shard_id: String,
     /// The parent and the adjacent parent, when the shard came from a split or a merge.
@@ -435,39 +435,51 @@ pub fn target_time_to_source(shards: &[ShardPositions], at_ms: i64, margin_ms: i
 }
 
 /// Like [`target_time_to_source`], with one starting time for every shard of the source (a
-/// Lambda mapping's `AT_TIMESTAMP`): on each of `source_shards`, the last pair written before
-/// `at_ms` less the margin whose `to` has a known arrival time; every record after that `to`
-/// arrived at or after it (a shard's arrival times do not go back). The earliest of these less
-/// the margin, or `Err` naming a shard with no such pair (start from the trim horizon).
+/// Lambda mapping's `AT_TIMESTAMP`). On each of `source_shards`: the last pair written before
+/// `at_ms` less the margin whose `to` has a known arrival time. Every record up to that `to`
+/// was in the target before then, so seen; an `AT_TIMESTAMP` iterator starts at the first
+/// record (in sequence order) that arrived at or after its time, which for any time up to the
+/// arrival of the record at `to` is at or before `to`: every later record is read. (Arrival
+/// times need not increase along a shard for this.) A closed shard whose pairs before then
+/// reach its end needs nothing. The earliest of these arrival times less the margin, or `Err`
+/// naming a shard with no such pair (start from the trim horizon).
 pub fn target_time_to_source_start(
     shards: &[ShardPositions],
-    source_shards: &[String],
+    source_shards: &[StreamShard],
     at_ms: i64,
     margin_ms: i64,
 ) -> Result<i64, String> {
     let mut start: Option<i64> = None;
-    for id in source_shards {
-        let found = shards
+    for shard in source_shards {
+        let pairs: Vec<PositionPair> = shards
             .iter()
-            .find(|s| &s.shard_id == id)
-            .and_then(|s| {
-                s.all()
-                    .into_iter()
-                    .rev()
-                    .filter(|p| p.at_ms <= at_ms - margin_ms)
-                    .find_map(|p| p.to_arrival_ms)
-            })
+            .find(|s| s.shard_id == shard.shard_id)
+            .map(ShardPositions::all)
+            .unwrap_or_default();
+        let before: Vec<&PositionPair> = pairs
+            .iter()
+            .filter(|p| p.at_ms <= at_ms - margin_ms)
+            .collect();
+        if let Some(end) = &shard.ending {
+            if before.iter().any(|p| &p.to >= end) {
+                continue;
+            }
+        }
+        let found = before
+            .iter()
+            .rev()
+            .find_map(|p| p.to_arrival_ms)
             .ok_or_else(|| {
                 format!(
-                    "shard {id} has no recorded position from before {}",
+                    "shard {} has no recorded position from before {}",
+                    shard.shard_id,
                     crate::time::rfc3339_ms(at_ms - margin_ms)
                 )
             })?;
         start = Some(start.map_or(found, |s| s.min(found)));
     }
-    start
-        .map(|s| s - margin_ms)
-        .ok_or_else(|| "the stream has no shards".to_owned())
+    // Every shard was read to its end: nothing is left to read, from any time.
+    Ok(start.unwrap_or(at_ms) - margin_ms)
 }
 
 /// A consumer of the route's source that has processed everything that arrived there before

@@ -234,11 +234,11 @@ pub trait ControlStore: Send + Sync {
         route: &str,
     ) -> impl Future<Output = Result<Vec<crate::positions::ShardPositions>, StoreError>> + Send;
 
-    /// The shard ids of one of the new account's streams, open and closed.
-    fn shard_ids(
+    /// The shards of one of the new account's streams, open and closed.
+    fn stream_shards(
         &self,
         stream: &str,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<crate::positions::StreamShard>, StoreError>> + Send;
 
     /// Measures what a forward route can carry (the `capacity` guard).
     fn measure_capacity(

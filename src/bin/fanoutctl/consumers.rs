@@ -355,7 +355,7 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
                 mv.to,
                 to_write.len(),
                 to_drop.len(),
-                plan.add
+                to_write
                     .iter()
                     .map(|a| format!("{} from {}", a.key, a.checkpoint))
                     .collect::<Vec<_>>()

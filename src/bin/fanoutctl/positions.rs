@@ -9,7 +9,7 @@ use fanout::aws::control::AwsControl;
 use fanout::aws::load_sdk_config;
 use fanout::aws::positions::{stream_shards, PositionMap};
 use fanout::aws::verifications::{assumed_role_config, old_account_config};
-use fanout::consumers::{combine, resolve, Direction, Move};
+use fanout::consumers::{combine, lambda_start, resolve, Direction, Move};
 use fanout::control::commands::load_migration;
 use fanout::model::StreamArn;
 use fanout::positions::{
@@ -209,6 +209,35 @@ pub async fn translate(
     Ok(answer.unwrap_or_default())
 }
 
+/// With `--at`: one `AT_TIMESTAMP` for every shard of `mv.to`, for a Lambda event source
+/// mapping (which takes one start for the whole stream); `Err` says why it is the trim
+/// horizon instead.
+pub async fn lambda_start_at(
+    clients: &Clients,
+    at: &Where,
+    mv: &Move,
+    time_ms: i64,
+) -> Result<Result<i64, String>, String> {
+    let margin = parse_duration(&at.margin)
+        .map_err(|e| format!("--margin: {e}"))?
+        .as_millis() as i64;
+    let map = PositionMap::new(&clients.new, &at.table);
+    let to_shards = shards_of(clients, &mv.to, mv.to_old).await?;
+    let mut positions = BTreeMap::new();
+    for leg in mv
+        .legs
+        .iter()
+        .filter(|l| l.direction == Direction::TargetToSource)
+    {
+        let p = map
+            .shard_positions(&leg.route, fanout::time::now_ms())
+            .await
+            .map_err(|e| format!("cannot read the positions of route {}: {e}", leg.route))?;
+        positions.insert(leg.route.clone(), p);
+    }
+    Ok(lambda_start(mv, &positions, &to_shards, time_ms, margin))
+}
+
 pub fn resume_words(r: &Resume) -> String {
     match r {
         Resume::TrimHorizon => "TRIM_HORIZON".to_owned(),
@@ -281,11 +310,27 @@ pub async fn positions(command: PositionsCommand) -> Result<ExitCode, String> {
     let clients = clients(&args.at).await;
     let mv = resolve_move(&clients, &args.at).await?;
     let t = translate(&clients, &args.at, &mv, &consumer).await?;
+    let lambda = match consumer {
+        ConsumerAt::Time(ms) => Some(lambda_start_at(&clients, &args.at, &mv, ms).await?),
+        ConsumerAt::Shards(_) => None,
+    };
     match args.output {
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&translation_json(&mv, &t)).map_err(|e| e.to_string())?
-        ),
+        Output::Json => {
+            let mut v = translation_json(&mv, &t);
+            if let Some(l) = &lambda {
+                v["lambda_start"] = match l {
+                    Ok(ms) => serde_json::json!({
+                        "type": "AT_TIMESTAMP",
+                        "timestamp": fanout::time::rfc3339_ms(*ms),
+                    }),
+                    Err(why) => serde_json::json!({"type": "TRIM_HORIZON", "because": why}),
+                };
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&v).map_err(|e| e.to_string())?
+            )
+        }
         Output::Text => {
             let routes: Vec<&str> = mv.legs.iter().map(|l| l.route.as_str()).collect();
             println!("{} → {} (routes: {})", mv.from, mv.to, routes.join(", "));
@@ -301,6 +346,20 @@ pub async fn positions(command: PositionsCommand) -> Result<ExitCode, String> {
             println!("May be seen twice (sequence numbers of the original records):");
             for line in duplicate_lines(&t) {
                 println!("{line}");
+            }
+            match &lambda {
+                Some(Ok(ms)) => println!(
+                    "Lambda mapping on {} (one start for every shard): --starting-position \
+                     AT_TIMESTAMP --starting-position-timestamp {}",
+                    mv.to.name(),
+                    fanout::time::rfc3339_ms(*ms)
+                ),
+                Some(Err(why)) => println!(
+                    "Lambda mapping on {} (one start for every shard): --starting-position \
+                     TRIM_HORIZON ({why})",
+                    mv.to.name()
+                ),
+                None => {}
             }
         }
     }

@@ -6,10 +6,9 @@
 #[allow(unused_imports)]
 use super::*;
 
-use crate::consumers::{resolve, Direction};
+use crate::consumers::{lambda_start, resolve, Direction};
 use crate::control::record::{Consumer, MovesTo};
 use crate::ports::control::MappingFacts;
-use crate::positions::target_time_to_source_start;
 
 /// Clock allowance of a moved consumer's start (the replicator's clock against Kinesis's
 /// arrival times).
@@ -409,49 +408,34 @@ pub(super) async fn switch<C: ControlStore>(
 ) -> String {
     let mut done = Vec::new();
     for c in &st.migration.consumers {
+        if let (Some(mv), State::Committed) = (&c.moves_to, to) {
+            done.extend(move_consumer(ctx, st, c, mv).await);
+            continue;
+        }
         let want = c.enabled_in(to);
         let now = ctx.control.mapping(c.old, &c.mapping).await;
-        // When the old mapping stopped taking records: for a move's start.
-        let mut switched_off = match &now {
-            Ok(Some(m)) if m.enabled() == Some(false) => m.last_modified_ms,
-            _ => None,
-        };
-        if !matches!(&now, Ok(Some(m)) if m.enabled() == Some(want)) {
-            let asked = now_ms();
+        if matches!(&now, Ok(Some(m)) if m.enabled() == Some(want)) {
+            continue;
+        }
+        done.push(
             match ctx.control.enable_mapping(c.old, &c.mapping, want).await {
-                Ok(m) => {
-                    switched_off = Some(asked);
-                    done.push(format!(
-                        "consumer {} {} ({})",
-                        c.name,
-                        word(want).to_lowercase(),
-                        m.state
-                    ))
-                }
-                Err(e) => {
-                    done.push(format!(
-                        "consumer {} NOT {}: {e}; run `aws lambda update-event-source-mapping \
-                         --uuid {} --{}enabled` in the {} account{}",
-                        c.name,
-                        word(want).to_lowercase(),
-                        c.mapping,
-                        if want { "" } else { "no-" },
-                        c.account(),
-                        if c.moves_to.is_some() && to == State::Committed {
-                            ", then move it by hand (docs/runbook.md, \"Lambda consumers\")"
-                        } else {
-                            ""
-                        }
-                    ));
-                    continue;
-                }
-            }
-        }
-        if let (Some(mv), State::Committed) = (&c.moves_to, to) {
-            if let Some(line) = move_consumer(ctx, st, c, mv, switched_off).await {
-                done.push(line);
-            }
-        }
+                Ok(m) => format!(
+                    "consumer {} {} ({})",
+                    c.name,
+                    word(want).to_lowercase(),
+                    m.state
+                ),
+                Err(e) => format!(
+                    "consumer {} NOT {}: {e}; run `aws lambda update-event-source-mapping --uuid \
+                     {} --{}enabled` in the {} account",
+                    c.name,
+                    word(want).to_lowercase(),
+                    c.mapping,
+                    if want { "" } else { "no-" },
+                    c.account()
+                ),
+            },
+        );
     }
     if done.is_empty() {
         String::new()
@@ -460,45 +444,72 @@ pub(super) async fn switch<C: ControlStore>(
     }
 }
 
-/// Gives consumer `c` (an old stream's, switched off at `switched_off`) its mapping on the new
-/// stream, unless it has one already. The old mapping had processed everything that arrived
-/// in the old stream before `switched_off` less the lag allowance; the position map turns
-/// that into the earliest arrival time in the new stream of a record it may not have seen.
+/// How long the commit waits for a moving consumer's old mapping to be Disabled before it
+/// creates the new one (two mappings invoking at once would only repeat records, but a
+/// mapping that will not settle needs a person).
+const DISABLE_WAIT: Duration = Duration::from_secs(60);
+
+/// At the commit: switches off consumer `c`'s mapping on the old stream and gives it a mapping
+/// of `mv.function` on the new stream. The old mapping has processed everything that arrived
+/// in the old stream before it was switched off less the lag allowance; the position map
+/// turns that into the earliest arrival time in the new stream of a record it may not have
+/// seen. Only the commit's flip calls this, once (a registration is refused during a flip
+/// and once committed), so no two calls race to create two mappings. Nothing is created when
+/// the time it stopped is not known, or while it may still take records.
 async fn move_consumer<C: ControlStore>(
     ctx: &Context<C>,
     st: &StoredState,
     c: &Consumer,
     mv: &MovesTo,
-    switched_off: Option<i64>,
-) -> Option<String> {
-    match ctx.control.mappings(false, &mv.function, &mv.stream).await {
-        Ok(found) if !found.is_empty() => return None,
-        Ok(_) => {}
-        Err(e) => {
-            return Some(format!(
-                "consumer {} NOT moved: cannot list the mappings of {} on {}: {e}",
-                c.name, mv.function, mv.stream
-            ))
+) -> Vec<String> {
+    let translate_by_hand = format!(
+        "`fanoutctl positions translate --from {} --to {} --at <that time less its lag>` gives \
+         the start (its Lambda line)",
+        c.stream, mv.stream
+    );
+    let m = match ctx.control.mapping(true, &c.mapping).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return vec![format!(
+                "consumer {} NOT moved: its mapping {} is not in the old account (deleted?); \
+                 nothing was created. Find when it stopped (CloudTrail: \
+                 DeleteEventSourceMapping), then {translate_by_hand}",
+                c.name, c.mapping
+            )]
         }
-    }
-    let by_hand = |start: &str| {
-        format!(
-            "run `aws lambda create-event-source-mapping --function-name {} --event-source-arn \
-             {} {start}` in the new account",
-            mv.function, mv.stream
-        )
+        Err(e) => {
+            return vec![format!(
+                "consumer {} NOT moved: its mapping {} could not be read ({e}); nothing was \
+                 changed or created. Switch it off (`aws lambda update-event-source-mapping \
+                 --uuid {} --no-enabled` in the old account), then {translate_by_hand}",
+                c.name, c.mapping, c.mapping
+            )]
+        }
     };
-    let Some(off) = switched_off else {
-        return Some(format!(
-            "consumer {} NOT moved: Lambda does not say when mapping {} was switched off; find \
-             the start with `fanoutctl positions translate --from {} --to {} --at <then less \
-             the lag>` and {}",
-            c.name,
-            c.mapping,
-            c.stream,
-            mv.stream,
-            by_hand("--starting-position AT_TIMESTAMP --starting-position-timestamp <earliest>")
-        ));
+    if m.state != "Enabled" {
+        return vec![format!(
+            "consumer {} NOT moved: its mapping {} was {} before the commit switched it off, so \
+             fanout cannot tell when it stopped taking records; nothing was created. Find when \
+             (CloudTrail: UpdateEventSourceMapping), then {translate_by_hand}",
+            c.name, c.mapping, m.state
+        )];
+    }
+    let asked = now_ms();
+    let mut lines = Vec::new();
+    // Lambda's time of the change bounds a fast local clock (fanoutctl runs on laptops).
+    let off = match ctx.control.enable_mapping(true, &c.mapping, false).await {
+        Ok(m) => {
+            lines.push(format!("consumer {} disabled ({})", c.name, m.state));
+            m.last_modified_ms.map_or(asked, |at| at.min(asked))
+        }
+        Err(e) => {
+            return vec![format!(
+                "consumer {} NOT disabled: {e}; nothing was created (both mappings would run). \
+                 Run `aws lambda update-event-source-mapping --uuid {} --no-enabled` in the old \
+                 account; then, with the time you ran it, {translate_by_hand}",
+                c.name, c.mapping
+            )];
+        }
     };
     let seen_until = off - mv.lag_allowance_ms;
     let (start, why) = match move_start(ctx, st, c, mv, seen_until).await {
@@ -508,40 +519,89 @@ async fn move_consumer<C: ControlStore>(
         ),
         Err(e) => (None, format!("TRIM_HORIZON ({e})")),
     };
-    let how = match start {
-        Some(ms) => format!(
-            "--starting-position AT_TIMESTAMP --starting-position-timestamp {}",
-            crate::time::rfc3339_ms(ms)
-        ),
-        None => "--starting-position TRIM_HORIZON".to_owned(),
-    };
-    Some(
-        match ctx
-            .control
-            .create_mapping(&mv.function, &mv.stream, start, None)
-            .await
-        {
-            Ok(m) => format!(
-                "consumer {} moved to {}: mapping {} of {} from {why} ({}); its old mapping had \
-                 processed everything that arrived before {} (switched off at {}, at most {} \
-                 behind); records from the new start that it had processed come again",
+    let by_hand = format!(
+        "run `aws lambda create-event-source-mapping --function-name {} --event-source-arn {} \
+         --starting-position {}` in the new account",
+        mv.function,
+        mv.stream,
+        match start {
+            Some(ms) => format!(
+                "AT_TIMESTAMP --starting-position-timestamp {}",
+                crate::time::rfc3339_ms(ms)
+            ),
+            None => "TRIM_HORIZON".to_owned(),
+        }
+    );
+    // Not two mappings invoking at once: the old one finishes its batch in flight first.
+    let waited = tokio::time::Instant::now();
+    loop {
+        match ctx.control.mapping(true, &c.mapping).await {
+            Ok(Some(m)) if m.state == "Disabled" => break,
+            now if waited.elapsed() >= DISABLE_WAIT => {
+                let state = match now {
+                    Ok(Some(m)) => m.state,
+                    Ok(None) => "gone".to_owned(),
+                    Err(e) => format!("unreadable ({e})"),
+                };
+                lines.push(format!(
+                    "consumer {} NOT moved yet: its mapping {} is still {state} after {} s; \
+                     once it is Disabled, {by_hand}",
+                    c.name,
+                    c.mapping,
+                    DISABLE_WAIT.as_secs()
+                ));
+                return lines;
+            }
+            _ => tokio::time::sleep(ctx.poll).await,
+        }
+    }
+    lines.push(
+        match ctx.control.mappings(false, &mv.function, &mv.stream).await {
+            Ok(found) if !found.is_empty() => format!(
+                "consumer {} NOT moved: {} has a mapping on {} already ({}); none was created. \
+                 Make sure it is Enabled and started no later than {why}; otherwise delete it \
+                 and {by_hand}",
                 c.name,
+                mv.function,
                 mv.stream,
-                m.uuid,
-                m.function_arn,
-                m.state,
-                crate::time::rfc3339_ms(seen_until),
-                crate::time::rfc3339_ms(off),
-                crate::time::human_secs(mv.lag_allowance_ms as f64 / 1000.0)
+                found
+                    .iter()
+                    .map(|m| format!("{} {}", m.uuid, m.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             Err(e) => format!(
-                "consumer {} NOT moved to {}: {e}; {}",
-                c.name,
-                mv.stream,
-                by_hand(&how)
+                "consumer {} NOT moved: the mappings of {} on {} could not be listed ({e}); if \
+                 it has none, {by_hand}",
+                c.name, mv.function, mv.stream
             ),
+            Ok(_) => match ctx
+                .control
+                .create_mapping(&mv.function, &mv.stream, start, None)
+                .await
+            {
+                Ok(m) => format!(
+                    "consumer {} moved to {}: mapping {} of {} from {why} ({}); its old mapping \
+                     had processed everything that arrived before {} (switched off at {}, at \
+                     most {} behind); records from the new start that it had processed come \
+                     again",
+                    c.name,
+                    mv.stream,
+                    m.uuid,
+                    m.function_arn,
+                    m.state,
+                    crate::time::rfc3339_ms(seen_until),
+                    crate::time::rfc3339_ms(off),
+                    crate::time::human_secs(mv.lag_allowance_ms as f64 / 1000.0)
+                ),
+                Err(e) => format!(
+                    "consumer {} NOT moved to {}: {e}; {by_hand}",
+                    c.name, mv.stream
+                ),
+            },
         },
-    )
+    );
+    lines
 }
 
 /// The start on the new stream of a consumer of `c.stream` that has processed everything
@@ -556,26 +616,23 @@ async fn move_start<C: ControlStore>(
     let route = resolve(&st.migration, &c.stream, &mv.stream)?;
     let shards = ctx
         .control
-        .shard_ids(&mv.stream)
+        .stream_shards(&mv.stream)
         .await
         .map_err(|e| format!("cannot list the shards of {}: {e}", mv.stream))?;
-    let mut start: Option<i64> = None;
-    for leg in &route.legs {
-        let one = match leg.direction {
-            // The forward route: the new stream is its source.
-            Direction::TargetToSource => {
-                let positions = ctx.control.route_positions(&leg.route).await.map_err(|e| {
-                    format!("cannot read the positions of route {}: {e}", leg.route)
-                })?;
-                target_time_to_source_start(&positions, &shards, seen_until, MOVE_MARGIN_MS)
-                    .map_err(|e| format!("route {}: {e}", leg.route))?
-            }
-            // A reverse route: copies arrive in the new stream after their originals.
-            Direction::SourceToTarget => seen_until - MOVE_MARGIN_MS,
-        };
-        start = Some(start.map_or(one, |s| s.min(one)));
+    let mut positions = BTreeMap::new();
+    for leg in route
+        .legs
+        .iter()
+        .filter(|l| l.direction == Direction::TargetToSource)
+    {
+        let p = ctx
+            .control
+            .route_positions(&leg.route)
+            .await
+            .map_err(|e| format!("cannot read the positions of route {}: {e}", leg.route))?;
+        positions.insert(leg.route.clone(), p);
     }
-    start.ok_or_else(|| format!("no route copies {} to {}", mv.stream, c.stream))
+    lambda_start(&route, &positions, &shards, seen_until, MOVE_MARGIN_MS)
 }
 
 /// Every registered consumer with its mapping now, for `status`.

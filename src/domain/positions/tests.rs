@@ -316,9 +316,14 @@ fn by_time_one_start_for_every_source_shard_misses_nothing() {
             }
         }
         let end = w.on_target.iter().flatten().map(|r| r.1).max().unwrap_or(0);
-        let at = rng.random_range(0..=end + 2);
+        let at = rng.random_range(1_000..=end + 2);
         let margin = rng.random_range(0..3);
-        let ids: Vec<String> = (0..w.sources).map(|s| format!("s{s}")).collect();
+        let ids: Vec<StreamShard> = (0..w.sources)
+            .map(|s| StreamShard {
+                shard_id: format!("s{s}"),
+                ..StreamShard::default()
+            })
+            .collect();
         let Ok(start) = target_time_to_source_start(&w.positions, &ids, at, margin) else {
             continue;
         };
@@ -351,4 +356,60 @@ fn by_time_one_start_for_every_source_shard_misses_nothing() {
         }
     }
     assert!(starts > 150, "only {starts} seeds had a start");
+}
+
+#[test]
+fn by_time_a_closed_shard_read_to_its_end_does_not_hold_the_start_back() {
+    let pair = |shard: &str, to: u64, at: i64, arrival: i64| PositionPair {
+        route: "r".into(),
+        shard_id: shard.into(),
+        from: sn(to - 1),
+        to: sn(to),
+        before: Marks::new(),
+        after: Marks::new(),
+        started_ms: at - 5,
+        at_ms: at,
+        to_arrival_ms: Some(arrival),
+    };
+    let shards = vec![
+        ShardPositions {
+            shard_id: "parent".into(),
+            pairs: vec![pair("parent", 9, 100, 90)],
+            checkpoint: None,
+        },
+        ShardPositions {
+            shard_id: "child".into(),
+            pairs: vec![pair("child", 3, 200, 180), pair("child", 7, 900, 850)],
+            checkpoint: None,
+        },
+    ];
+    let stream = |parent_end: u64| {
+        vec![
+            StreamShard {
+                shard_id: "parent".into(),
+                ending: Some(sn(parent_end)),
+                ..StreamShard::default()
+            },
+            StreamShard {
+                shard_id: "child".into(),
+                ..StreamShard::default()
+            },
+        ]
+    };
+    // The parent was copied to its end (9) long before: only the child's pair counts.
+    assert_eq!(
+        target_time_to_source_start(&shards, &stream(9), 1_000, 10),
+        Ok(840)
+    );
+    // Not to its end: its last copied record's arrival holds the start back.
+    assert_eq!(
+        target_time_to_source_start(&shards, &stream(12), 1_000, 10),
+        Ok(80)
+    );
+    // A shard with nothing recorded that old: the trim horizon, naming it.
+    let err = target_time_to_source_start(&shards, &stream(9), 150, 10).unwrap_err();
+    assert!(
+        err.contains("shard child has no recorded position"),
+        "{err}"
+    );
 }

@@ -341,7 +341,13 @@ fn moving_consumer(
             },
         ],
     );
-    *store.shard_ids.lock().unwrap() = shards.iter().map(|s| s.to_string()).collect();
+    *store.stream_shards.lock().unwrap() = shards
+        .iter()
+        .map(|s| crate::positions::StreamShard {
+            shard_id: s.to_string(),
+            ..Default::default()
+        })
+        .collect();
     let ctx = ctx(store, "alice");
     let mut req = add(OLD, false);
     req.consumers[0].moves_to_function = Some("billing-new".into());
@@ -468,23 +474,84 @@ async fn a_moving_consumer_starts_from_the_trim_horizon_when_a_shard_has_no_posi
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_moving_consumer_whose_old_mapping_cannot_be_switched_off_is_not_moved() {
+async fn a_moving_consumer_is_not_moved_when_when_it_stopped_is_unknown_or_it_may_still_run() {
     let now = crate::time::now_ms();
+    // Deleted by hand before the commit (forced past the guard that says so).
     let (ctx, req) = moving_consumer(now, &["shardId-0"]);
     assert_eq!(execute(&ctx, &req).await.outcome, Outcome::Applied);
-    // Deleted by hand before the commit, after the guard looked (so not caught there).
-    let plan = forced_commit();
     ctx.control.old_mappings.lock().unwrap().clear();
-    let r = execute(&ctx, &plan).await;
+    let r = execute(&ctx, &forced_commit()).await;
+    assert_eq!(r.outcome, Outcome::Applied, "{}", r.message);
     assert!(
-        r.message.contains("consumer billing NOT disabled")
-            && r.message
-                .contains("in the old account, then move it by hand"),
+        r.message
+            .contains("consumer billing NOT moved: its mapping m-old is not in the old account")
+            && r.message.contains("nothing was created")
+            && r.message.contains("fanoutctl positions translate --from"),
         "{}",
         r.message
     );
+    assert!(ctx.control.created.lock().unwrap().is_empty());
+
+    // Switched off by hand before the commit: when it stopped taking records is unknown.
+    let (ctx, req) = moving_consumer(now, &["shardId-0"]);
+    assert_eq!(execute(&ctx, &req).await.outcome, Outcome::Applied);
+    set_old_state(&ctx, "m-old", "Disabled");
+    let r = execute(&ctx, &forced_commit()).await;
     assert!(
-        ctx.control.created.lock().unwrap().is_empty(),
-        "not moved while the old one may run"
+        r.message
+            .contains("its mapping m-old was Disabled before the commit switched it off")
+            && r.message.contains("nothing was created"),
+        "{}",
+        r.message
     );
+    assert!(ctx.control.created.lock().unwrap().is_empty());
+
+    // Lambda does not finish disabling it: no second mapping while it may still invoke; the
+    // answer gives the command, with the start, for when it is Disabled.
+    let (ctx, req) = moving_consumer(now, &["shardId-0"]);
+    assert_eq!(execute(&ctx, &req).await.outcome, Outcome::Applied);
+    *ctx.control.disabling_sticks.lock().unwrap() = true;
+    let r = execute(&ctx, &forced_commit()).await;
+    assert!(
+        r.message.contains(
+            "consumer billing NOT moved yet: its mapping m-old is still Disabling after 60 s"
+        ) && r.message.contains(&format!(
+            "--starting-position AT_TIMESTAMP --starting-position-timestamp {}",
+            crate::time::rfc3339_ms(now - 211_000)
+        )),
+        "{}",
+        r.message
+    );
+    assert!(ctx.control.created.lock().unwrap().is_empty());
+
+    // The new function has a mapping on the new stream already (made by someone): not a
+    // second one, and the answer says what it must be.
+    let (ctx, req) = moving_consumer(now, &["shardId-0"]);
+    assert_eq!(execute(&ctx, &req).await.outcome, Outcome::Applied);
+    ctx.control.mappings.lock().unwrap().insert(
+        "m-theirs".into(),
+        MappingFacts {
+            function_arn: "arn:aws:lambda:us-east-1:123456789012:function:billing-new".into(),
+            ..mapping("m-theirs", NEW, "Disabled")
+        },
+    );
+    let r = execute(&ctx, &forced_commit()).await;
+    assert!(
+        r.message.contains("billing-new has a mapping on")
+            && r.message.contains("(m-theirs Disabled); none was created")
+            && r.message.contains("started no later than AT_TIMESTAMP"),
+        "{}",
+        r.message
+    );
+    assert!(ctx.control.created.lock().unwrap().is_empty());
+}
+
+fn set_old_state(ctx: &crate::control::commands::Context<MemoryControl>, uuid: &str, state: &str) {
+    ctx.control
+        .old_mappings
+        .lock()
+        .unwrap()
+        .get_mut(uuid)
+        .unwrap()
+        .state = state.into();
 }

@@ -47,8 +47,10 @@ pub struct MemoryControl {
     pub created: Mutex<Vec<(String, String, Option<i64>)>>,
     /// The position map, by route.
     pub positions: Mutex<BTreeMap<String, Vec<crate::positions::ShardPositions>>>,
-    /// The shard ids of every new stream.
-    pub shard_ids: Mutex<Vec<String>>,
+    /// Disabling a mapping leaves it `Disabling` (Lambda that does not settle).
+    pub disabling_sticks: Mutex<bool>,
+    /// The shards of every new stream.
+    pub stream_shards: Mutex<Vec<crate::positions::StreamShard>>,
 }
 
 impl MemoryControl {
@@ -147,7 +149,12 @@ impl ControlStore for MemoryControl {
             code: "ResourceNotFoundException".into(),
             message: format!("no mapping {uuid}"),
         })?;
-        m.state = if enabled { "Enabled" } else { "Disabled" }.to_owned();
+        m.state = match (enabled, *self.disabling_sticks.lock().unwrap()) {
+            (true, _) => "Enabled",
+            (false, false) => "Disabled",
+            (false, true) => "Disabling",
+        }
+        .to_owned();
         m.last_modified_ms = Some(crate::time::now_ms() / 1000 * 1000);
         Ok(m.clone())
     }
@@ -188,8 +195,11 @@ impl ControlStore for MemoryControl {
             .unwrap_or_default())
     }
 
-    async fn shard_ids(&self, _stream: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self.shard_ids.lock().unwrap().clone())
+    async fn stream_shards(
+        &self,
+        _stream: &str,
+    ) -> Result<Vec<crate::positions::StreamShard>, StoreError> {
+        Ok(self.stream_shards.lock().unwrap().clone())
     }
 
     async fn load(&self, migration: &str) -> Result<Option<StoredState>, StoreError> {
