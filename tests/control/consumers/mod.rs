@@ -342,6 +342,26 @@ async fn a_kcl_application_follows_the_migration_and_moves_to_the_new_stream_at_
         .map(|m| m.uuid().unwrap().to_owned())
         .collect();
     assert_eq!(moved.len(), 1, "one new mapping of {audit_new}: {moved:?}");
+    // By hand, the same start: `positions translate --at` (what the runbook gives on-call
+    // when fanout cannot move a consumer itself) for the time the old mapping had processed.
+    let (code, by_hand) = ctl(&[
+        "positions",
+        "translate",
+        "--from",
+        world.target.name(),
+        "--to",
+        world.source.name(),
+        "--at",
+        &fanout::time::rfc3339_ms(off - 5_000),
+    ]);
+    assert_eq!(code, 0, "{by_hand}");
+    assert!(
+        by_hand.contains(&format!(
+            "--starting-position AT_TIMESTAMP --starting-position-timestamp {}",
+            fanout::time::rfc3339_ms(start)
+        )),
+        "{by_hand}"
+    );
     // What the old mapping had processed when it was switched off (it finishes the page it
     // was on, as Lambda finishes a batch in flight).
     audit_old_stop.store(true, Ordering::SeqCst);
