@@ -222,11 +222,8 @@ impl ControlStore for AwsControl {
         function: &str,
         stream: &str,
         start_ms: Option<i64>,
-        batch_size: Option<i32>,
     ) -> Result<MappingFacts, StoreError> {
-        self.mappings
-            .create(function, stream, start_ms, batch_size)
-            .await
+        self.mappings.create(function, stream, start_ms).await
     }
 
     async fn route_positions(

@@ -102,7 +102,6 @@ impl Mappings {
         function: &str,
         stream: &str,
         start_ms: Option<i64>,
-        batch_size: Option<i32>,
     ) -> Result<MappingFacts, StoreError> {
         use aws_sdk_lambda::primitives::DateTime;
         use aws_sdk_lambda::types::EventSourcePosition;
@@ -111,8 +110,7 @@ impl Mappings {
             .create_event_source_mapping()
             .function_name(function)
             .event_source_arn(stream)
-            .enabled(true)
-            .set_batch_size(batch_size);
+            .enabled(true);
         let req = match start_ms {
             Some(ms) => req
                 .starting_position(EventSourcePosition::AtTimestamp)

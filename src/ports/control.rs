@@ -225,7 +225,6 @@ pub trait ControlStore: Send + Sync {
         function: &str,
         stream: &str,
         start_ms: Option<i64>,
-        batch_size: Option<i32>,
     ) -> impl Future<Output = Result<MappingFacts, StoreError>> + Send;
 
     /// What the position map knows of each source shard of `route` (pairs and checkpoint).

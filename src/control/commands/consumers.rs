@@ -577,7 +577,7 @@ async fn move_consumer<C: ControlStore>(
             ),
             Ok(_) => match ctx
                 .control
-                .create_mapping(&mv.function, &mv.stream, start, None)
+                .create_mapping(&mv.function, &mv.stream, start)
                 .await
             {
                 Ok(m) => format!(

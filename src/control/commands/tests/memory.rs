@@ -164,7 +164,6 @@ impl ControlStore for MemoryControl {
         function: &str,
         stream: &str,
         start_ms: Option<i64>,
-        _batch_size: Option<i32>,
     ) -> Result<crate::ports::control::MappingFacts, StoreError> {
         let mut created = self.created.lock().unwrap();
         created.push((function.to_owned(), stream.to_owned(), start_ms));
