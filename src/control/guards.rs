@@ -362,18 +362,53 @@ impl MappingFacts {
         }
     }
 }
+/// A consumer with what Lambda said of its mapping (`Ok(None)`: not found), or why it could
+/// not be read.
+pub type ConsumerMapping<'a> = (
+    &'a crate::control::record::Consumer,
+    Result<Option<MappingFacts>, String>,
+);
+
+/// A moving consumer with the mappings its new function has on the new stream already, or
+/// why they could not be listed.
+pub type MoveTarget<'a> = (
+    &'a crate::control::record::Consumer,
+    Result<Vec<MappingFacts>, String>,
+);
+
 /// The `consumers` guard: every registered Lambda consumer's mapping exists, reads its
-/// stream, and is settled in the state the migration's current state asks for. `mappings`:
-/// each consumer with its mapping as Lambda describes it (`Ok(None)`: not found), or why it
-/// could not be read.
+/// stream, and is settled in the state the migration's current state asks for; and no
+/// consumer that moves at the commit finds its new function with a mapping on the new stream
+/// already (the commit would then not create its own, which starts where the old one stops).
 pub fn consumers(
-    mappings: &[(
-        &crate::control::record::Consumer,
-        Result<Option<MappingFacts>, String>,
-    )],
+    mappings: &[ConsumerMapping<'_>],
+    moves: &[MoveTarget<'_>],
     state: super::machine::State,
 ) -> GuardResult {
     let mut problems = Vec::new();
+    for (c, found) in moves {
+        let Some(mv) = &c.moves_to else { continue };
+        match found {
+            Err(e) => problems.push(format!(
+                "consumer {}: the mappings of {} on {} could not be listed: {e}",
+                c.name, mv.function, mv.stream
+            )),
+            Ok(taken) if !taken.is_empty() => problems.push(format!(
+                "consumer {}: {} has a mapping on {} already ({}), so the commit would not \
+                 create the one that starts where the old mapping stops: delete it (`aws lambda \
+                 delete-event-source-mapping --uuid …` in the new account)",
+                c.name,
+                mv.function,
+                mv.stream,
+                taken
+                    .iter()
+                    .map(|m| format!("{} {}", m.uuid, m.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            Ok(_) => {}
+        }
+    }
     for (c, found) in mappings {
         let want = c.enabled_in(state);
         let word = |on: bool| if on { "Enabled" } else { "Disabled" };

@@ -358,7 +358,18 @@ pub(super) async fn guard<C: ControlStore>(ctx: &Context<C>, st: &StoredState) -
             .map_err(|e| e.to_string());
         seen.push((c, m));
     }
-    guards::consumers(&seen, st.state)
+    let mut moves = Vec::new();
+    for c in &st.migration.consumers {
+        if let Some(mv) = &c.moves_to {
+            let taken = ctx
+                .control
+                .mappings(false, &mv.function, &mv.stream)
+                .await
+                .map_err(|e| e.to_string());
+            moves.push((c, taken));
+        }
+    }
+    guards::consumers(&seen, &moves, st.state)
 }
 
 /// A move in words: where the consumer goes at the commit.

@@ -535,6 +535,17 @@ async fn a_moving_consumer_is_not_moved_when_when_it_stopped_is_unknown_or_it_ma
             ..mapping("m-theirs", NEW, "Disabled")
         },
     );
+    // The guard says so before the commit...
+    let r = execute(&ctx, &commit()).await;
+    let g = r.guards.iter().find(|g| g.name == "consumers").unwrap();
+    assert!(
+        !g.passed
+            && g.detail.contains("billing-new has a mapping on")
+            && g.detail.contains("m-theirs Disabled"),
+        "{}",
+        g.detail
+    );
+    // ...and a commit forced past it does not make a second one.
     let r = execute(&ctx, &forced_commit()).await;
     assert!(
         r.message.contains("billing-new has a mapping on")
