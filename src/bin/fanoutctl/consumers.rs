@@ -206,7 +206,7 @@ async fn move_leases(args: MoveArgs) -> Result<ExitCode, String> {
     let (originals, written) = move_so_far(&second, &from, account, name);
     let original_refs: Vec<&KclLease> = originals.iter().collect();
     let seen = seen_by_shard(&original_refs);
-    let translation = translate(&clients, &args.at, &mv, &ConsumerAt::Shards(seen)).await?;
+    let (translation, _) = translate(&clients, &args.at, &mv, &ConsumerAt::Shards(seen)).await?;
     let to_shards = shards_of(&clients, &mv.to, mv.to_old).await?;
     let identifier = if originals.iter().any(|l| l.stream.is_some()) {
         let sdk = if mv.to_old {

@@ -148,13 +148,15 @@ pub async fn shards_of(
 }
 
 /// Translates the consumer's position on `mv.from` to `mv.to`, over every route that copies
-/// between them.
+/// between them. For a consumer at a time, also the one `AT_TIMESTAMP` for every shard of
+/// `mv.to` a Lambda event source mapping needs (`Err`: why it is the trim horizon instead),
+/// from the same positions.
 pub async fn translate(
     clients: &Clients,
     at: &Where,
     mv: &Move,
     consumer: &ConsumerAt,
-) -> Result<Translation, String> {
+) -> Result<(Translation, Option<Result<i64, String>>), String> {
     let margin = parse_duration(&at.margin)
         .map_err(|e| format!("--margin: {e}"))?
         .as_millis() as i64;
@@ -163,6 +165,7 @@ pub async fn translate(
     let to_ids: Vec<String> = to_shards.iter().map(|s| s.shard_id.clone()).collect();
     let now = fanout::time::now_ms();
     let mut answer: Option<Translation> = None;
+    let mut read_back = BTreeMap::new();
     for leg in &mv.legs {
         let mut shards = map
             .shard_positions(&leg.route, now)
@@ -183,10 +186,12 @@ pub async fn translate(
                     .iter()
                     .filter_map(|s| Some((s.shard_id.clone(), s.ending.clone()?)))
                     .collect();
-                match consumer {
+                let one = match consumer {
                     ConsumerAt::Shards(seen) => target_to_source(&shards, seen, &ends),
                     ConsumerAt::Time(t) => target_time_to_source(&shards, *t, margin),
-                }
+                };
+                read_back.insert(leg.route.clone(), shards.clone());
+                one
             }
             Direction::SourceToTarget => match consumer {
                 ConsumerAt::Shards(seen) => source_to_target(&shards, seen, &to_ids, margin),
@@ -206,36 +211,11 @@ pub async fn translate(
             Some(a) => combine(a, one),
         });
     }
-    Ok(answer.unwrap_or_default())
-}
-
-/// With `--at`: one `AT_TIMESTAMP` for every shard of `mv.to`, for a Lambda event source
-/// mapping (which takes one start for the whole stream); `Err` says why it is the trim
-/// horizon instead.
-pub async fn lambda_start_at(
-    clients: &Clients,
-    at: &Where,
-    mv: &Move,
-    time_ms: i64,
-) -> Result<Result<i64, String>, String> {
-    let margin = parse_duration(&at.margin)
-        .map_err(|e| format!("--margin: {e}"))?
-        .as_millis() as i64;
-    let map = PositionMap::new(&clients.new, &at.table);
-    let to_shards = shards_of(clients, &mv.to, mv.to_old).await?;
-    let mut positions = BTreeMap::new();
-    for leg in mv
-        .legs
-        .iter()
-        .filter(|l| l.direction == Direction::TargetToSource)
-    {
-        let p = map
-            .shard_positions(&leg.route, fanout::time::now_ms())
-            .await
-            .map_err(|e| format!("cannot read the positions of route {}: {e}", leg.route))?;
-        positions.insert(leg.route.clone(), p);
-    }
-    Ok(lambda_start(mv, &positions, &to_shards, time_ms, margin))
+    let lambda = match consumer {
+        ConsumerAt::Time(t) => Some(lambda_start(mv, &read_back, &to_shards, *t, margin)),
+        ConsumerAt::Shards(_) => None,
+    };
+    Ok((answer.unwrap_or_default(), lambda))
 }
 
 pub fn resume_words(r: &Resume) -> String {
@@ -309,11 +289,7 @@ pub async fn positions(command: PositionsCommand) -> Result<ExitCode, String> {
     };
     let clients = clients(&args.at).await;
     let mv = resolve_move(&clients, &args.at).await?;
-    let t = translate(&clients, &args.at, &mv, &consumer).await?;
-    let lambda = match consumer {
-        ConsumerAt::Time(ms) => Some(lambda_start_at(&clients, &args.at, &mv, ms).await?),
-        ConsumerAt::Shards(_) => None,
-    };
+    let (t, lambda) = translate(&clients, &args.at, &mv, &consumer).await?;
     match args.output {
         Output::Json => {
             let mut v = translation_json(&mv, &t);
